@@ -1,0 +1,3 @@
+from cvpr24.cli import main
+
+raise SystemExit(main())
