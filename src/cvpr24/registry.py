@@ -61,6 +61,8 @@ MODULES: dict[str, ModuleInfo] = {
             "hcc",
             "Hierarchical Correlation Clustering and Tree Preserving Embedding",
             "Hierarchical clustering of signed similarities, tree-preserving and minimax embeddings.",
+            extra="hcc",
+            requires=("numba",),
             budget_s=120,
         ),
         ModuleInfo(
