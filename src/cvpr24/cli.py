@@ -28,21 +28,46 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run the quick (or full) reproduction of each module's claims",
-                       description="Run each module's reproduction in its own process and write "
-                                   "<out>/<module>/result.json and <out>/index.html.")
-    p.add_argument("modules", nargs="*", metavar="MODULE",
-                   help="modules to run (default: every module that has a reproduction)")
+    p = sub.add_parser(
+        "reproduce",
+        help="run the quick (or full) reproduction of each module's claims",
+        description="Run each module's reproduction in its own process and write "
+        "<out>/<module>/result.json and <out>/index.html.",
+    )
+    p.add_argument(
+        "modules",
+        nargs="*",
+        metavar="MODULE",
+        help="modules to run (default: every module that has a reproduction)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True,
-                      help="CPU scale, a few minutes per module (default)")
-    mode.add_argument("--full", dest="quick", action="store_false",
-                      help="the larger configuration; may take long and use a GPU")
-    p.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (module default if unset)")
+    mode.add_argument(
+        "--quick",
+        dest="quick",
+        action="store_true",
+        default=True,
+        help="CPU scale, a few minutes per module (default)",
+    )
+    mode.add_argument(
+        "--full",
+        dest="quick",
+        action="store_false",
+        help="the larger configuration; may take long and use a GPU",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        help="number of seeds (module default if unset)",
+    )
     p.add_argument("--out", default="reports", help="report folder (default: reports)")
     p.add_argument("--jobs", type=_positive_int, default=1, help="modules run at once (default: 1)")
-    p.add_argument("--budget", type=_positive_float, default=None,
-                   help="time budget per module in seconds (default: the module's quick budget; none for --full)")
+    p.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=None,
+        help="time budget per module in seconds (default: the module's quick budget; none for --full)",
+    )
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -81,7 +106,9 @@ def build_parser(load: str | None = None) -> Parser:
     p.set_defaults(func=None)
 
     for info in MODULES.values():
-        mp = sub.add_parser(info.name, help=info.description, description=f"{info.paper}. {info.description}")
+        mp = sub.add_parser(
+            info.name, help=info.description, description=f"{info.paper}. {info.description}"
+        )
         if info.name == load:
             importlib.import_module(f"cvpr24.{info.name}.cli").register(mp)
     return parser
@@ -90,11 +117,20 @@ def build_parser(load: str | None = None) -> Parser:
 def _cmd_list(args: argparse.Namespace) -> int:
     for info in MODULES.values():
         missing = info.missing_requirements()
-        state = ("implemented" if info.has_reproduction else "in progress" if info.implemented
-                 else "not implemented")
-        deps = "installed" if not missing else f"missing {', '.join(missing)}: {info.install_hint()}"
-        print(f"{info.name:<11} {info.description}\n{'':<11} paper: {info.paper}\n"
-              f"{'':<11} status: {state}; dependencies {deps}")
+        state = (
+            "implemented"
+            if info.has_reproduction
+            else "in progress"
+            if info.implemented
+            else "not implemented"
+        )
+        deps = (
+            "installed" if not missing else f"missing {', '.join(missing)}: {info.install_hint()}"
+        )
+        print(
+            f"{info.name:<11} {info.description}\n{'':<11} paper: {info.paper}\n"
+            f"{'':<11} status: {state}; dependencies {deps}"
+        )
         for claim in _claims(info):
             print(f"{'':<11} - {claim}")
     return 0
@@ -122,18 +158,34 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _fail(f"module(s) {', '.join(without)} have no reproduction yet")
     if not names:
         _fail("no module has a reproduction yet")
-    jobs = [Job(n, f"cvpr24.{n}.reproduce",
-                args.budget if args.budget is not None else (MODULES[n].budget_s if args.quick else None))
-            for n in names]
+    jobs = [
+        Job(
+            n,
+            f"cvpr24.{n}.reproduce",
+            args.budget
+            if args.budget is not None
+            else (MODULES[n].budget_s if args.quick else None),
+        )
+        for n in names
+    ]
 
     def on_done(r):
         n_pass = sum(c.passed for c in r.claims)
-        print(f"[{r.module}] {r.status}: {n_pass}/{len(r.claims)} claims passed in {r.wall_time_s:.1f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{r.module}] {r.status}: {n_pass}/{len(r.claims)} claims passed in {r.wall_time_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    print(f"reproducing {', '.join(names)} ({'quick' if args.quick else 'full'}), "
-          f"{args.jobs} at a time", file=sys.stderr, flush=True)
-    results = run_jobs(jobs, args.out, quick=args.quick, seeds=args.seeds, n_jobs=args.jobs, on_done=on_done)
+    print(
+        f"reproducing {', '.join(names)} ({'quick' if args.quick else 'full'}), "
+        f"{args.jobs} at a time",
+        file=sys.stderr,
+        flush=True,
+    )
+    results = run_jobs(
+        jobs, args.out, quick=args.quick, seeds=args.seeds, n_jobs=args.jobs, on_done=on_done
+    )
     index = write_report(args.out)
     for r in results:
         for c in r.claims:

@@ -36,7 +36,10 @@ class ModuleInfo:
 
     @property
     def has_reproduction(self) -> bool:
-        return self.implemented and importlib.util.find_spec(f"cvpr24.{self.name}.reproduce") is not None
+        return (
+            self.implemented
+            and importlib.util.find_spec(f"cvpr24.{self.name}.reproduce") is not None
+        )
 
     @property
     def has_cli(self) -> bool:

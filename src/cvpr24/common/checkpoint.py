@@ -50,8 +50,13 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 def git_commit() -> str | None:
     """The commit of the source tree this code runs from, when it is a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -72,7 +77,9 @@ def config_to_dict(config: Any) -> dict[str, Any] | None:
         return dataclasses.asdict(config)
     if isinstance(config, Mapping):
         return dict(config)
-    raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
+    raise TypeError(
+        f"config must be a dataclass instance or a mapping, got {type(config).__name__}"
+    )
 
 
 def config_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
@@ -119,7 +126,9 @@ def save_checkpoint(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"path must end with '.safetensors', got {str(path)!r}")
-    if not isinstance(tensors, Mapping) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+    if not isinstance(tensors, Mapping) or not all(
+        isinstance(t, torch.Tensor) for t in tensors.values()
+    ):
         raise TypeError("tensors must be a mapping of names to torch.Tensor (a state_dict)")
     # safetensors refuses shared or non-contiguous storage: store independent copies.
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -129,7 +138,8 @@ def save_checkpoint(
     meta = {
         "format": FORMAT,
         "config": config_to_dict(config),
-        "config_class": None if config is None or isinstance(config, Mapping)
+        "config_class": None
+        if config is None or isinstance(config, Mapping)
         else f"{type(config).__module__}.{type(config).__qualname__}",
         "seed": seed,
         "command": command if command is not None else " ".join(sys.argv),
@@ -137,8 +147,10 @@ def save_checkpoint(
         "data": data,
         "metrics": dict(metrics) if metrics else {},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                    for k, v in flat.items()},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            for k, v in flat.items()
+        },
         "sha256": digest,
         **(dict(extra) if extra else {}),
     }
@@ -147,8 +159,9 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, config_cls: type | None = None,
-                    device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, config_cls: type | None = None, device: str | torch.device = "cpu"
+) -> Checkpoint:
     """Load weights and sidecar written by :func:`save_checkpoint`.
 
     Raises ``FileNotFoundError`` naming the missing file, and ``ValueError`` when the weights
@@ -162,14 +175,18 @@ def load_checkpoint(path: str | os.PathLike, config_cls: type | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {path}")
     if not meta_path.is_file():
-        raise FileNotFoundError(f"checkpoint sidecar not found: {meta_path} (expected beside {path.name})")
+        raise FileNotFoundError(
+            f"checkpoint sidecar not found: {meta_path} (expected beside {path.name})"
+        )
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"checkpoint sidecar {meta_path} is not valid JSON: {e}") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint sidecar {meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(
+            f"checkpoint sidecar {meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}"
+        )
     if meta.get("sha256") and _sha256(path) != meta["sha256"]:
         raise ValueError(f"checkpoint {path} is corrupted: its SHA-256 does not match the sidecar")
     try:
@@ -184,12 +201,18 @@ def load_checkpoint(path: str | os.PathLike, config_cls: type | None = None,
 
 # --- resumable training state ------------------------------------------------------------
 
+
 def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
     state = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -200,16 +223,23 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(  # noqa: NPY002
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer | None = None,
-                        scheduler: Any = None, step: int = 0,
-                        extra: Mapping[str, Any] | None = None) -> Path:
+def save_training_state(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    step: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Save what a training loop needs to continue exactly where it stopped (atomically).
 
     ``extra`` may hold tensors, numbers, strings and containers of them (e.g. a
@@ -229,9 +259,14 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module,
     return path
 
 
-def load_training_state(path: str | os.PathLike, *, model: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                        restore_rng: bool = True) -> dict[str, Any]:
+def load_training_state(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
     """Restore a state saved by :func:`save_training_state` into ``model`` (and ``optimizer``,
     ``scheduler``); returns ``{"step": ..., "extra": ...}``. Loaded with ``weights_only=True``."""
     path = Path(path)

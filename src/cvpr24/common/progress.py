@@ -8,8 +8,14 @@ from collections.abc import Iterable
 from tqdm.auto import tqdm
 
 
-def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
-             disable: bool | None = None, **kwargs) -> tqdm:
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str = "",
+    total: int | None = None,
+    disable: bool | None = None,
+    **kwargs,
+) -> tqdm:
     """``tqdm`` with ``disable`` defaulting to "stderr is not a TTY" (logs and CI stay clean)."""
     if disable is None:
         disable = not sys.stderr.isatty()

@@ -40,7 +40,7 @@ def _claim_rows(r: Result) -> list[str]:
     if r.error is not None and not r.claims:
         return [
             f'<tr class="error"><td>{_e(r.module)}</td><td colspan="5">reproduction did not finish: '
-            f'{_e(r.error.strip().splitlines()[-1] if r.error.strip() else "error")}</td>'
+            f"{_e(r.error.strip().splitlines()[-1] if r.error.strip() else 'error')}</td>"
             f'<td class="verdict">error</td></tr>'
         ]
     rows = []
@@ -59,11 +59,16 @@ def _claim_rows(r: Result) -> list[str]:
 
 
 def _module_section(r: Result) -> str:
-    parts = [f'<h2 id="{_e(r.module)}">{_e(r.module)} <small class="verdict">{_e(r.status)}</small></h2>',
-             f"<p>mode {_e(r.mode)}, seeds {_e(r.seeds)}, wall time {r.wall_time_s:.1f} s</p>"]
+    parts = [
+        f'<h2 id="{_e(r.module)}">{_e(r.module)} <small class="verdict">{_e(r.status)}</small></h2>',
+        f"<p>mode {_e(r.mode)}, seeds {_e(r.seeds)}, wall time {r.wall_time_s:.1f} s</p>",
+    ]
     if r.deviations:
-        parts.append("<p>Deviations from the paper:</p><ul>"
-                     + "".join(f"<li>{_e(d)}</li>" for d in r.deviations) + "</ul>")
+        parts.append(
+            "<p>Deviations from the paper:</p><ul>"
+            + "".join(f"<li>{_e(d)}</li>" for d in r.deviations)
+            + "</ul>"
+        )
     if r.error:
         parts.append(f"<pre>{_e(r.error)}</pre>")
     for fig in r.figures:
@@ -84,18 +89,20 @@ def render_html(results: Iterable[Result], title: str = "cvpr24 reproduction rep
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no claims"
     rows = [row for r in results for row in _claim_rows(r)]
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1><p>{_e(summary)} &middot; written {now}</p>",
-        '<table id="claims"><thead><tr><th>module</th><th>claim</th><th>paper</th>'
-        "<th>measured</th><th>criterion</th><th>notes</th><th>verdict</th></tr></thead><tbody>",
-        *rows,
-        "</tbody></table>",
-        *[_module_section(r) for r in results],
-        "</body></html>",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{_e(title)}</h1><p>{_e(summary)} &middot; written {now}</p>",
+            '<table id="claims"><thead><tr><th>module</th><th>claim</th><th>paper</th>'
+            "<th>measured</th><th>criterion</th><th>notes</th><th>verdict</th></tr></thead><tbody>",
+            *rows,
+            "</tbody></table>",
+            *[_module_section(r) for r in results],
+            "</body></html>",
+        ]
+    )
 
 
 def load_results(out_dir: str | os.PathLike) -> list[Result]:

@@ -105,14 +105,24 @@ class Claim:
             oks = [not math.isnan(v) and cmp(v, threshold) for v in m.values]
             ok = all(oks) if statistic == "all" else any(oks)
             shown = ", ".join(f"{v:.4g}" for v in m.values)
-            comparison = f"{statistic} of [{shown}] {op} {threshold:.4g}: {sum(oks)}/{len(oks)} hold"
+            comparison = (
+                f"{statistic} of [{shown}] {op} {threshold:.4g}: {sum(oks)}/{len(oks)} hold"
+            )
         else:
             x = m.mean if statistic == "mean" else float(np.median(m.values))
             ok = not math.isnan(x) and cmp(x, threshold)
             comparison = f"{statistic} {x:.4g} {op} {threshold:.4g}"
         criterion = f"{statistic} {op} {threshold:.4g} ({reason})"
-        return cls(name, statement, criterion, "passed" if ok else "failed", m, paper_value,
-                   comparison, notes)
+        return cls(
+            name,
+            statement,
+            criterion,
+            "passed" if ok else "failed",
+            m,
+            paper_value,
+            comparison,
+            notes,
+        )
 
     @classmethod
     def verdict(
@@ -128,15 +138,25 @@ class Claim:
         notes: str = "",
     ) -> Claim:
         """A claim whose criterion the caller evaluated (e.g. a conjunction of checks)."""
-        return cls(name, statement, criterion, "passed" if passed else "failed", measured,
-                   paper_value, comparison, notes)
+        return cls(
+            name,
+            statement,
+            criterion,
+            "passed" if passed else "failed",
+            measured,
+            paper_value,
+            comparison,
+            notes,
+        )
 
     @classmethod
-    def not_tested(cls, name: str, statement: str, *, reason: str,
-                   paper_value: float | str | None = None) -> Claim:
+    def not_tested(
+        cls, name: str, statement: str, *, reason: str, paper_value: float | str | None = None
+    ) -> Claim:
         """A claim whose precondition failed: neither passed nor failed."""
-        return cls(name, statement, "precondition not met", "not tested", None, paper_value,
-                   "", reason)
+        return cls(
+            name, statement, "precondition not met", "not tested", None, paper_value, "", reason
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Claim:

@@ -44,41 +44,72 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-def run_job(job: Job, out_dir: str | os.PathLike, *, quick: bool = True, seeds: int | None = None,
-            env: dict[str, str] | None = None) -> Result:
+def run_job(
+    job: Job,
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = True,
+    seeds: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
     """Run ``job`` in a child process; never raises for a failure of the reproduction itself."""
     mod_dir = Path(out_dir) / job.module
     mod_dir.mkdir(parents=True, exist_ok=True)
     result_path = mod_dir / "result.json"
     result_path.unlink(missing_ok=True)  # never report a stale result as this run's
     log_path = mod_dir / "log.txt"
-    cmd = [sys.executable, "-m", "cvpr24.common.runner", job.target, str(mod_dir),
-           "quick" if quick else "full"] + ([str(seeds)] if seeds is not None else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "cvpr24.common.runner",
+        job.target,
+        str(mod_dir),
+        "quick" if quick else "full",
+    ] + ([str(seeds)] if seeds is not None else [])
     start = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         try:
             proc.wait(timeout=job.budget_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: workers it spawned too
             proc.wait()
-            return Result(job.module, mode="quick" if quick else "full",
-                          wall_time_s=time.monotonic() - start,
-                          error=f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
-                                f"Last lines of {log_path}:\n{_tail(log_path)}")
+            return Result(
+                job.module,
+                mode="quick" if quick else "full",
+                wall_time_s=time.monotonic() - start,
+                error=f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
+                f"Last lines of {log_path}:\n{_tail(log_path)}",
+            )
     if result_path.is_file():
         return Result.load(result_path)
-    return Result(job.module, mode="quick" if quick else "full", wall_time_s=time.monotonic() - start,
-                  error=f"process exited with code {proc.returncode} without writing a result.\n"
-                        f"Last lines of {log_path}:\n{_tail(log_path)}")
+    return Result(
+        job.module,
+        mode="quick" if quick else "full",
+        wall_time_s=time.monotonic() - start,
+        error=f"process exited with code {proc.returncode} without writing a result.\n"
+        f"Last lines of {log_path}:\n{_tail(log_path)}",
+    )
 
 
-def run_jobs(jobs: list[Job], out_dir: str | os.PathLike, *, quick: bool = True,
-             seeds: int | None = None, n_jobs: int = 1,
-             on_done: Callable[[Result], None] | None = None,
-             env: dict[str, str] | None = None) -> list[Result]:
+def run_jobs(
+    jobs: list[Job],
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = True,
+    seeds: int | None = None,
+    n_jobs: int = 1,
+    on_done: Callable[[Result], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> list[Result]:
     """Run ``jobs`` with at most ``n_jobs`` at once; results come back in the order of ``jobs``."""
+
     def one(job: Job) -> Result:
         result = run_job(job, out_dir, quick=quick, seeds=seeds, env=env)
         if on_done is not None:
@@ -95,9 +126,12 @@ def _child(target: str, out_dir: str, mode: str, seeds: str | None) -> int:
     start = time.monotonic()
     try:
         result = importlib.import_module(target).run(
-            out, quick=(mode == "quick"), seeds=None if seeds is None else int(seeds))
+            out, quick=(mode == "quick"), seeds=None if seeds is None else int(seeds)
+        )
         if not isinstance(result, Result):
-            raise TypeError(f"{target}.run returned {type(result).__name__}, expected cvpr24.common.Result")
+            raise TypeError(
+                f"{target}.run returned {type(result).__name__}, expected cvpr24.common.Result"
+            )
         rc = 0
     except BaseException:  # report anything, including SystemExit and KeyboardInterrupt
         result = Result(module, mode=mode, error=traceback.format_exc())

@@ -18,7 +18,7 @@ def seed_everything(seed: int) -> np.random.Generator:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global state, for third-party code)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
@@ -36,7 +36,9 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'cpu', 'cuda[:i]', 'mps' or 'auto', got {device!r}") from e
+        raise ValueError(
+            f"device must be 'cpu', 'cuda[:i]', 'mps' or 'auto', got {device!r}"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
     if dev.type == "mps" and not torch.backends.mps.is_available():
