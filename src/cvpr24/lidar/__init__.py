@@ -1,0 +1,93 @@
+"""Resolution limit of single-photon LiDAR (Chan et al., CVPR 2024), as a design tool and a
+depth estimator.
+
+At a fixed total photon budget alpha0, the depth error of a SPAD array is U-shaped in the
+pixel count N: photon noise grows like N, the footprint's discretisation error falls like
+1/N^2. This package holds the forward model, the per-pixel ML estimators, the exact and
+closed-form MSE(N), the optimal pixel count, real-data loaders and binning advice.
+See ``docs/lidar.md``; equation labels L1-L17 refer to ``papers/lidar.md``.
+"""
+
+from cvpr24.lidar.binning import BinningRecommendation, recommend_binning
+from cvpr24.lidar.data import (
+    from_deepinv,
+    load_depth_map,
+    load_histogram_cube,
+    load_timestamps,
+    save_histogram_cube,
+    save_timestamps,
+    to_deepinv,
+)
+from cvpr24.lidar.estimators import (
+    EstimateInfo,
+    estimate_delay,
+    fill_empty,
+    histogram_log_likelihood,
+    log_matched_filter,
+    timestamp_log_likelihood,
+)
+from cvpr24.lidar.model import (
+    LidarConfig,
+    PhotonData,
+    alpha0_from_hardware,
+    bin_cube,
+    bin_pixels,
+    delay_to_depth,
+    depth_mse,
+    depth_to_delay,
+    simulate_photons,
+    to_histogram,
+    uniform_bin_edges,
+)
+from cvpr24.lidar.scene import C_LIGHT, PixelMoments, Scene1D, Scene2D, pixel_moments, slope_energy
+from cvpr24.lidar.theory import (
+    MSEBreakdown,
+    continuous_mse,
+    fisher_information,
+    inv_poisson_moment,
+    mse_closed_form,
+    mse_exact,
+    optimal_pixels,
+)
+
+__all__ = [
+    "C_LIGHT",
+    "BinningRecommendation",
+    "EstimateInfo",
+    "LidarConfig",
+    "MSEBreakdown",
+    "PhotonData",
+    "PixelMoments",
+    "Scene1D",
+    "Scene2D",
+    "alpha0_from_hardware",
+    "bin_cube",
+    "bin_pixels",
+    "continuous_mse",
+    "delay_to_depth",
+    "depth_mse",
+    "depth_to_delay",
+    "estimate_delay",
+    "fill_empty",
+    "fisher_information",
+    "from_deepinv",
+    "histogram_log_likelihood",
+    "inv_poisson_moment",
+    "load_depth_map",
+    "load_histogram_cube",
+    "load_timestamps",
+    "log_matched_filter",
+    "mse_closed_form",
+    "mse_exact",
+    "optimal_pixels",
+    "pixel_moments",
+    "recommend_binning",
+    "save_histogram_cube",
+    "save_timestamps",
+    "simulate_photons",
+    "slope_energy",
+    "timestamp_log_likelihood",
+    "to_deepinv",
+    "to_histogram",
+    "uniform_bin_edges",
+]
