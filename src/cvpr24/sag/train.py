@@ -1,0 +1,172 @@
+"""Training the tiny ELITE-like model and its evaluation probe on ShapesWorld.
+
+The model is trained with the *reconstruction leak* of encoder-based subject-driven
+methods (the reference shows the same object on the same background as the target), so its
+subject token learns to carry the background too: the content ignorance that SAG removes.
+SAG itself needs no training.
+
+``train_tiny`` saves a resumable training state every ``save_every`` steps and writes the
+final weights (model and probe, one safetensors file) with a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from cvpr24.common import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from cvpr24.common.progress import progress
+from cvpr24.sag.shapes import probe_batch, training_batch
+from cvpr24.sag.tiny import (
+    ProbeClassifier,
+    ShapesELITE,
+    TinyConfig,
+    add_noise,
+    denoising_loss,
+    probe_loss,
+)
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "shapes_elite.safetensors"
+DATA_DESCRIPTION = ("ShapesWorld (cvpr24.sag.shapes), generated on the fly from the training seed: "
+                    "50% word captions [colour, shape, bg] (word dropout 0.3, caption dropout 0.1), "
+                    "50% subject captions [S*, null, bg-or-null] with a same-background reference")
+
+
+def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None = None,
+                resume: bool = False, save_every: int = 200, show_progress: bool | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[ShapesELITE, dict[str, float]]:
+    """Train :class:`ShapesELITE` with AdamW and a OneCycle schedule.
+
+    Parameters
+    ----------
+    config : TinyConfig
+    seed : int
+        Seeds initialisation and the data stream.
+    state_path : path, optional
+        Where the resumable training state is written every ``save_every`` steps.
+    resume : bool
+        Continue from ``state_path`` (bit-for-bit on the same hardware).
+
+    Returns
+    -------
+    model, metrics
+        ``metrics`` holds ``loss_initial`` and ``loss_final`` (means over 50 steps).
+    """
+    torch.manual_seed(seed)
+    model = ShapesELITE(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    start, history = 0, []
+    if resume:
+        if state_path is None or not Path(state_path).is_file():
+            raise FileNotFoundError(f"--resume given but no training state at {state_path}")
+        st = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
+        start = st["step"]
+        gen.set_state(st["extra"]["generator"])
+        history = list(st["extra"]["history"].tolist())
+    model.train()
+    bar = progress(range(start, config.steps), desc="train sag", total=config.steps - start, disable=show_progress
+                   if show_progress is None else not show_progress)
+    t0 = time.time()
+    for step in bar:
+        batch = training_batch(config.batch_size, gen, config.image_size, p_subject=config.p_subject)
+        loss, parts = denoising_loss(model, batch, gen, config.lambda_s)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.append(parts["loss_d"])
+        bar.set_postfix(loss=f"{parts['loss_d']:.4f}")
+        done = step + 1
+        if state_path is not None and (done % save_every == 0 or done == config.steps):
+            save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=done,
+                                extra={"generator": gen.get_state(), "history": torch.tensor(history)})
+        if log is not None and done % 100 == 0:
+            log(f"step {done}/{config.steps} loss_d {sum(history[-100:]) / len(history[-100:]):.4f} "
+                f"({time.time() - t0:.0f} s)")
+    model.eval()
+    k = min(50, len(history))
+    return model, {"loss_initial": sum(history[:k]) / k, "loss_final": sum(history[-k:]) / k}
+
+
+def train_probe(config: TinyConfig, seed: int = 0, eval_size: int = 1024) -> tuple[ProbeClassifier, dict[str, float]]:
+    """Train the (shape, colour, texture) probe on clean renders with random backgrounds
+    (so it is background-invariant). Returns the probe and its held-out accuracy."""
+    torch.manual_seed(seed)
+    probe = ProbeClassifier()
+    opt = torch.optim.AdamW(probe.parameters(), lr=config.probe_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.probe_lr, total_steps=config.probe_steps)
+    gen = torch.Generator().manual_seed(seed + 2)
+    probe.train()
+    for _ in range(config.probe_steps):
+        images, labels = probe_batch(64, gen, config.image_size)
+        loss = probe_loss(probe, images, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    probe.eval()
+    return probe, {"probe_accuracy": probe_accuracy(probe, config.image_size, seed + 3, eval_size)}
+
+
+@torch.no_grad()
+def probe_accuracy(probe: ProbeClassifier, image_size: int, seed: int, n: int = 1024) -> float:
+    """Fraction of held-out clean renders whose (shape, colour, texture) are all right."""
+    images, labels = probe_batch(n, torch.Generator().manual_seed(seed), image_size, noise_std=0.0)
+    return float((probe.predict(images) == labels).all(1).float().mean())
+
+
+def fit_placeholder_embedding(model: ShapesELITE, images: torch.Tensor, placeholder: int, steps: int = 10,
+                              lr: float = 5e-3, seed: int = 0) -> ShapesELITE:
+    """Textual inversion on the tiny model: optimise the word embedding of ``placeholder``
+    (a token id used in slot 0) on ``images``, everything else frozen.
+
+    The gradient of every other embedding row is masked to zero and Adam runs without weight
+    decay, so those rows stay bit-identical.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = model.words.weight
+    emb.requires_grad_(True)
+    row = torch.zeros_like(emb)
+    row[placeholder] = 1
+    hook = emb.register_hook(lambda g: g * row)
+    opt = torch.optim.Adam([emb], lr=lr, weight_decay=0.0)
+    tokens = torch.zeros(len(images), 3, dtype=torch.long)
+    tokens[:, 0] = placeholder
+    try:
+        for _ in range(steps):
+            t = torch.rand(len(images), generator=gen)
+            eps = torch.randn(images.shape, generator=gen)
+            loss = torch.nn.functional.mse_loss(model(add_noise(images, eps, t), t, model.context(tokens)), eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        hook.remove()
+        emb.requires_grad_(False)
+    return model
+
+
+def save_tiny(path: str | Path, model: ShapesELITE, probe: ProbeClassifier, seed: int,
+              metrics: dict[str, float]) -> Path:
+    """Write model and probe to one safetensors file (``model.*``, ``probe.*``) + sidecar."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"probe.{k}": v for k, v in probe.state_dict().items()})
+    return save_checkpoint(path, tensors, config=model.config, seed=seed, data=DATA_DESCRIPTION, metrics=metrics)
+
+
+def load_tiny(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[ShapesELITE, ProbeClassifier, dict]:
+    """Load model, probe and sidecar written by :func:`save_tiny` (SHA-256 checked)."""
+    ck = load_checkpoint(path, TinyConfig)
+    model = ShapesELITE(ck.config)
+    model.load_state_dict({k[6:]: v for k, v in ck.tensors.items() if k.startswith("model.")})
+    probe = ProbeClassifier()
+    probe.load_state_dict({k[6:]: v for k, v in ck.tensors.items() if k.startswith("probe.")})
+    return model.eval(), probe.eval(), ck.meta
