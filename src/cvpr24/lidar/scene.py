@@ -41,7 +41,7 @@ def default_fine(n: int, dims: int = 1) -> int:
     return max(FINE_MIN_2D, FINE_FACTOR_2D * n)
 
 
-def check_pixels(n: object, name: str = "N") -> int:
+def check_pixels(n: object, name: str = "n") -> int:
     """Validate a pixel count: a positive integer (numpy integers and integral floats pass)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating)):
         raise ValueError(f"{name} must be a positive integer, got {n!r}")

@@ -1,0 +1,166 @@
+"""Closed forms and reference values of the theory (spec section 6, first block)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from cvpr24.lidar import (
+    Scene1D,
+    Scene2D,
+    fisher_information,
+    inv_poisson_moment,
+    mse_closed_form,
+    mse_exact,
+    optimal_pixels,
+    pixel_moments,
+    slope_energy,
+)
+
+SIGMA, ALPHA0, C = 0.01, 1e4, 0.6
+
+
+def brute_force_g(lam: float) -> float:
+    """E[1/K | K >= 1] summed in log space over k up to lam + 40 sqrt(lam) + 200."""
+    k = np.arange(1, int(lam + 40 * math.sqrt(lam) + 200))
+    log_pmf = -lam + k * math.log(lam) - special.gammaln(k + 1)
+    return float(np.sum(np.exp(log_pmf) / k) / -math.expm1(-lam))
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5, 2, 10, 99.9, 100.1, 700, 1e4])
+def test_inv_poisson_moment_matches_brute_force(lam):
+    assert inv_poisson_moment(lam) == pytest.approx(brute_force_g(lam), rel=1e-9)
+
+
+def test_inv_poisson_moment_reference_values_and_shape():
+    ref = {0.5: 0.8788850409, 2: 0.5765908850, 5: 0.2577695371, 10: 0.1130214089,
+           20: 0.0527977880, 100: 0.0101020625}
+    for lam, g in ref.items():
+        assert inv_poisson_moment(lam) == pytest.approx(g, abs=1e-10)
+    # continuous across both branch switches
+    for edge in (0.5, 100.0):
+        lo, hi = inv_poisson_moment(np.nextafter(edge, 0)), inv_poisson_moment(edge)
+        assert hi == pytest.approx(lo, rel=1e-12)
+    lam = np.geomspace(1e-3, 1e5, 400)
+    g = inv_poisson_moment(lam)
+    assert np.all(np.diff(g) < 0)  # monotone decreasing
+    assert lam[-1] * g[-1] == pytest.approx(1.0, abs=2e-5)  # Lambda g -> 1
+    assert inv_poisson_moment(0.0) == 1.0
+    with pytest.raises(ValueError, match="Lambda"):
+        inv_poisson_moment(-1.0)
+
+
+def test_ramp_within_pixel_variance_is_c2_over_12N2():
+    m = pixel_moments(Scene1D.ramp(C), 100, fine=2**16)
+    assert np.max(np.abs(m.b / (C**2 / (12 * 100**2)) - 1)) < 1e-6
+    assert m.bias == pytest.approx(C**2 / (12 * 100**2), rel=1e-9)
+
+
+def test_step_edge_bias_is_exact():
+    # edge at fraction u = 0.25 inside pixel 3 of N = 10: bias = (1/N) h^2 u (1 - u)
+    m = pixel_moments(Scene1D.step(h=0.5, x0=0.325), 10)
+    assert m.bias == pytest.approx(4.6875e-3, rel=1e-12)
+
+
+def test_closed_form_and_exact_reference_point():
+    assert mse_closed_form(C**2, 100, ALPHA0, SIGMA) == pytest.approx(4.03e-6, rel=1e-12)
+    assert mse_exact(Scene1D.ramp(C), 100, ALPHA0, SIGMA).total == pytest.approx(4.0405e-6, rel=2e-5)
+
+
+def test_optimal_pixels_for_the_ramp():
+    S = slope_energy(Scene1D.ramp(C))
+    assert optimal_pixels(S, ALPHA0, SIGMA) == pytest.approx(182.26, abs=0.005)
+    assert optimal_pixels(S, ALPHA0, SIGMA, method="approx") == pytest.approx(181.71, abs=0.005)
+    n = np.arange(1, 1000)
+    assert n[np.argmin(mse_closed_form(S, n, ALPHA0, SIGMA))] == 182
+    assert optimal_pixels(Scene1D.ramp(C), ALPHA0, SIGMA, method="exact") == 180
+
+
+def test_slope_energy_of_the_sine_scene():
+    assert slope_energy(Scene1D.sine()) == pytest.approx(math.pi**2 / 8, rel=1e-12)
+    numeric = Scene1D(Scene1D.sine().tau)  # no derivative given: finite differences
+    assert slope_energy(numeric) == pytest.approx(math.pi**2 / 8, rel=1e-6)
+
+
+def test_closed_form_2d_matches_exact_for_a_plane():
+    plane = Scene2D.plane()
+    S2 = slope_energy(plane)
+    assert S2 == pytest.approx(0.13, rel=1e-12)
+    for n in (16, 32, 64, 128):  # Lambda = 1e6 / N^2 >= 61
+        exact = mse_exact(plane, n, 1e6, SIGMA).total
+        assert mse_closed_form(S2, n, 1e6, SIGMA, dims=2) / exact == pytest.approx(1.0, abs=0.0125)
+
+
+def test_closed_form_gradcheck_and_stationary_at_cubic_root():
+    args = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (150.0, ALPHA0, SIGMA)]
+    assert torch.autograd.gradcheck(lambda n, a, s: mse_closed_form(C**2, n, a, s), args)
+    n_star = torch.tensor(optimal_pixels(C**2, ALPHA0, SIGMA), dtype=torch.float64, requires_grad=True)
+    value = mse_closed_form(C**2, n_star, ALPHA0, SIGMA)
+    (grad,) = torch.autograd.grad(value, n_star)
+    assert abs(grad.item()) < 1e-9 * value.item() / n_star.item()
+    away = torch.tensor(1.2 * n_star.item(), dtype=torch.float64, requires_grad=True)
+    (grad_away,) = torch.autograd.grad(mse_closed_form(C**2, away, ALPHA0, SIGMA), away)
+    assert grad_away.item() > 1e-3 * value.item() / n_star.item()
+
+
+def test_fisher_information_background():
+    assert fisher_information(0.0, SIGMA, 1.0) == pytest.approx(1 / SIGMA**2, rel=1e-10)
+    info = fisher_information(np.array([0.1, 0.3, 0.6]), SIGMA, 1.0)
+    assert np.all(np.diff(info) < 0) and np.all(info < 1 / SIGMA**2)
+    with pytest.raises(ValueError, match="w"):
+        fisher_information(1.0, SIGMA, 1.0)
+
+
+def test_exact_theory_with_background_reduces_and_grows():
+    ramp = Scene1D.ramp(C)
+    base = mse_exact(ramp, 100, ALPHA0, SIGMA)
+    assert mse_exact(ramp, 100, ALPHA0, SIGMA, background=0.0).total == base.total
+    with_bg = mse_exact(ramp, 100, ALPHA0, SIGMA, background=ALPHA0)
+    assert with_bg.bias == pytest.approx(base.bias) and with_bg.variance > base.variance
+
+
+def test_invariances_of_the_exact_theory():
+    sine = Scene1D.sine()
+    ref = mse_exact(sine, 37, ALPHA0, SIGMA).total
+    a = 2.5
+    assert mse_exact(sine.scaled(a), 37, ALPHA0, a * SIGMA, t_window=(0, a)).total == pytest.approx(
+        a**2 * ref, rel=1e-10)
+    assert mse_exact(sine.scaled(1.0, 0.1), 37, ALPHA0, SIGMA).total == pytest.approx(ref, rel=1e-9)
+    assert mse_exact(sine.mirrored(), 37, ALPHA0, SIGMA).total == pytest.approx(ref, rel=1e-9)
+    const = Scene1D(sine.tau, alpha=lambda x: 3.0 + 0 * np.asarray(x))
+    assert mse_exact(const, 37, ALPHA0, SIGMA).total == pytest.approx(ref, rel=1e-9)
+    assert mse_exact(sine, 37, 7 * ALPHA0, SIGMA).Lambda == pytest.approx(7 * ALPHA0 / 37)
+
+
+def test_nonuniform_alpha_weights_the_pixel_mean():
+    ramp = Scene1D(Scene1D.ramp(C).tau, alpha=lambda x: np.asarray(x, float))  # alpha = x
+    m = pixel_moments(ramp, 1)
+    # alpha-weighted mean of 0.2 + 0.6 x with density 2x on [0, 1] is 0.2 + 0.6 * 2/3
+    assert m.mu[0] == pytest.approx(0.6, rel=1e-12)
+    assert m.mean[0] == pytest.approx(0.5, rel=1e-12)
+
+
+def test_bad_inputs_of_the_theory():
+    ramp = Scene1D.ramp()
+    with pytest.raises(ValueError, match="alpha0"):
+        mse_exact(ramp, 10, 0.0, SIGMA)
+    with pytest.raises(ValueError, match="sigma_t"):
+        mse_exact(ramp, 10, ALPHA0, -1.0)
+    with pytest.raises(ValueError, match="fine"):
+        mse_exact(ramp, 100, ALPHA0, SIGMA, fine=399)
+    with pytest.raises(ValueError, match="background"):
+        mse_exact(ramp, 10, ALPHA0, SIGMA, background=-1.0)
+    with pytest.raises(ValueError, match="N"):
+        mse_closed_form(0.36, 0, ALPHA0, SIGMA)
+    with pytest.raises(ValueError, match="method"):
+        optimal_pixels(0.36, ALPHA0, SIGMA, method="golden")
+
+
+def test_poisson_moment_against_scipy_sampling():
+    rng = np.random.default_rng(0)
+    k = stats.poisson.rvs(3.0, size=400_000, random_state=rng)
+    k = k[k > 0]
+    se = np.std(1 / k) / math.sqrt(k.size)
+    assert abs(np.mean(1 / k) - inv_poisson_moment(3.0)) < 4 * se
