@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from hcc_helpers import hand_example, random_signed
 from scipy.cluster.hierarchy import cophenet
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
@@ -20,8 +21,6 @@ from cvpr24.hcc import (
     tree_distances,
     tree_linkage,
 )
-
-from hcc_helpers import hand_example, random_signed
 
 SCIPY = {"avg": "average", "max": "complete", "min": "single"}
 

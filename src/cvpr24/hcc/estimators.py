@@ -9,12 +9,13 @@ a missing pair is 0.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cvpr24.hcc import _kernel
 from cvpr24.hcc._validation import (
@@ -34,6 +35,7 @@ from cvpr24.hcc.embedding import (
 )
 from cvpr24.hcc.linkage import (
     TREE_DISTANCES,
+    cc_cost,
     cc_cut,
     cc_path,
     cut_level,
@@ -78,20 +80,26 @@ class HCCConfig:
 class _SignedInputMixin:
     """Turns ``fit``'s X into a dense signed dissimilarity (``metric``, ``shift``)."""
 
-    def _signed_dissimilarity(self, X, n_clusters=None) -> np.ndarray:
+    def _fingerprint(self, D: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(D).tobytes()).hexdigest()
+
+    def _signed_dissimilarity(self, X, n_clusters=None, reset: bool = True) -> np.ndarray:
         dtype = check_dtype(self.dtype)
         if not isinstance(self.zero_diagonal, (bool, np.bool_)):
             raise ValueError(f"zero_diagonal must be a bool, got {self.zero_diagonal!r}")
         if self.metric == "precomputed":
             if sp.issparse(X) and X.format not in SPARSE_FORMATS:
                 check_dissimilarity(X, name="X")  # raises, naming the format
-            X = validate_data(self, X, accept_sparse=list(SPARSE_FORMATS),
+            X = validate_data(self, X, accept_sparse=list(SPARSE_FORMATS), reset=reset,
                               dtype=[np.float64, np.float32], ensure_min_samples=2)
-            self.shift_ = None
+            if reset:
+                self.shift_ = None
             return check_dissimilarity(X, name="X", zero_diagonal=self.zero_diagonal, dtype=dtype)
         if not isinstance(self.metric, str):
             raise ValueError(f"metric must be 'precomputed' or a scipy pdist metric name, got {self.metric!r}")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=reset)
+        if not reset:
+            return signed_from_features(X, self.metric, self.shift_, dtype=dtype)[0]
         D, self.shift_ = signed_from_features(X, self.metric, self.shift, n_clusters=n_clusters,
                                               dtype=dtype)
         return D
@@ -101,6 +109,24 @@ class _SignedInputMixin:
         tags.input_tags.pairwise = self.metric == "precomputed"
         tags.input_tags.sparse = self.metric == "precomputed"
         return tags
+
+
+class _TransductiveTransformMixin:
+    """``transform`` for embeddings of the fitted objects only (like MDS, no out-of-sample)."""
+
+    def transform(self, X):
+        """Return ``embedding_`` when X is the data passed to ``fit``.
+
+        The embedding is transductive: a new object has no place in the fitted tree (or
+        minimax graph), so any other X raises ValueError. This makes the estimator usable as
+        a ``Pipeline`` step (``fit_predict``, ``predict`` on the training data).
+        """
+        check_is_fitted(self, "embedding_")
+        D = self._signed_dissimilarity(X, reset=False)
+        if self._fingerprint(D) != self.fingerprint_:
+            raise ValueError(f"{type(self).__name__} is transductive: transform(X) accepts only "
+                             "the X passed to fit; refit on the new objects instead")
+        return self.embedding_
 
 
 class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEstimator):
@@ -201,7 +227,7 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
         self.cc_path_ = cc_path(D, Z)
         self.n_clusters_ = int(k) if not isinstance(k, str) else cc_cut(Z, self.cc_path_, rule=k)
         self.labels_ = cut_level(Z, self.n_clusters_)
-        self.cc_cost_ = float(self.cc_path_[n - self.n_clusters_])
+        self.cc_cost_ = cc_cost(D, self.labels_)
         self.linkage_matrix_ = Z
         self.linkage_matrix_level_ = level_linkage(Z)
         self.children_ = Z[:, :2].astype(np.intp)
@@ -213,13 +239,14 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
         return self.fit(X).labels_
 
 
-class TreePreservingEmbedding(_SignedInputMixin, TransformerMixin, BaseEstimator):
+class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, TransformerMixin,
+                              BaseEstimator):
     """Tree-preserving embedding (TPE): vectors whose squared distances are the HCC tree's levels.
 
     Builds the HCC dendrogram, takes its level ultrametric ``D^L_ij = L(lca(i, j))`` (Eq. 6),
     and embeds it exactly by classical MDS (Eqs. 7-8), so GMM or any vector method can run on
-    the tree. Transductive, like :class:`sklearn.manifold.MDS`: use ``fit_transform``
-    (a ``Pipeline`` with it runs through ``fit`` / ``fit_predict``).
+    the tree. Transductive, like :class:`sklearn.manifold.MDS`: ``transform`` accepts only the
+    fitted X (so a ``Pipeline`` with it can ``fit``, ``fit_predict`` and ``predict`` on it).
 
     Parameters
     ----------
@@ -285,6 +312,7 @@ class TreePreservingEmbedding(_SignedInputMixin, TransformerMixin, BaseEstimator
             raise ValueError("solver='explicit' needs an integer n_components")
         D = self._signed_dissimilarity(X)
         _check_n_components(self.n_components, D.shape[0])
+        self.fingerprint_ = self._fingerprint(D)
         Z = _kernel.generic_linkage(D, _kernel.METHOD_CODES[self.linkage])
         del D
         if self.solver == "eigh":
@@ -297,7 +325,8 @@ class TreePreservingEmbedding(_SignedInputMixin, TransformerMixin, BaseEstimator
         return Y
 
 
-class MinimaxEmbedding(_SignedInputMixin, TransformerMixin, BaseEstimator):
+class MinimaxEmbedding(_TransductiveTransformMixin, _SignedInputMixin, TransformerMixin,
+                       BaseEstimator):
     """Vectors whose squared distances are the (shifted) minimax dissimilarities (Prop. 3).
 
     ``D^MM`` (Eq. 10) is computed through the minimum spanning tree in O(N^2), shifted to a
@@ -343,6 +372,7 @@ class MinimaxEmbedding(_SignedInputMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"offset must be a number >= 0, got {self.offset!r}")
         D = self._signed_dissimilarity(X)
         _check_n_components(self.n_components, D.shape[0])
+        self.fingerprint_ = self._fingerprint(D)
         M = minimax_embedding_matrix(minimax_distances(D), float(self.offset))
         self.embedding_, self.eigenvalues_ = mds_embed(M, self.n_components)
         return self.embedding_
