@@ -274,6 +274,8 @@ def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> int:
         else:  # jumps or a flat scene: scan down to 5 photons per pixel
             n_max = max(16, math.ceil((alpha0 / 5) ** (1 / scene.dims)))
     n_max = check_pixels(n_max, "n_max")
+    if fine is None and scene.dims == 1:  # one quadrature table serves the whole scan
+        fine = max(2**14, 16 * n_max)
 
     def f(n: int) -> float:
         return mse_exact(scene, n, alpha0, sigma_t, background=background, fine=fine).total
