@@ -1,0 +1,94 @@
+"""The command line, the Monte Carlo check of the theory, and the reproduction's smoke test."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cvpr24.cli import main
+from cvpr24.lidar import (
+    Scene1D,
+    continuous_mse,
+    estimate_delay,
+    mse_exact,
+    pixel_moments,
+    reproduce,
+    save_histogram_cube,
+    simulate_photons,
+    to_histogram,
+    uniform_bin_edges,
+)
+
+
+@pytest.mark.slow
+def test_exact_theory_matches_monte_carlo_on_the_sine_scene():
+    scene, alpha0, sigma = Scene1D.sine(), 1e4, 0.01
+    for n in (12, 60, 300, 1000):
+        moments = pixel_moments(scene, n)
+        mc = np.mean([continuous_mse(estimate_delay(
+            simulate_photons(scene, n, alpha0, sigma, n_repeats=40, rng=[s, n]),
+            sigma_t=sigma, method="mean")[0], moments=moments).mean() for s in range(3)])
+        assert abs(mse_exact(scene, n, alpha0, sigma).total / mc - 1) < 0.05
+
+
+def test_reproduction_smoke(tmp_path):
+    start = time.perf_counter()
+    result = reproduce.run(tmp_path, size="tiny")
+    assert time.perf_counter() - start < 10
+    assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4", "C5"]
+    assert result.claims[0].status == "passed"  # exact theory vs MC holds even at tiny size
+    assert {c.status for c in result.claims} <= {"passed", "failed", "not tested"}
+    for fig in result.figures:
+        assert (tmp_path / fig).stat().st_size > 1000
+    with pytest.raises(ValueError, match="size"):
+        reproduce.run(tmp_path, size="huge")
+
+
+def test_cli_optimal_n(capsys, tmp_path):
+    out = tmp_path / "n.json"
+    assert main(["lidar", "optimal-n", "--slope-energy", "0.36", "--alpha0", "1e4",
+                 "--sigma-t", "0.01", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["cubic"] == pytest.approx(182.26, abs=0.01)
+    assert "182.26" in capsys.readouterr().out
+    assert main(["lidar", "optimal-n", "--scene", "ramp", "--alpha0", "1e4", "--sigma-t", "0.01"]) == 0
+    assert "exact theory (integer scan):           180" in capsys.readouterr().out
+    assert main(["lidar", "optimal-n", "--slope-energy", "0.36", "--alpha0", "-1",
+                 "--sigma-t", "0.01"]) == 2
+    assert "alpha0" in capsys.readouterr().err
+
+
+def test_cli_curve_warns_outside_the_domain(capsys, tmp_path):
+    assert main(["lidar", "curve", "--scene", "sine", "--alpha0", "1e4", "--points", "25",
+                 "--mc", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "curve.json").read_text())
+    assert data["N_opt_exact"] in range(200, 360) and len(data["mc"]["N"]) >= 10
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    err = capsys.readouterr().err
+    assert "fewer than 20 photons per pixel" in err and "too few pixels per scene feature" in err
+
+
+def test_cli_estimate_and_recommend_binning(capsys, tmp_path):
+    bin_width, sigma = 50e-12, 100e-12  # seconds; the scene's delays are in window units here
+    ph = simulate_photons(Scene1D.ramp(), 64, 2e4, 0.01, rng=0)
+    cube = to_histogram(ph, uniform_bin_edges((0, 1), 0.005)).reshape(8, 8, -1)
+    path = tmp_path / "cube.mat"
+    save_histogram_cube(path, cube, key="spad")
+    depth = tmp_path / "depth.npy"
+    assert main(["lidar", "estimate", "--input", str(path), "--key", "spad", "--layout", "HWT",
+                 "--bin-width", str(bin_width), "--sigma-t", str(sigma), "--out", str(depth)]) == 0
+    d = np.load(depth)
+    tau = estimate_delay(cube, sigma_t=0.01, bin_edges=uniform_bin_edges((0, 1), 0.005))[0]
+    np.testing.assert_allclose(d, 299_792_458.0 / 2 * tau * 1e-8, rtol=1e-9)  # 0.005 -> 50 ps
+    assert main(["lidar", "recommend-binning", "--input", str(path), "--key", "spad", "--layout",
+                 "HWT", "--bin-width", str(bin_width), "--sigma-t", str(sigma),
+                 "--out", str(tmp_path / "rec.json")]) == 0
+    assert "recommended bin factor" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "rec.json").read_text())
+    assert rec["factors"] == [1, 2, 4] and rec["factor"] in rec["factors"]
+    square = tmp_path / "square.npy"
+    np.save(square, np.ones((8, 8, 8)))
+    assert main(["lidar", "estimate", "--input", str(square), "--bin-width", "1e-12",
+                 "--sigma-t", "1e-10", "--out", str(depth)]) == 2
+    assert "layout" in capsys.readouterr().err
