@@ -269,22 +269,19 @@ def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]
             col = f"C{i}"
             ns = sorted(c.mc)
             ax.errorbar(ns, [c.mean(n) for n in ns], yerr=[np.std(c.mc[n]) for n in ns], fmt="o",
-                        color=col, ms=4, label=f"MC, alpha0={c.alpha0:g}")
+                        color=col, ms=4)
             dense = np.unique(np.geomspace(2, c.alpha0 / 4, 80).astype(int))
             fine = max(2**14, 16 * int(dense[-1]))
             ax.plot(dense, [mse_exact(scene, n, c.alpha0, sigma_t, fine=fine).total for n in dense],
-                    "-", color=col, label="exact theory (L9-L11)")
-            ax.plot(dense, mse_closed_form(c.S, dense, c.alpha0, sigma_t), "--", color=col,
-                    label="closed form (L14)")
-            ax.plot(dense, dense * sigma_t**2 / c.alpha0, ":", color=col, alpha=0.6,
-                    label="variance-only model")
-            ax.plot(dense, c.S / (12.0 * dense**2), "-.", color=col, alpha=0.6, label="bias-only model")
+                    "-", color=col)
+            ax.plot(dense, mse_closed_form(c.S, dense, c.alpha0, sigma_t), "--", color=col)
+            ax.plot(dense, dense * sigma_t**2 / c.alpha0, ":", color=col, alpha=0.6)
+            ax.plot(dense, c.S / (12.0 * dense**2), "-.", color="0.4", alpha=0.6)
             ax.axvline(optimal_pixels(c.S, c.alpha0, sigma_t), color=col, lw=0.8, alpha=0.5)
         ax.set(xscale="log", yscale="log", xlabel="pixels N", ylabel="MSE (window units$^2$)",
                title=f"{name}: MSE vs N at fixed total flux (vertical: N*)")
         ax.set_ylim(1e-7, 1e-2)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles[:5] + handles[5::5], labels[:5] + labels[5::5], fontsize=7)
+        _legend(ax, sorted({c.alpha0 for c in curves if c.scene == name}))
         names.append(_save(fig, out_dir, f"mse_vs_N_{name}.png"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, c in enumerate(curves):
@@ -307,6 +304,18 @@ def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]
     ax.legend(fontsize=7)
     names.append(_save(fig, out_dir, "scaling.png"))
     return names
+
+
+def _legend(ax, alphas: list[float]) -> None:
+    """One legend entry per flux level (colour) and per curve type (style)."""
+    from matplotlib.lines import Line2D
+
+    items = [Line2D([], [], color=f"C{i}", marker="o", ls="", label=f"MC +- std, alpha0={a:g}")
+             for i, a in enumerate(alphas)]
+    items += [Line2D([], [], color="k", ls=ls, label=lab) for ls, lab in (
+        ("-", "exact theory (L9-L11)"), ("--", "closed form (L14)"),
+        (":", "variance-only model N sigma_t^2/alpha0"), ("-.", "bias-only model S/(12 N^2)"))]
+    ax.legend(handles=items, fontsize=7)
 
 
 def _save(fig, out_dir: Path, name: str) -> str:
