@@ -297,6 +297,7 @@ def _em_histogram(flat, centres, start, k, sigma_t, w, t_range, max_iter: int = 
 def _lmf_numpy(flat: Array, edges: Array, sigma_t: float, subdiv: int, chunk: int = 8192) -> Array:
     t0, delta = float(edges[0]), float(edges[1] - edges[0])
     out = np.empty(flat.shape[0])
+    chunk = max(1, min(chunk, 2**23 // (subdiv * flat.shape[1])))  # score tensor <= 32 MB
     for s in range(0, flat.shape[0], chunk):
         h = torch.as_tensor(flat[s: s + chunk], dtype=torch.float32)
         out[s: s + chunk] = log_matched_filter(h, t0, delta, sigma_t, subdiv=subdiv).double().numpy()

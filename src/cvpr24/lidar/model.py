@@ -208,7 +208,9 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
         kb = rng.poisson(background / n_pix, size=n_repeats * n_pix)
         pix = np.concatenate([pix, np.repeat(np.arange(kb.size), kb)])
         t = np.concatenate([t, t0 + (t1 - t0) * rng.random(int(kb.sum()))])
-    t = t0 + np.mod(t - t0, t1 - t0)
+    out = (t < t0) | (t >= t1)
+    if np.any(out):  # rare (< 6e-7 per photon): wrap into the window, as a periodic laser does
+        t[out] = t0 + np.mod(t[out] - t0, t1 - t0)
     return PhotonData(pix, t, shape, n_repeats, (t0, t1))
 
 
@@ -217,7 +219,8 @@ def _sample_positions_1d(scene: Scene1D, n: int, alpha0: float, n_repeats: int,
     if scene.alpha is None:
         k = rng.poisson(alpha0 / n, size=n_repeats * n)  # K_n (L4)
         pix = np.repeat(np.arange(k.size), k)
-        x = (pix % n + rng.random(pix.size)) / n  # X uniform on Omega_n
+        local = pix if n_repeats == 1 else np.repeat(np.tile(np.arange(n), n_repeats), k)
+        x = (local + rng.random(pix.size)) / n  # X uniform on Omega_n
         return pix, x
     tab = scene.table(fine if fine is not None else max(2**14, 16 * n))
     cdf = tab.alpha_cdf(np.arange(n + 1) / n)

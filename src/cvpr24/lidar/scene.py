@@ -199,11 +199,15 @@ class _MomentTable:
         x = (a + b)[:, None] / 2 + half[:, None] * _GL_X  # (P, 4)
         w = half[:, None] * _GL_W
         tau = self.scene.tau(x) - self.tau_ref
-        alpha = np.ones_like(x) if self.scene.alpha is None else np.asarray(self.scene.alpha(x), float)
+        one, t1, t2 = np.sum(w, axis=-1), np.sum(w * tau, axis=-1), np.sum(w * tau**2, axis=-1)
+        if self.scene.alpha is None:  # uniform flux: the alpha-weighted moments are the plain ones
+            return np.stack([one, one, t1, t2, t1, t2])
+        alpha = np.asarray(self.scene.alpha(x), float)
         if np.any(alpha < 0) or not np.all(np.isfinite(alpha)):
             raise ValueError("alpha must be finite and non-negative")
-        f = np.stack([np.ones_like(x), alpha, alpha * tau, alpha * tau**2, tau, tau**2])
-        return np.sum(f * w, axis=-1)
+        aw = alpha * w
+        return np.stack([one, np.sum(aw, axis=-1), np.sum(aw * tau, axis=-1),
+                         np.sum(aw * tau**2, axis=-1), t1, t2])
 
     def integrals(self, e: Array) -> Array:
         """(6, len(e)) long-double integrals over [0, e]."""

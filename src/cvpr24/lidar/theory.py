@@ -61,6 +61,10 @@ def inv_poisson_moment(lam: float | Array) -> float | Array:
     small = lam_arr < _SERIES_BELOW
     big = lam_arr >= _ASYMPTOTIC_FROM
     mid = ~small & ~big
+    if out.size > 64:  # pixels often share Lambda (uniform flux): evaluate each value once
+        uniq, inverse = np.unique(lam_arr, return_inverse=True)
+        if uniq.size < out.size // 2:
+            return inv_poisson_moment(uniq)[inverse].reshape(lam_arr.shape)
     if np.any(small):
         x = lam_arr[small]
         k = np.arange(1, 25)[:, None]
