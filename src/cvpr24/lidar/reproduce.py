@@ -19,13 +19,14 @@ extension) and TDC-binned histograms (Sheppard term).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cvpr24.common import Claim, Measurement, Result, atomic_path
+from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
 from cvpr24.lidar.estimators import estimate_delay
 from cvpr24.lidar.model import LidarConfig, simulate_photons, to_histogram, uniform_bin_edges
 from cvpr24.lidar.scene import Scene1D, Scene2D, pixel_moments, slope_energy
@@ -328,6 +329,28 @@ def _save(fig, out_dir: Path, name: str) -> str:
     return name
 
 
+def write_curves(curves: list[Curve], path: Path, sigma_t: float) -> None:
+    """Every simulated point (MC per seed, exact, closed form) and the summary per curve."""
+    rows = []
+    for c in curves:
+        ns = sorted(c.mc)
+        grid_argmin = min(c.grid, key=c.mean)
+        in_c2 = [n for n in ns if c.lam(n) >= C2_MIN_LAMBDA and n >= C2_MIN_N]
+        rows.append({
+            "scene": c.scene, "alpha0": c.alpha0, "S": c.S, "n_rec": c.n_rec, "n_exact": c.n_exact,
+            "n_star_cubic": optimal_pixels(c.S, c.alpha0, sigma_t),
+            "n_star_approx": optimal_pixels(c.S, c.alpha0, sigma_t, method="approx"),
+            "grid_argmin": grid_argmin, "grid_min": c.mean(grid_argmin), "best": c.best(),
+            "exact_over_mc": [min(c.exact[n] / c.mean(n) for n in ns if c.lam(n) >= C1_MIN_LAMBDA),
+                              max(c.exact[n] / c.mean(n) for n in ns if c.lam(n) >= C1_MIN_LAMBDA)],
+            "cf_over_mc_domain": ([min(c.closed[n] / c.mean(n) for n in in_c2),
+                                   max(c.closed[n] / c.mean(n) for n in in_c2)] if in_c2 else None),
+            "points": [{"N": n, "Lambda": c.lam(n), "mc": c.mc[n].tolist(), "exact": c.exact[n],
+                        "closed_form": c.closed[n]} for n in ns]})
+    with atomic_write(path) as f:
+        json.dump(rows, f, indent=1)
+
+
 # -- the --full extras ----------------------------------------------------------------------------
 def claim_2d(cfg: LidarConfig, seeds: list[int]) -> Claim:
     """2-D, N per side: exact theory vs MC, and the MC error at the L16 pick."""
@@ -441,7 +464,10 @@ def run(out_dir: str | Path | None = None, quick: bool = True, seeds: int | None
         few = seed_list[:5]
         claims += [claim_2d(cfg, few), claim_step_edge(cfg, few), claim_background(cfg, few),
                    claim_histogram(cfg, few)]
-    figures = plot_curves(curves, Path(out_dir), cfg.sigma_t) if out_dir is not None else []
+    figures = []
+    if out_dir is not None:
+        figures = plot_curves(curves, Path(out_dir), cfg.sigma_t)
+        write_curves(curves, Path(out_dir) / "curves.json", cfg.sigma_t)
     return Result("lidar", claims=claims, mode=size, seeds=seed_list,
                   wall_time_s=time.perf_counter() - start, figures=figures, deviations=DEVIATIONS)
 
