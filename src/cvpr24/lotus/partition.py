@@ -1,0 +1,233 @@
+"""The secret partition function ``P: X -> {0..K-1}`` of the victim class (spec section 2.4).
+
+Implicit partitioning, as in the official code, has three steps:
+
+1. perceptual features of the (un-augmented) training victims: LPIPS-VGG at full scale
+   (:class:`LpipsFeatures`, needs the ``lpips`` package and its weights), or 4x4 average-pooled
+   pixels on CPU (:func:`pooled_pixels`);
+2. clustering (LOTUS L6): :class:`ClusterPartitioner` (k-means or GMM, ``random_state=30``);
+3. a surrogate classifier with ``C + K`` outputs trained on the relabelled data (LOTUS L7):
+   :class:`SurrogatePartitioner`, ``P(x) = argmax_k surrogate(x)[C + k]``, applied on the fly to
+   augmented and unseen victims.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvpr24.lotus.data import random_crop_flip
+from cvpr24.lotus.models import replace_head
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pooled_pixels(x: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    """Task-agnostic appearance features: ``grid x grid`` average-pooled pixels, (N, 3·grid²)."""
+    return F.adaptive_avg_pool2d(x, grid).flatten(1)
+
+
+class LpipsFeatures:
+    """LPIPS-VGG tap 2 (relu3_3) features through the learned linear head: ``(H/4)²`` dims.
+
+    Needs ``pip install lpips`` *and* torchvision's pretrained VGG16 weights already in the torch
+    cache (nothing is downloaded here). ``compat_lpips_range=True`` feeds [0, 1] images as the
+    official code does; the default rescales to the [-1, 1] LPIPS expects.
+    """
+
+    def __init__(self, compat_lpips_range: bool = False, device: str | torch.device = "cpu"):
+        try:
+            import lpips
+        except ImportError as e:
+            raise ImportError("LpipsFeatures needs the 'lpips' package (and torchvision with its "
+                              "pretrained VGG16 weights in the torch cache): pip install lpips "
+                              "torchvision; on CPU use the default pooled_pixels features") from e
+        self.net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
+        self.compat, self.device = compat_lpips_range, device
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        x = x if self.compat else x * 2 - 1
+        feats = self.net.net.forward(self.net.scaling_layer(x))[2]        # (N, 256, H/4, W/4)
+        feats = feats / (feats.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        return self.net.lins[2](feats).flatten(1).cpu()                    # (N, (H/4)²)
+
+
+class ClusterPartitioner:
+    """Partition victims by clustering perceptual features (LOTUS L6).
+
+    Parameters
+    ----------
+    n_partitions : int
+        ``K``.
+    method : {"kmeans", "gmm"}
+        scikit-learn ``KMeans`` or ``GaussianMixture``.
+    seed : int
+        ``random_state`` (official: 30).
+    n_init : int
+        Explicit, because scikit-learn's k-means default changed (official env: 10).
+    features : callable
+        Maps images (N, 3, H, W) to features (N, d); default :func:`pooled_pixels`.
+
+    Attributes
+    ----------
+    estimator_ : sklearn estimator
+    labels_ : ndarray of shape (n_samples,)
+        Cluster id of every training image.
+    """
+
+    def __init__(self, n_partitions: int = 4, method: str = "kmeans", seed: int = 30,
+                 n_init: int = 10, features: FeatureFn = pooled_pixels):
+        self.n_partitions = n_partitions
+        self.method = method
+        self.seed = seed
+        self.n_init = n_init
+        self.features = features
+
+    def fit(self, x: torch.Tensor) -> ClusterPartitioner:
+        from sklearn.cluster import KMeans
+        from sklearn.mixture import GaussianMixture
+
+        if not isinstance(self.n_partitions, int) or not 1 <= self.n_partitions <= 8:
+            raise ValueError(f"n_partitions must be an integer in [1, 8], got {self.n_partitions!r}")
+        if self.method not in ("kmeans", "gmm"):
+            raise ValueError(f"method must be 'kmeans' or 'gmm', got {self.method!r}")
+        if len(x) < self.n_partitions:
+            raise ValueError(f"x must hold at least n_partitions={self.n_partitions} images, got {len(x)}")
+        f = self.features(x).double().numpy()
+        if self.method == "kmeans":
+            est = KMeans(self.n_partitions, random_state=self.seed, n_init=self.n_init)
+        else:
+            est = GaussianMixture(self.n_partitions, random_state=self.seed, n_init=self.n_init)
+        self.labels_ = est.fit_predict(f)
+        self.estimator_ = est
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.estimator_.predict(self.features(x).double().numpy())).long()
+
+
+class SurrogatePartitioner:
+    """The learned partition function of LOTUS (L7): a ``C + K``-way surrogate classifier.
+
+    The clean model is copied and its head replaced by ``Linear(d, C + K)``; victim images are
+    relabelled ``C + c(x)`` with their cluster id, other images keep their label. Each step
+    takes ``batch_size`` other-class samples and ``⌊batch_size/(C-1)⌋`` random victims.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The clean model (not modified; a copy is trained).
+    num_classes : int
+        ``C``.
+    n_partitions : int
+        ``K``.
+    epochs, lr, momentum, weight_decay, batch_size : training schedule (official: 100, 1e-2,
+        0.9, 5e-4, 128, StepLR(35, 0.1) when ``scheduler="step"``; ``"cosine"`` at CPU scale).
+    seed : int
+    compat_batch_aug : bool
+        One crop/flip for the whole batch, as torchvision does on batch tensors in the official code.
+
+    Attributes
+    ----------
+    surrogate_ : nn.Module
+        The trained ``C + K`` model.
+    agreement_ : float
+        Fraction of training victims whose predicted partition equals their cluster id.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, n_partitions: int, *, epochs: int = 100,
+                 lr: float = 1e-2, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 batch_size: int = 128, scheduler: str = "step", seed: int = 1024,
+                 compat_batch_aug: bool = False, device: str | torch.device = "cpu"):
+        self.model = model
+        self.num_classes = num_classes
+        self.n_partitions = n_partitions
+        self.epochs = epochs
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.scheduler = scheduler
+        self.seed = seed
+        self.compat_batch_aug = compat_batch_aug
+        self.device = device
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, victim: int,
+            cluster_ids: torch.Tensor | np.ndarray) -> SurrogatePartitioner:
+        """Train on ``(x, y)`` with the victims (``y == victim``) relabelled by ``cluster_ids``
+        (one id per victim image, in order)."""
+        from cvpr24.common.progress import progress
+
+        c, k = self.num_classes, self.n_partitions
+        vic = (y == victim).nonzero().squeeze(1)
+        oth = (y != victim).nonzero().squeeze(1)
+        cluster_ids = torch.as_tensor(np.asarray(cluster_ids), dtype=torch.long)
+        if cluster_ids.shape != (len(vic),):
+            raise ValueError(f"cluster_ids must hold one id per victim image ({len(vic)}), "
+                             f"got shape {tuple(cluster_ids.shape)}")
+        if self.scheduler not in ("step", "cosine"):
+            raise ValueError(f"scheduler must be 'step' or 'cosine', got {self.scheduler!r}")
+        g = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):                 # the new head's init is seeded too
+            torch.manual_seed(self.seed)
+            net = replace_head(copy.deepcopy(self.model), c + k).to(self.device).train()
+        opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, -(-len(oth) // self.batch_size))
+        sched = (torch.optim.lr_scheduler.StepLR(opt, 35 * steps_per_epoch, 0.1) if self.scheduler == "step"
+                 else torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs * steps_per_epoch))
+        n_vic = max(1, self.batch_size // (c - 1))
+        for _ in progress(range(self.epochs), desc="surrogate"):
+            order = oth[torch.randperm(len(oth), generator=g)]
+            for i in range(0, len(order), self.batch_size):
+                bo = order[i:i + self.batch_size]
+                pick = torch.randint(0, len(vic), (n_vic,), generator=g)
+                xb = torch.cat([x[bo], x[vic[pick]]])
+                yb = torch.cat([y[bo], c + cluster_ids[pick]])
+                xb = random_crop_flip(xb, generator=g, per_sample=not self.compat_batch_aug)
+                loss = F.cross_entropy(net(xb.to(self.device)), yb.to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        self.surrogate_ = net.eval()
+        self.agreement_ = float((self.predict(x[vic]) == cluster_ids).float().mean())
+        return self
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """``P(x) = argmax_{k<K} surrogate(x)[C + k]`` (the last K logits only)."""
+        net = self.surrogate_
+        was_training = net.training
+        net.eval()
+        out = [net(x[i:i + batch_size].to(self.device))[:, self.num_classes:].argmax(1).cpu()
+               for i in range(0, len(x), batch_size)]
+        net.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+class ConstantPartitioner:
+    """Every image in partition 0: LOTUS with K = 1 is label-specific BadNets."""
+
+    n_partitions = 1
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), dtype=torch.long)
+
+
+class FixedPartitioner:
+    """A partitioner from a user function ``fn(x) -> LongTensor[N]`` (explicit partitioning,
+    e.g. by an attribute the attacker can compute)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_partitions: int):
+        self.fn, self.n_partitions = fn, n_partitions
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.fn(x), dtype=torch.long)
