@@ -140,3 +140,15 @@ def test_theorem1_brute_force():
         assert cc_cost(M, minimax_cc_labels(D)) == pytest.approx(0, abs=1e-12)
         raw_positive += min(cc_cost(D, p) for p in partitions) > 1e-9
     assert raw_positive >= 8  # on the raw D the optimum is (almost always) above 0
+
+
+def test_mds_arpack_matches_dense():
+    L = level_distances(hcc_linkage(random_signed(120, 9, shift=-0.1)))
+    Yd, lam_d = mds_embed(L, 6, solver="dense")
+    Ya, lam_a = mds_embed(L, 6, solver="arpack")
+    np.testing.assert_allclose(lam_a, lam_d, rtol=1e-8)
+    np.testing.assert_allclose(pdist(Ya), pdist(Yd), atol=1e-7)
+    with pytest.raises(ValueError, match="n_components"):
+        mds_embed(L, None, solver="arpack")
+    with pytest.raises(ValueError, match="solver"):
+        mds_embed(L, 3, solver="lobpcg")

@@ -23,7 +23,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import LinearOperator, svds
+from scipy.sparse.linalg import LinearOperator, eigsh, svds
 from scipy.spatial.distance import squareform
 
 from cvpr24.hcc import _kernel
@@ -49,8 +49,12 @@ def double_centre(D: np.ndarray) -> np.ndarray:
     return W
 
 
+MDS_SOLVERS = ("auto", "dense", "arpack")
+
+
 def mds_embed(D, n_components: int | None = None, *, square: bool = False,
-              check_embeddable: bool = True) -> tuple[np.ndarray, np.ndarray]:
+              check_embeddable: bool = True, solver: str = "auto",
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Classical MDS of a squared-distance matrix (Eqs. 7-8).
 
     Parameters
@@ -65,6 +69,12 @@ def mds_embed(D, n_components: int | None = None, *, square: bool = False,
     check_embeddable : bool
         Warn when an eigenvalue below ``-1e-9 lambda_max`` shows that D is not embeddable
         (those directions are dropped).
+    solver : {"auto", "dense", "arpack"}
+        ``"dense"``: LAPACK ``eigh`` (O(N^3)). ``"arpack"``: Lanczos for the top d eigenpairs
+        (O(N^2) per iteration; needs an int ``n_components`` < N-1). ``"auto"``: arpack when
+        N > 1000 and d < N / 10.
+    seed : int
+        Start vector of the Lanczos iteration.
 
     Returns
     -------
@@ -80,9 +90,20 @@ def mds_embed(D, n_components: int | None = None, *, square: bool = False,
     if n_components is not None and (
             not isinstance(n_components, (int, np.integer)) or not 1 <= n_components <= n):
         raise ValueError(f"n_components must be None or an integer in [1, N={n}], got {n_components!r}")
+    if solver not in MDS_SOLVERS:
+        raise ValueError(f"solver must be one of {MDS_SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        solver = "arpack" if n_components is not None and n > 1000 and n_components < n / 10 else "dense"
+    if solver == "arpack" and (n_components is None or n_components >= n - 1):
+        raise ValueError("solver='arpack' needs an integer n_components < N - 1")
     W = double_centre(D)
     del D
-    if n_components is None or n_components >= n:
+    if solver == "arpack":
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        lam, V = eigsh(W, k=n_components, which="LA", v0=v0)
+        order = np.argsort(lam)
+        lam, V = lam[order], V[:, order]
+    elif n_components is None or n_components >= n:
         lam, V = scipy.linalg.eigh(W, overwrite_a=True, check_finite=False)
     else:
         lam, V = scipy.linalg.eigh(W, subset_by_index=[n - n_components, n - 1],
