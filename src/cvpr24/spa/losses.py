@@ -47,10 +47,13 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Validate ``logits``/``targets`` and return ``(v, y, known)`` in the compute dtype.
+def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate ``logits``/``targets``; return ``(v, y, known)`` in the compute dtype.
 
-    ``y`` has missing entries replaced by 0 (they are masked by ``known`` everywhere).
+    ``known`` is None when no label can be missing; otherwise a bool mask, and ``y`` has its
+    missing entries replaced by 0. NaN logits are caught on the loss value (:func:`_reduce`),
+    which costs nothing extra in the common case.
     """
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
         raise TypeError(f"logits and targets must be torch.Tensor, got {type(logits).__name__} "
@@ -61,32 +64,39 @@ def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None) -> tup
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    v = logits.to(dtype)
-    if torch.isnan(v).any():
-        raise ValueError("logits contains NaN (check the network output / learning rate)")
-    y = targets.to(dtype)
+    v, y = logits.to(dtype), targets.to(dtype)
     if ignore_index is None:
-        known = torch.ones_like(y, dtype=torch.bool)
+        known = None
+        if torch.count_nonzero(y * (1 - y)):  # one cheap check: y in {0, 1} exactly (NaN counts)
+            _raise_bad_targets(y, torch.ones_like(y, dtype=torch.bool), ignore_index)
     else:
         known = ~(torch.isnan(y) | (y == ignore_index))
-    bad = known & (y != 0) & (y != 1)
-    if bad.any():
-        extra = "" if ignore_index is None else f" or the ignore_index {ignore_index!r} / NaN"
-        raise ValueError(f"targets must hold 0 or 1{extra}; found {y[bad][:5].tolist()}"
-                         + ("" if ignore_index is not None else
-                            " (set ignore_index, e.g. -1, to mark missing labels)"))
-    y = torch.where(known, y, torch.zeros((), dtype=dtype, device=y.device))
+        if (known & (y != 0) & (y != 1)).any():
+            _raise_bad_targets(y, known, ignore_index)
+        y = torch.where(known, y, torch.zeros((), dtype=dtype, device=y.device))
     return v, y, known
 
 
-def _reduce(loss: Tensor, known: Tensor, reduction: str) -> Tensor:
-    """Zero the missing entries, then reduce: ``mean`` is over known entries."""
-    loss = torch.where(known, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+def _raise_bad_targets(y: Tensor, known: Tensor, ignore_index: float | None) -> None:
+    bad = known & (y != 0) & (y != 1)
+    extra = ("" if ignore_index is None else f" or the ignore_index {ignore_index!r} / NaN")
+    hint = "" if ignore_index is not None else " (set ignore_index, e.g. -1, to mark missing labels)"
+    raise ValueError(f"targets must hold 0 or 1{extra}; found {y[bad][:5].tolist()}{hint}")
+
+
+def _reduce(loss: Tensor, known: Tensor | None, reduction: str) -> Tensor:
+    """Zero the missing entries, reduce (``mean`` is over known entries), reject NaN."""
+    if known is not None:
+        loss = torch.where(known, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / known.sum().clamp(min=1)
+        out = loss
+    elif reduction == "sum":
+        out = loss.sum()
+    else:
+        out = loss.mean() if known is None else loss.sum() / known.sum().clamp(min=1)
+    if torch.isnan(out.detach()).any():  # targets are checked, so NaN came from the logits
+        raise ValueError("logits contains NaN (check the network output / learning rate)")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,9 +160,16 @@ def spa_loss(logits: Tensor, targets: Tensor, params: SPAParams | None = None, *
     _check_reduction(reduction)
     p = params or SPAParams()
     v, y, known = _prepare(logits, targets, ignore_index)
-    l_pos = F.softplus(-p.k_pos * (v - p.b_pos)) / p.zeta_pos  # (S7)
-    l_neg = F.softplus(p.k_neg * (v - p.b_neg)) / p.zeta_neg  # (S8)
-    return _reduce(torch.where(y > 0.5, l_pos, l_neg), known, reduction)
+    # (S7) = softplus(-u) with u = k+(v - b+) and (S8) = softplus(u) with u = k-(v - b-) are
+    # BCE-with-logits of u against y = 1 and y = 0: select u per label (lerp by y in {0, 1}),
+    # put 1/zeta+ : 1/zeta- into pos_weight, and let one fused BCE kernel do the rest.
+    u = torch.lerp((v - p.b_neg) * p.k_neg, (v - p.b_pos) * p.k_pos, y)  # (N, C)
+    pos_weight = v.new_full((v.shape[-1],), p.zeta_neg / p.zeta_pos)
+    if known is None and reduction != "none":
+        loss = F.binary_cross_entropy_with_logits(u, y, pos_weight=pos_weight, reduction=reduction)
+        return _reduce(loss / p.zeta_neg, None, "sum")
+    loss = F.binary_cross_entropy_with_logits(u, y, pos_weight=pos_weight, reduction="none")
+    return _reduce(loss / p.zeta_neg, known, reduction)
 
 
 def spa_log_odds(logits: Tensor, params: SPAParams | None = None) -> Tensor:
@@ -313,19 +330,16 @@ def label_pair_regularizer(scores: Tensor, targets: Tensor, *, norm: LPRNorm = "
     if scores.shape[1] < 2:
         raise ValueError(f"the label pair regularizer needs at least 2 classes, got C={scores.shape[1]}")
     s, y, known = _prepare(scores, targets, ignore_index)
+    if known is None:
+        known = torch.ones_like(y, dtype=torch.bool)
     pos, neg = known & (y > 0.5), known & (y < 0.5)  # (N, C)
     if implementation == "dense":
         per_row = _lpr_dense(s, pos, neg)
     else:
         per_row = _lpr_gathered(s, pos, neg)
-    if norm == "classes":
-        z = known.sum(1)
-    else:
-        z = pos.sum(1) * neg.sum(1)
+    z = known.sum(1) if norm == "classes" else pos.sum(1) * neg.sum(1)
     per_row = per_row / z.clamp(min=1).to(s.dtype)  # (N,)
-    if reduction == "none":
-        return per_row
-    return per_row.sum() if reduction == "sum" else per_row.mean()
+    return _reduce(per_row, None, reduction)
 
 
 def _lpr_dense(s: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
