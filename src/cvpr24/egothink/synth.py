@@ -90,12 +90,13 @@ class Canvas:
         self.pil = optional_import("PIL.Image", "egothink")
         self.draw_mod = optional_import("PIL.ImageDraw", "egothink")
         self.S = size
+        self.dx = 0.0  # horizontal offset of what is drawn (scene jitter)
         self.img = self.pil.new("RGB", (size, size))
         self.d = self.draw_mod.Draw(self.img)
 
     def box(self, x0, y0, x1, y1):
-        s = self.S
-        return [round(x0 * s), round(y0 * s), round(x1 * s) - 1, round(y1 * s) - 1]
+        s, dx = self.S, self.dx
+        return [round((x0 + dx) * s), round(y0 * s), round((x1 + dx) * s) - 1, round(y1 * s) - 1]
 
     def rect(self, x0, y0, x1, y1, fill, outline=None):
         b = self.box(x0, y0, x1, y1)
@@ -108,10 +109,10 @@ class Canvas:
         self.d.ellipse(b, fill=fill, outline=outline)
 
     def poly(self, pts, fill):
-        self.d.polygon([(x * self.S, y * self.S) for x, y in pts], fill=fill)
+        self.d.polygon([((x + self.dx) * self.S, y * self.S) for x, y in pts], fill=fill)
 
     def line(self, pts, fill, width=1):
-        self.d.line([(x * self.S, y * self.S) for x, y in pts], fill=fill, width=width)
+        self.d.line([((x + self.dx) * self.S, y * self.S) for x, y in pts], fill=fill, width=width)
 
     def blend(self, draw_fn, alpha: float):
         """Draw with ``draw_fn(canvas)`` on a copy and blend it in with opacity ``alpha``."""
@@ -127,6 +128,25 @@ class Canvas:
         buf = io.BytesIO()
         self.img.save(buf, format="JPEG", quality=quality)
         return buf.getvalue()
+
+
+class NullCanvas(Canvas):
+    """A canvas that draws nothing: samples questions and answers only (``image_size=0``)."""
+
+    def __init__(self, size: int = 0):
+        self.S, self.dx = 0, 0.0
+        self.img = None
+
+    def rect(self, *a, **k):
+        pass
+
+    ellipse = poly = line = rect
+
+    def blend(self, draw_fn, alpha: float):
+        pass
+
+    def jpeg(self, quality: int = 95) -> bytes:
+        return b""
 
 
 def draw_room(c: Canvas, room: str, rng: np.random.Generator) -> None:
@@ -276,7 +296,7 @@ def _hold(c: Canvas, rng, col: str, cat: str, side: int, transparent: bool = Fal
 
 
 def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> SynthItem:
-    c = Canvas(size)
+    c = Canvas(size) if size else NullCanvas()
     room = ROOMS[rng.integers(6)]
     draw_room(c, room, rng)
     slots: dict[str, int] = {}
@@ -315,7 +335,9 @@ def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> Syn
             "use": CATEGORIES.index(cat)}
     elif dim == "activity":
         k = int(rng.integers(6))
+        c.dx = rng.uniform(-0.05, 0.05)  # fixed scene layouts get a small random shift
         _draw_activity(c, k, rng)
+        c.dx = 0.0
         q, a, slots = "What am I doing?", f"{VERBS[k]} {OBJECTS[k]}", {"verb": k, "obj": k}
     elif dim == "location":
         objects += _place(c, rng, _distractors(rng, int(rng.integers(0, 3)), set()))
@@ -360,7 +382,9 @@ def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> Syn
     elif dim == "situated":
         yes = bool(rng.integers(2))
         cue = yes == SITUATIONS[qtype][1]
+        c.dx = rng.uniform(-0.05, 0.05)
         _draw_situation(c, qtype, cue, rng)
+        c.dx = 0.0
         q, a, slots = SITUATIONS[qtype][0], "Yes." if yes else "No.", {"yesno": int(yes)}
     elif dim == "forecasting":
         target = _col_cat(rng)
@@ -376,8 +400,9 @@ def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> Syn
         slots = {"color": COLORS.index(target[0]), "category": CATEGORIES.index(target[1])}
     elif dim == "navigation":
         col = COLORS[rng.integers(8)]
-        turn = int(rng.integers(3))
-        depth = int(rng.integers(2))
+        # the 5 routes (left/right x near/far, or the end door) are equally likely, so no
+        # full answer is more frequent than 1/5
+        turn, depth = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))[rng.integers(5)]
         _draw_corridor(c, col, turn, depth, rng)
         q = f"How do I get to the {col} door?"
         if turn == 2:
@@ -398,6 +423,9 @@ def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> Syn
         slots, fields = {"side": s1, "side2": s2}, {"obj": f"{col} {cat}", "box": box}
     else:
         raise ValueError(f"unknown dim/qtype {dim}/{qtype}")
+    gain = rng.uniform(0.9, 1.1)  # exposure jitter: no two scenes are byte-identical
+    if c.img is not None:
+        c.img = c.img.point(lambda v: min(255, int(v * gain)))
     return SynthItem(dim, qtype, q, a, slots, fields, c.jpeg(), objects)
 
 
@@ -453,7 +481,7 @@ def _draw_situation(c: Canvas, kind: str, cue: bool, rng) -> None:
     else:  # dark room
         draw_room(c, ("kitchen", "living room", "office", "bathroom")[rng.integers(4)], rng)
         _place(c, rng, _distractors(rng, 2, set()))
-        if cue:
+        if cue and c.img is not None:
             c.img = c.img.point(lambda v: v // 5)
             c.d = c.draw_mod.Draw(c.img)
     draw_hands(c)
@@ -501,6 +529,7 @@ def sample_items(seed: int, sizes: dict[str, int], image_size: int = 64, *, spli
     """Items for ``sizes`` (``{dim: n}``), deterministic given ``seed``.
 
     Test seeds must be < 10**4 and train seeds >= 10**4 (so the two never share a scene).
+    ``image_size=0`` samples questions, answers and slots without rendering.
     """
     if split == "test" and not 0 <= seed < 10**4:
         raise ValueError(f"seed: test seeds must be in [0, 10000), got {seed}")
@@ -536,6 +565,8 @@ def generate_synthetic(out: str | os.PathLike, n_per_dim: int | dict[str, int] =
     image_size : int
         Square image side in pixels (64 quick, 128 full).
     """
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
     from cvpr24.egothink.data import EgoThinkDataset, EgoThinkItem, write_github, write_parquet
 
     if isinstance(n_per_dim, int):

@@ -1,0 +1,16 @@
+import time
+
+from cvpr24.common import Result
+from cvpr24.egothink.reproduce import CLAIMS, run
+
+
+def test_reproduction_smoke(tmp_path):
+    start = time.perf_counter()
+    result = run(tmp_path, tiny=True, log=lambda msg: None)
+    assert isinstance(result, Result) and result.error is None
+    assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4", "C5"] and len(CLAIMS) == 5
+    assert all(c.status in ("passed", "failed") for c in result.claims)
+    assert result.claims[4].passed  # C5 is deterministic
+    for fig in result.figures:
+        assert (tmp_path / fig).stat().st_size > 1000
+    assert time.perf_counter() - start < 120
