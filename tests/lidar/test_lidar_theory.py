@@ -164,3 +164,35 @@ def test_poisson_moment_against_scipy_sampling():
     k = k[k > 0]
     se = np.std(1 / k) / math.sqrt(k.size)
     assert abs(np.mean(1 / k) - inv_poisson_moment(3.0)) < 4 * se
+
+
+def test_2d_optimum_exact_search_agrees_with_a_full_scan():
+    scene = Scene2D.plane_ripple()
+    found = optimal_pixels(scene, 2e4, SIGMA, method="exact", n_max=40)
+    scan = min(range(1, 41), key=lambda n: mse_exact(scene, n, 2e4, SIGMA).total)
+    assert found == scan
+    assert optimal_pixels(scene, 2e4, SIGMA) == pytest.approx((slope_energy(scene) * 2e4 / 12e-4) ** 0.25)
+
+
+def test_config_validation():
+    from cvpr24.lidar import LidarConfig
+
+    assert LidarConfig().fine(100) == 2**14 and LidarConfig().fine(2000) == 32000
+    assert LidarConfig.cpu().repeats(1e3) == 400 and LidarConfig.cpu().repeats(1e5) == 8
+    for kwargs, name in (({"irf": "sinc"}, "irf"), ({"sigma_t": 0}, "sigma_t"), ({"dims": 3}, "dims"),
+                         ({"empty_pixel": "zero"}, "empty_pixel"), ({"estimator": "x"}, "estimator")):
+        with pytest.raises(ValueError, match=name):
+            LidarConfig(**kwargs)
+
+
+def test_mse_curve_equals_mse_exact_point_by_point():
+    from cvpr24.lidar import mse_curve
+
+    for scene in (Scene1D.sine(), Scene1D.step(), Scene2D.plane()):
+        ns = [3, 10, 64] if scene.dims == 2 else [1, 7, 100, 333, 1000]
+        fine = 2**9 if scene.dims == 2 else 2**14
+        curve = mse_curve(scene, ns, ALPHA0, SIGMA, background=50.0, fine=fine)
+        for i, n in enumerate(ns):
+            point = mse_exact(scene, n, ALPHA0, SIGMA, background=50.0, fine=fine)
+            assert curve.total[i] == pytest.approx(point.total, rel=1e-10)
+            assert curve.Lambda[i] == pytest.approx(point.Lambda, rel=1e-12)

@@ -46,6 +46,7 @@ from cvpr24.lidar.theory import (
     fisher_information,
     inv_poisson_moment,
     mse_closed_form,
+    mse_curve,
     mse_exact,
     optimal_pixels,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "load_timestamps",
     "log_matched_filter",
     "mse_closed_form",
+    "mse_curve",
     "mse_exact",
     "optimal_pixels",
     "pixel_moments",

@@ -107,7 +107,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         continuous_mse,
         estimate_delay,
         mse_closed_form,
-        mse_exact,
+        mse_curve,
         simulate_photons,
         slope_energy,
     )
@@ -117,14 +117,12 @@ def cmd_curve(args: argparse.Namespace) -> int:
     top = (args.alpha0 / 2) ** (1 / dims)
     ns = np.unique(np.geomspace(2, max(4, top), args.points).astype(int))
     S = slope_energy(scene)
-    fine = max(2**14, 16 * int(ns[-1])) if dims == 1 else None
-    ex = [mse_exact(scene, n, args.alpha0, args.sigma_t, background=args.background, fine=fine)
-          for n in ns]
+    ex = mse_curve(scene, ns, args.alpha0, args.sigma_t, background=args.background)
     cf = mse_closed_form(S, ns.astype(float), args.alpha0, args.sigma_t, dims=dims) if S > 0 else None
     out = {"scene": scene.name, "dims": dims, "alpha0": args.alpha0, "sigma_t": args.sigma_t,
            "background": args.background, "slope_energy": S, "N": ns.tolist(),
-           "exact": [e.total for e in ex], "bias": [e.bias for e in ex],
-           "variance": [e.variance for e in ex], "Lambda": [e.Lambda for e in ex],
+           "exact": ex.total.tolist(), "bias": ex.bias.tolist(), "variance": ex.variance.tolist(),
+           "Lambda": ex.Lambda.tolist(),
            "closed_form": None if cf is None else cf.tolist()}
     out["N_opt_exact"] = int(ns[int(np.argmin(out["exact"]))])
     if args.mc:

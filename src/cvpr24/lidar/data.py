@@ -197,20 +197,22 @@ def _read_array(path: Path, key: str | None) -> Array:
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return z[_pick_key(list(z.files), key, path)]
-    if suffix in (".h5", ".hdf5", ".mat"):
-        h5py = _h5py() if suffix != ".mat" else None
-        if suffix == ".mat":
-            try:
-                h5py = _h5py()
-                is_h5 = h5py.is_hdf5(str(path))
-            except ImportError:
-                is_h5 = False
-            if not is_h5:
-                return _read_mat_v5(path, key)
-            return _read_mat_v73(path, key, h5py)
-        with h5py.File(path, "r") as f:
+    if suffix == ".mat":
+        if not _is_hdf5(path):
+            return _read_mat_v5(path, key)
+        return _read_mat_v73(path, key, _h5py())
+    if suffix in (".h5", ".hdf5"):
+        with _h5py().File(path, "r") as f:
             return f[_pick_key(list(f.keys()), key, path)][()]
     raise ValueError(f"unsupported cube file {path.name!r}: expected .npy, .npz, .mat, .h5 or .hdf5")
+
+
+def _is_hdf5(path: Path) -> bool:
+    """MATLAB v7.3 files are HDF5 (signature at byte 0, 512, 1024, ...); v5 files are not."""
+    try:
+        return bool(_h5py().is_hdf5(str(path)))
+    except ImportError:  # without h5py only v5 files can be read anyway
+        return False
 
 
 def _pick_key(keys: list[str], key: str | None, path: Path) -> str:

@@ -259,8 +259,8 @@ def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str,
     iters, w_out = 0, None
     if method == "mean":
         tau = flat @ centres / np.where(has, k, 1.0)
-    else:
-        tau = _lmf_numpy(flat, edges, sigma_t, subdiv, chunk)
+    else:  # ML and EM only need a start within a bin: the integer-bin LMF is 'subdiv' x cheaper
+        tau = _lmf_numpy(flat, edges, sigma_t, subdiv if method == "lmf" else 1, chunk)
         if method == "ml":
             w_val = 0.0 if w is None else w
             tau, iters = newton_histogram(flat, t0, delta, sigma_t, tau, w_val, chunk=chunk)
@@ -337,18 +337,21 @@ def log_matched_filter(hist: torch.Tensor, t0: float, bin_width: float, sigma_t:
     return t0 + bin_width * (i.double() + 0.5 + jj.double() / subdiv)
 
 
-def _binned_terms(tau: Array, lo: Array, hi: Array, sigma_t: float) -> tuple[Array, Array, Array]:
-    """p_b, dp_b/dtau, d2p_b/dtau2 of a Gaussian pulse for bins [lo, hi) (L7).
+def _binned_terms(tau: Array, edges: Array, sigma_t: float) -> tuple[Array, Array, Array]:
+    """p_b, dp_b/dtau, d2p_b/dtau2 of a Gaussian pulse for consecutive bins (L7).
 
-    p_b is taken from the lower tail on both sides of the pulse, so it keeps full relative
-    precision far from tau (no difference of two numbers close to 1).
+    ``edges`` (P, B + 1) are each pixel's bin edges; the tails and densities are evaluated once
+    per edge. p_b is taken from the lower tail on both sides of the pulse, so it keeps full
+    relative precision far from tau (no difference of two numbers close to 1).
     """
-    a_lo, a_hi = (lo - tau) / sigma_t, (hi - tau) / sigma_t
-    p = np.where(a_lo > 0, ndtr(-a_lo) - ndtr(-a_hi), ndtr(a_hi) - ndtr(a_lo))
-    phi_lo = np.exp(-0.5 * a_lo**2) / _SQRT2PI
-    phi_hi = np.exp(-0.5 * a_hi**2) / _SQRT2PI
-    dp = (phi_lo - phi_hi) / sigma_t
-    d2p = (a_lo * phi_lo - a_hi * phi_hi) / sigma_t**2
+    a = (edges - tau) / sigma_t
+    lower, upper = ndtr(a), ndtr(-a)
+    phi = np.exp(-0.5 * a * a) / _SQRT2PI
+    right = a[:, :-1] > 0  # the whole bin lies right of tau
+    p = np.where(right, upper[:, :-1] - upper[:, 1:], lower[:, 1:] - lower[:, :-1])
+    dp = (phi[:, :-1] - phi[:, 1:]) / sigma_t
+    aphi = a * phi
+    d2p = (aphi[:, :-1] - aphi[:, 1:]) / sigma_t**2
     return p, dp, d2p
 
 
@@ -376,11 +379,12 @@ def timestamp_log_likelihood(tau: torch.Tensor, t: torch.Tensor, sigma_t: float,
 
 def newton_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, start: Array,
                      w: float = 0.0, *, chunk: int = 8192, max_iter: int = 30,
-                     reach: float = 8.0) -> tuple[Array, int]:
+                     reach: float = 6.0) -> tuple[Array, int]:
     """Vectorised Newton on L7 for P pixels at once, from ``start`` (the LMF peaks).
 
-    Only bins within ``reach`` sigma_t (+ one bin) of the start enter each pixel's sums: the
-    others contribute nothing to the score at float precision. Steps are clipped to sigma_t/2
+    Only bins within ``reach`` sigma_t (+ one bin) of the start enter each pixel's sums. With
+    background modelled (w > 0) the others carry no information about tau; with w = 0 this is a
+    +-6 sigma_t gate, which keeps stray background photons from dragging the Gaussian ML. Steps are clipped to sigma_t/2
     and iterates kept within 2 sigma_t + 1 bin of the start (a bounded solver, as the spec
     asks); where the curvature is not negative a fixed step follows the score's sign.
     """
@@ -396,10 +400,10 @@ def newton_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, s
         idx = np.clip(((tau0 - t0) / bin_width).astype(np.int64), 0, n_bins - 1)[:, None] + offs
         valid = (idx >= 0) & (idx < n_bins)
         hw = np.take_along_axis(h, np.clip(idx, 0, n_bins - 1), axis=1) * valid  # (P, 2 half + 1)
-        lo = t0 + bin_width * idx
+        edges = t0 + bin_width * np.concatenate([idx, idx[:, -1:] + 1], axis=1)  # (P, 2 half + 2)
         tau = tau0.copy()
         for it in range(1, max_iter + 1):
-            p, dp, d2p = _binned_terms(tau[:, None], lo, lo + bin_width, sigma_t)
+            p, dp, d2p = _binned_terms(tau[:, None], edges, sigma_t)
             f = np.maximum((1 - w) * p + bg, 1e-300)
             g1 = np.sum(hw * (1 - w) * dp / f, axis=1)
             g2 = np.sum(hw * ((1 - w) * d2p / f - ((1 - w) * dp / f) ** 2), axis=1)

@@ -30,7 +30,13 @@ from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
 from cvpr24.lidar.estimators import estimate_delay
 from cvpr24.lidar.model import LidarConfig, simulate_photons, to_histogram, uniform_bin_edges
 from cvpr24.lidar.scene import Scene1D, Scene2D, pixel_moments, slope_energy
-from cvpr24.lidar.theory import continuous_mse, mse_closed_form, mse_exact, optimal_pixels
+from cvpr24.lidar.theory import (
+    continuous_mse,
+    mse_closed_form,
+    mse_curve,
+    mse_exact,
+    optimal_pixels,
+)
 
 CLAIMS = [
     "C1: the exact bias-variance theory (L9-L11) equals Monte Carlo within 5 % (Lambda >= 5)",
@@ -92,11 +98,13 @@ def n_grid(alpha0: float, count: int) -> list[int]:
 
 
 def mc_mse(scene: Scene1D | Scene2D, n: int, alpha0: float, cfg: LidarConfig, seed: int,
-           stream: tuple[int, ...], repeats: int | None = None, method: str = "mean",
-           background: float = 0.0, bin_width: float | None = None,
+           stream: tuple[int, ...], repeats: int | None = None, method: str | None = None,
+           background: float | None = None, bin_width: float | None = None,
            w_known: float | None = None) -> float:
-    """Mean continuous MSE (L8) over R acquisitions of one seed."""
+    """Mean continuous MSE (L8) over R acquisitions of one seed (config defaults unless given)."""
     reps = cfg.repeats(alpha0) if repeats is None else repeats
+    method = cfg.estimator if method is None else method
+    background = cfg.background if background is None else background
     rng = np.random.default_rng([seed, *stream, n])
     ph = simulate_photons(scene, n, alpha0, cfg.sigma_t, background=background,
                           t_window=cfg.t_window, n_repeats=reps, rng=rng)
@@ -272,9 +280,7 @@ def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]
             ax.errorbar(ns, [c.mean(n) for n in ns], yerr=[np.std(c.mc[n]) for n in ns], fmt="o",
                         color=col, ms=4)
             dense = np.unique(np.geomspace(2, c.alpha0 / 4, 80).astype(int))
-            fine = max(2**14, 16 * int(dense[-1]))
-            ax.plot(dense, [mse_exact(scene, n, c.alpha0, sigma_t, fine=fine).total for n in dense],
-                    "-", color=col)
+            ax.plot(dense, mse_curve(scene, dense, c.alpha0, sigma_t).total, "-", color=col)
             ax.plot(dense, mse_closed_form(c.S, dense, c.alpha0, sigma_t), "--", color=col)
             ax.plot(dense, dense * sigma_t**2 / c.alpha0, ":", color=col, alpha=0.6)
             ax.plot(dense, c.S / (12.0 * dense**2), "-.", color="0.4", alpha=0.6)

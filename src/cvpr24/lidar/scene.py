@@ -268,17 +268,40 @@ def pixel_moments(scene: Scene1D | Scene2D, n: int, fine: int | None = None) -> 
         return _pixel_moments_2d(scene, n, fine)
     tab = scene.table(fine)
     c = tab.integrals(np.arange(n + 1) / n)
-    one, a0, a1, a2, u1, u2 = np.diff(c, axis=1)  # each (n,), long double
-    area = 1.0 / n
+    return PixelMoments((n,), 1.0 / n, *_moments_1d(tab, np.diff(c, axis=1)))
+
+
+def _moments_1d(tab: _MomentTable, d: Array) -> tuple[Array, Array, Array, Array, Array]:
+    """mass, mu, b, mean, sqdev of intervals from their six integrals ``d`` (6, n) (long double)."""
+    one, a0, a1, a2, u1, u2 = d
     with np.errstate(invalid="ignore", divide="ignore"):
         mu_c = np.where(a0 > 0, a1 / a0, u1 / one)
         b = np.where(a0 > 0, a2 / a0 - mu_c**2, 0.0)
     mean_c = u1 / one
     sqdev = u2 - u1**2 / one
     ref = tab.tau_ref
-    return PixelMoments((n,), area, (a0 / tab.cum[1, -1]).astype(float), (mu_c.astype(float) + ref),
-                        np.maximum(b.astype(float), 0.0), mean_c.astype(float) + ref,
-                        np.maximum(sqdev.astype(float), 0.0))
+    return ((a0 / tab.cum[1, -1]).astype(float), mu_c.astype(float) + ref,
+            np.maximum(b.astype(float), 0.0), mean_c.astype(float) + ref,
+            np.maximum(sqdev.astype(float), 0.0))
+
+
+def pixel_moments_many(scene: Scene1D, ns: Array, fine: int | None = None
+                       ) -> tuple[Array, tuple[Array, ...], Array]:
+    """1-D pixel moments for several pixel counts at once (one quadrature pass).
+
+    Returns ``(area, (mass, mu, b, mean, sqdev), starts)``: per-pixel arrays for all N
+    concatenated, and the index where each N's pixels start (for ``np.add.reduceat``).
+    """
+    ns = np.asarray([check_pixels(n) for n in np.atleast_1d(ns)], dtype=np.int64)
+    fine = _check_fine(fine, int(ns.max()), 1)
+    tab = scene.table(fine)
+    edges = np.concatenate([np.arange(n + 1) / n for n in ns])
+    keep = np.ones(edges.size - 1, dtype=bool)
+    keep[np.cumsum(ns + 1)[:-1] - 1] = False  # differences across two N's edge lists
+    d = np.diff(tab.integrals(edges), axis=1)[:, keep]
+    area = np.repeat(1.0 / ns, ns)
+    starts = np.concatenate([[0], np.cumsum(ns)[:-1]])
+    return area, _moments_1d(tab, d), starts
 
 
 @dataclass(frozen=True, eq=False)
