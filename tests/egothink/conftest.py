@@ -29,3 +29,14 @@ class Script:
 @pytest.fixture
 def script():
     return Script
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is fastest and avoids spin-waiting on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

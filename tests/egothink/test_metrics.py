@@ -121,3 +121,15 @@ def test_leaderboard_exports():
 def test_leaderboard_half_up_display():
     row = ModelScores("m", {d: 42.75 for d in DIM_KEYS}, {d: 1.0 for d in DIM_KEYS})
     assert Leaderboard([row]).to_csv().splitlines()[1].split(",")[2] == "42.8"
+
+
+def test_cohen_kappa_matches_sklearn():
+    from cvpr24.egothink.metrics import cohen_kappa
+
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        a, b = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+        b[:20] = a[:20]
+        for w in (None, "quadratic"):
+            assert cohen_kappa(a, b, w) == pytest.approx(cohen_kappa_score(a, b, labels=[0, 1, 2], weights=w))
+    assert cohen_kappa(np.ones(5, int), np.ones(5, int), "quadratic") == 1.0

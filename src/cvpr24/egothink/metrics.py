@@ -241,6 +241,24 @@ def paired_test(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mapping[in
 
 # ----------------------------------------------------------------------------- agreement
 
+def cohen_kappa(a: np.ndarray, b: np.ndarray, weights: str | None = None, n_labels: int = 3) -> float:
+    """Cohen's kappa of two integer label arrays in ``[0, n_labels)``; ``weights="quadratic"``
+    weighs a disagreement by its squared distance on the ordinal scale (as scikit-learn).
+    Two raters who agree perfectly get 1 even when only one label occurs."""
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    conf = np.zeros((n_labels, n_labels))
+    np.add.at(conf, (a, b), 1)
+    expected = np.outer(conf.sum(1), conf.sum(0)) / conf.sum()
+    idx = np.arange(n_labels)
+    w = (1.0 - np.eye(n_labels)) if weights is None else (idx[:, None] - idx[None, :]) ** 2.0
+    if weights not in (None, "quadratic"):
+        raise ValueError(f"weights must be None or 'quadratic', got {weights!r}")
+    denom = (w * expected).sum()
+    if denom == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(1.0 - (w * conf).sum() / denom)
+
+
 def agreement(judge_scores: Mapping[tuple[str, int] | str, float], human_scores: Mapping, *,
               n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Judge-vs-human agreement (spec 2.6) on the items both have rated.
@@ -260,7 +278,6 @@ def agreement(judge_scores: Mapping[tuple[str, int] | str, float], human_scores:
         ``kendall_tau`` of their rankings.
     """
     from scipy import stats
-    from sklearn.metrics import cohen_kappa_score
 
     keys = [k for k in judge_scores if k in human_scores and judge_scores[k] != -1]
     if not keys:
@@ -271,18 +288,10 @@ def agreement(judge_scores: Mapping[tuple[str, int] | str, float], human_scores:
     if bad:
         raise ValueError(f"agreement: ratings must be in {{0, 0.5, 1}}, got {sorted(bad)}")
     ji, hi = (2 * j).astype(int), (2 * h).astype(int)
-    labels = [0, 1, 2]
-
-    def kq(x, y):
-        if len(set(x) | set(y)) < 2:
-            return 1.0 if np.array_equal(x, y) else 0.0
-        return float(cohen_kappa_score(x, y, labels=labels, weights="quadratic"))
-
-    out = {"n": len(keys), "accuracy": float(np.mean(ji == hi)),
-           "kappa": float(cohen_kappa_score(ji, hi, labels=labels)) if len(set(ji) | set(hi)) > 1 else 1.0,
-           "kappa_quadratic": kq(ji, hi)}
+    out = {"n": len(keys), "accuracy": float(np.mean(ji == hi)), "kappa": cohen_kappa(ji, hi),
+           "kappa_quadratic": cohen_kappa(ji, hi, "quadratic")}
     rng = np.random.default_rng(seed)
-    boots = [kq(ji[idx], hi[idx]) for idx in rng.integers(0, len(keys), size=(n_boot, len(keys)))]
+    boots = [cohen_kappa(ji[idx], hi[idx], "quadratic") for idx in rng.integers(0, len(keys), size=(n_boot, len(keys)))]
     out["kappa_quadratic_ci"] = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
     if all(isinstance(k, tuple) for k in keys):
         models = sorted({k[0] for k in keys})
@@ -341,11 +350,12 @@ class Leaderboard:
             out.append((vals[0] if vals else None, vals[1] if len(vals) > 1 else None))
         return out
 
-    def _cells(self, row: ModelScores, bold: tuple[str, str], under: tuple[str, str]) -> list[str]:
+    def _cells(self, row: ModelScores, bold: tuple[str, str], under: tuple[str, str],
+               ranks: list[tuple[float | None, float | None]]) -> list[str]:
         cells = []
         for j, x in enumerate(self.values(row)):
             s = self._fmt(x)
-            best, second = self._ranks()[j]
+            best, second = ranks[j]
             r = None if math.isnan(x) else round_half_up(x, self.decimals)
             if r is not None and r == best:
                 s = f"{bold[0]}{s}{bold[1]}"
@@ -358,8 +368,9 @@ class Leaderboard:
         title = f"EgoThink scores (judge: {self.judge})" if self.judge else "EgoThink scores"
         head = ["Model", *self.columns(), "Coverage"]
         lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        ranks = self._ranks()
         for r in self.rows:
-            cells = self._cells(r, ("**", "**"), ("<u>", "</u>"))
+            cells = self._cells(r, ("**", "**"), ("<u>", "</u>"), ranks)
             lines.append("| " + " | ".join([r.model, *cells, f"{r.overall_coverage:.3f}"]) + " |")
         return "\n".join(lines) + "\n"
 
@@ -378,9 +389,9 @@ class Leaderboard:
 
     def to_html(self) -> str:
         """One ``<tr>`` per model, in the style of the project page's table body."""
-        out = []
+        out, ranks = [], self._ranks()
         for r in self.rows:
-            cells = self._cells(r, ("<b>", "</b>"), ("<u>", "</u>"))
+            cells = self._cells(r, ("<b>", "</b>"), ("<u>", "</u>"), ranks)
             tds = "".join(f"<td>{c}</td>" for c in cells)
             out.append(f"<tr><td>{html.escape(r.model)}</td>{tds}</tr>")
         return "\n".join(out) + "\n"
@@ -409,6 +420,6 @@ def check_published_averages() -> dict[str, tuple[float, float, bool]]:
 
 
 __all__ = ["DIMENSIONS", "Leaderboard", "ModelScores", "PUBLISHED", "agreement", "bootstrap_ci",
-           "capability_scores", "check_published_averages", "dimension_score", "load_item_scores",
+           "capability_scores", "check_published_averages", "cohen_kappa", "dimension_score", "load_item_scores",
            "macro_average", "micro_average", "paired_test", "published_leaderboard", "round_half_up",
            "score_model"]

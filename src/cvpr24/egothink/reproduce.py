@@ -33,6 +33,7 @@ from cvpr24.egothink.local_judge import LocalJudge, exact_match, f1_judge
 from cvpr24.egothink.metrics import (
     Leaderboard,
     check_published_averages,
+    cohen_kappa,
     dimension_score,
     load_item_scores,
     macro_average,
@@ -219,10 +220,8 @@ def chance_macro(ds, meta: dict) -> float:
 
 
 def kappa_q(a, b) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
-    return float(cohen_kappa_score((2 * np.asarray(a)).astype(int), (2 * np.asarray(b)).astype(int),
-                                   labels=[0, 1, 2], weights="quadratic"))
+    """Quadratic-weighted Cohen's kappa on the {0, 0.5, 1} scale."""
+    return cohen_kappa((2 * np.asarray(a)).astype(int), (2 * np.asarray(b)).astype(int), "quadratic")
 
 
 def run_seed(seed: int, out: Path, sizes: dict, n_train: int, image_size: int, input_size: int,
