@@ -207,8 +207,11 @@ def cmd_optimal_n(args: argparse.Namespace) -> int:
         res["exact"] = optimal_pixels(scene, args.alpha0, args.sigma_t, method="exact")
         res["mse_exact"] = mse_exact(scene, res["exact"], args.alpha0, args.sigma_t).total
     side = " per side" if dims == 2 else ""
-    print(f"N* approx (S alpha0 / 6 sigma_t^2)^(1/3): {res['approx']:.2f}{side}")
-    print(f"N* cubic root of L15:                     {res['cubic']:.2f}{side}")
+    if dims == 1:
+        print(f"N* approx (S alpha0 / 6 sigma_t^2)^(1/3): {res['approx']:.2f}")
+        print(f"N* cubic root of L15:                     {res['cubic']:.2f}")
+    else:
+        print(f"N* (S2 alpha0 / 12 sigma_t^2)^(1/4) (L16): {res['cubic']:.2f}{side}")
     if "exact" in res:
         print(f"N* exact theory (integer scan):           {res['exact']}{side}")
     rmse = float(np.sqrt(res.get("mse_exact", res["mse_closed_form"])))

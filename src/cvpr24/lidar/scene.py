@@ -285,25 +285,6 @@ def _moments_1d(tab: _MomentTable, d: Array) -> tuple[Array, Array, Array, Array
             np.maximum(sqdev.astype(float), 0.0))
 
 
-def pixel_moments_many(scene: Scene1D, ns: Array, fine: int | None = None
-                       ) -> tuple[Array, tuple[Array, ...], Array]:
-    """1-D pixel moments for several pixel counts at once (one quadrature pass).
-
-    Returns ``(area, (mass, mu, b, mean, sqdev), starts)``: per-pixel arrays for all N
-    concatenated, and the index where each N's pixels start (for ``np.add.reduceat``).
-    """
-    ns = np.asarray([check_pixels(n) for n in np.atleast_1d(ns)], dtype=np.int64)
-    fine = _check_fine(fine, int(ns.max()), 1)
-    tab = scene.table(fine)
-    edges = np.concatenate([np.arange(n + 1) / n for n in ns])
-    keep = np.ones(edges.size - 1, dtype=bool)
-    keep[np.cumsum(ns + 1)[:-1] - 1] = False  # differences across two N's edge lists
-    d = np.diff(tab.integrals(edges), axis=1)[:, keep]
-    area = np.repeat(1.0 / ns, ns)
-    starts = np.concatenate([[0], np.cumsum(ns)[:-1]])
-    return area, _moments_1d(tab, d), starts
-
-
 @dataclass(frozen=True, eq=False)
 class Scene2D:
     """A 2-D scene on the unit square, uniform flux, pixels counted per side (N x N).
