@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvpr24.lotus.data import random_crop_flip
-from cvpr24.lotus.models import replace_head
+from cvpr24.lotus.models import get_head, replace_head
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -200,6 +200,19 @@ class SurrogatePartitioner:
         self.surrogate_ = net.eval()
         self.agreement_ = float((self.predict(x[vic]) == cluster_ids).float().mean())
         return self
+
+    @classmethod
+    def from_surrogate(cls, surrogate: nn.Module, num_classes: int,
+                       n_partitions: int) -> SurrogatePartitioner:
+        """Wrap an already trained ``C + K`` surrogate (e.g. loaded from a checkpoint)."""
+        out = get_head(surrogate).out_features
+        if out != num_classes + n_partitions:
+            raise ValueError(f"surrogate head has {out} outputs, expected num_classes + n_partitions = "
+                             f"{num_classes + n_partitions}")
+        sp = cls(surrogate, num_classes, n_partitions,
+                 device=next(surrogate.parameters()).device)
+        sp.surrogate_ = surrogate.eval()
+        return sp
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

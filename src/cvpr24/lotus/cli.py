@@ -1,0 +1,283 @@
+"""``cvpr24 lotus attack | evaluate | defend | stamp | train``.
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m cvpr24 lotus attack ...`` (or ``accelerate launch``)
+initialises ``torch.distributed`` from the environment; the loops shard every epoch and DDP
+averages gradients; rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cvpr24.common.io import atomic_path, atomic_write
+from cvpr24.common.seed import get_device, seed_everything
+
+DEFENSE_CHOICES = ("nc", "pixel", "strip", "ft", "fp", "nad", "anp")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("attack", help="train a clean model (or load one) and poison it with LOTUS")
+    _data_args(p)
+    p.add_argument("--arch", default="resnet18", help="resnet18 | resnet34 | vgg11 | vgg13 | vgg16 | small_cnn")
+    p.add_argument("--num-par", type=int, default=4, help="K, the number of partitions / triggers (1-8)")
+    p.add_argument("--clean-model", help="clean weights: our .safetensors or an official state_dict .pth")
+    p.add_argument("--preset", choices=("full", "cpu"), default="full",
+                   help="LotusConfig defaults: official full scale, or the CPU preset")
+    p.add_argument("--epochs", type=int, help="poisoning epochs (default: the preset's)")
+    p.add_argument("--steps", type=int, help="poisoning budget in steps (overrides --epochs)")
+    p.add_argument("--clean-epochs", type=int, help="clean-model epochs when --clean-model is not given")
+    p.add_argument("--surrogate-epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--cluster", choices=("kmeans", "gmm"), default="kmeans")
+    p.add_argument("--asr-bound", type=float, default=0.9,
+                   help="model selection: last evaluation with ASR >= this (official 0.9)")
+    p.add_argument("--seed", type=int, default=1024)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/poison_state.pt")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_friendly(cmd_attack))
+
+    p = sub.add_parser("evaluate", help="BA, ASR, ASR_par and the official result.json")
+    _data_args(p)
+    p.add_argument("--model", required=True, help="backdoored model (.safetensors from 'attack')")
+    p.add_argument("--partitioner", help="surrogate (.safetensors); omit for K = 1 (BadNets)")
+    p.add_argument("--out", required=True, help="result.json path")
+    p.set_defaults(func=_friendly(cmd_evaluate))
+
+    p = sub.add_parser("defend", help="run one defense on a model")
+    _data_args(p)
+    p.add_argument("--method", required=True, choices=DEFENSE_CHOICES)
+    p.add_argument("--model", required=True)
+    p.add_argument("--partitioner", help="surrogate, to measure ASR / ASR_par after mitigation")
+    p.add_argument("--nc-steps", type=int, default=1000)
+    p.add_argument("--nc-samples", type=int, default=1000)
+    p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-model", help="write the mitigated model here (.safetensors)")
+    p.add_argument("--out", required=True, help="report .json path")
+    p.set_defaults(func=_friendly(cmd_defend))
+
+    p = sub.add_parser("stamp", help="stamp one patch trigger on an image file")
+    p.add_argument("--image", required=True)
+    p.add_argument("--trigger", type=int, required=True, help="trigger index 0-7")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_friendly(cmd_stamp))
+
+    p = sub.add_parser("train", help="train the reproduction's checkpoints (clean, surrogate, arms)")
+    p.add_argument("--out", help="folder (default: the package's checkpoints/ used by quick mode)")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--full", action="store_true")
+    p.set_defaults(func=_friendly(cmd_train))
+
+
+def _friendly(fn):
+    """Bad input -> one line on stderr and exit code 2; a failed attack -> exit code 1."""
+    import functools
+    import sys
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        from cvpr24.lotus.attack import AttackFailedError
+
+        try:
+            return fn(args)
+        except AttackFailedError as e:
+            print(f"cvpr24 lotus {args.cmd}: attack failed: {e}", file=sys.stderr)
+            return 1
+        except (ValueError, FileNotFoundError) as e:
+            print(f"cvpr24 lotus {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="cifar10:DIR | folder:DIR | npz:FILE (may contain {split}) | shapes:N")
+    p.add_argument("--image-size", type=int, default=32, help="resize for folder data")
+    p.add_argument("--victim", type=int, default=0)
+    p.add_argument("--target", type=int, default=9)
+    p.add_argument("--device", default="auto", help="cpu | cuda[:i] | auto")
+
+
+def _init_distributed(device: str) -> tuple[int, torch.device]:
+    """Initialise ``torch.distributed`` under torchrun / accelerate (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, get_device(device)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dev
+
+
+def _load(path: str, device: torch.device):
+    from cvpr24.lotus.io import load_model
+
+    model, info = load_model(path, device)
+    return model, info
+
+
+def _partitioner(args, num_classes: int, device: torch.device):
+    from cvpr24.lotus.partition import ConstantPartitioner, SurrogatePartitioner
+
+    if not args.partitioner:
+        return ConstantPartitioner()
+    sur, info = _load(args.partitioner, device)
+    return SurrogatePartitioner.from_surrogate(sur, num_classes, info["outputs"] - num_classes)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from cvpr24.lotus.attack import LotusAttack, LotusConfig, train_clean
+    from cvpr24.lotus.data import load_dataset
+    from cvpr24.lotus.io import load_model, load_official_state_dict, save_model
+    from cvpr24.lotus.metrics import evaluate_attack, official_result, write_result_json
+    from cvpr24.lotus.models import build_model
+
+    rank, device = _init_distributed(args.device)
+    seed_everything(args.seed)
+    x, y = load_dataset(args.data, "train", args.image_size)
+    xt, yt = load_dataset(args.data, "test", args.image_size)
+    num_classes = int(y.max()) + 1
+    base = LotusConfig() if args.preset == "full" else LotusConfig.cpu()
+    overrides = {k: v for k, v in {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
+                                   "lr": args.lr, "clean_epochs": args.clean_epochs,
+                                   "surrogate_epochs": args.surrogate_epochs}.items() if v is not None}
+    cfg = replace(base, n_partitions=args.num_par, cluster=args.cluster, seed=args.seed,
+                  asr_bound=args.asr_bound, device=str(device), **overrides)
+    cfg.validate()
+    out = Path(args.out)
+    if args.clean_model:
+        if args.clean_model.endswith(".safetensors"):
+            clean, _ = load_model(args.clean_model, device)
+        else:
+            clean, _ = load_official_state_dict(args.clean_model, args.arch, num_classes)
+            clean = clean.to(device)
+    else:
+        clean = train_clean(build_model(args.arch, num_classes), x, y, cfg)
+        if rank == 0:
+            save_model(out / "clean.safetensors", clean, arch=args.arch, num_classes=num_classes,
+                       config=cfg, seed=args.seed, data=args.data)
+    art = LotusAttack(cfg).fit(clean, x, y, args.victim, args.target, eval_data=(xt, yt),
+                               state_path=out / "poison_state.pt", resume=args.resume)
+    if rank != 0:
+        return 0
+    xv = xt[yt == args.victim]
+    metrics = evaluate_attack(art.model, xt, yt, args.victim, args.target, art.triggers, art.partitioner)
+    meta = {"victim": args.victim, "target": args.target, "k": cfg.n_partitions,
+            "triggers": art.triggers.describe(), "partition": f"{cfg.cluster} + C+K surrogate"}
+    save_model(out / "lotus.safetensors", art.model, arch=args.arch, num_classes=num_classes,
+               meta=meta, config=cfg, seed=args.seed, data=args.data,
+               metrics={**metrics, "history": art.history})
+    save_model(out / "surrogate.safetensors", art.partitioner.surrogate_, arch=args.arch,
+               num_classes=num_classes, meta={**meta, "agreement": art.cluster_agreement},
+               config=cfg, seed=args.seed, data=args.data)
+    official = official_result(art.model, xv, art.partitioner.predict(xv), art.triggers, args.target)
+    write_result_json(out / "result.json", official, metrics)
+    print(json.dumps({k: metrics[k] for k in ("ba", "asr", "asr_par")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cvpr24.lotus.data import load_dataset
+    from cvpr24.lotus.metrics import evaluate_attack, official_result, write_result_json
+    from cvpr24.lotus.triggers import TriggerSet
+
+    device = get_device(args.device)
+    xt, yt = load_dataset(args.data, "test", args.image_size)
+    model, info = _load(args.model, device)
+    part = _partitioner(args, info["num_classes"], device)
+    trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
+    metrics = evaluate_attack(model, xt, yt, args.victim, args.target, trig, part)
+    xv = xt[yt == args.victim]
+    write_result_json(args.out, official_result(model, xv, part.predict(xv), trig, args.target), metrics)
+    print(json.dumps({k: metrics[k] for k in ("ba", "asr", "asr_par")}))
+    return 0
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from cvpr24.lotus import defenses as D
+    from cvpr24.lotus.data import load_dataset
+    from cvpr24.lotus.io import save_model
+    from cvpr24.lotus.triggers import TriggerSet
+
+    device = get_device(args.device)
+    x, y = load_dataset(args.data, "train", args.image_size)
+    xt, yt = load_dataset(args.data, "test", args.image_size)
+    model, info = _load(args.model, device)
+    part = _partitioner(args, info["num_classes"], device)
+    trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
+    ev = D.attack_evaluator(xt, yt, args.victim, args.target, trig, part)
+    idx = D.balanced_subset(y, args.clean_frac, seed=args.seed)
+    xc, yc = x[idx], y[idx]
+    xv = xt[yt == args.victim][:args.nc_samples]
+    if args.method == "nc":
+        rep = D.neural_cleanse(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+        rep.details.pop("masks")
+    elif args.method == "pixel":
+        rep = D.pixel(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+    elif args.method == "strip":
+        poisoned = trig.stamp(xv, part.predict(xv))
+        rep = D.strip(model, xt[yt != args.victim][:len(xv)], poisoned, xc, seed=args.seed)
+    elif args.method == "ft":
+        rep = D.fine_tune(model, xc, yc, seed=args.seed, evaluate=ev)
+    elif args.method == "fp":
+        rep = D.fine_prune(model, xc, yc, xt[:1000], seed=args.seed, evaluate=ev)
+    elif args.method == "nad":
+        rep = D.nad(model, xc, yc, seed=args.seed, evaluate=ev)
+    else:
+        rep = D.anp(model, xc, yc, seed=args.seed, evaluate=ev)
+        rep.details.pop("masks")
+    if args.save_model and rep.model is not None:
+        if args.method == "fp":
+            raise SystemExit("cvpr24 lotus defend: --save-model is not supported for fp "
+                             "(the pruned network has a different architecture)")
+        save_model(args.save_model, rep.model, arch=info["arch"], num_classes=info["num_classes"],
+                   meta={"defense": rep.name, **rep.params})
+    with atomic_write(args.out) as f:
+        json.dump(rep.to_dict(), f, indent=2, default=str)
+    print(json.dumps({k: v for k, v in rep.to_dict().items() if k in ("name", "ba", "asr", "asr_par",
+                                                                          "detected", "score")}))
+    return 0
+
+
+def cmd_stamp(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from cvpr24.lotus.triggers import TriggerSet
+
+    with Image.open(args.image) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+    if not 0 <= args.trigger < 8:
+        raise SystemExit(f"cvpr24 lotus stamp: --trigger must be in 0-7, got {args.trigger}")
+    ts = TriggerSet(8, tuple(x.shape[-2:]))
+    out = ts.stamp(x, args.trigger)[0].permute(1, 2, 0).numpy()
+    with atomic_path(args.out) as tmp:
+        Image.fromarray(np.round(out * 255).astype(np.uint8)).save(tmp, format=Image.registered_extensions()
+                                                                   .get(Path(args.out).suffix.lower(), "PNG"))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cvpr24.lotus.reproduce import CHECKPOINTS, train
+
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    path = train(args.out or CHECKPOINTS, full=args.full, seeds=args.seeds)
+    print(f"checkpoints written to {path}")
+    return 0
