@@ -344,21 +344,25 @@ def label_pair_regularizer(scores: Tensor, targets: Tensor, *, norm: LPRNorm = "
 
 def _lpr_dense(s: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """Sum of pair terms per row from the full (N, C, C) matrix of differences."""
-    pair = F.softplus(-(s[:, :, None] - s[:, None, :]))  # (N, C_i, C_j)
-    mask = pos[:, :, None] & neg[:, None, :]
-    return torch.where(mask, pair, torch.zeros((), dtype=s.dtype, device=s.device)).sum((1, 2))
+    s_neg = s.masked_fill(~neg, float("-inf"))  # softplus(-inf - s_i) = 0: non-negatives drop out
+    pair = F.softplus(s_neg[:, None, :] - s[:, :, None]).sum(2)  # (N, C_i): sum over negatives j
+    return (pair * pos).sum(1)
 
 
 def _lpr_gathered(s: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """Sum of pair terms per row, gathering the (at most P_max) positives of each row."""
+    """Sum of pair terms per row, gathering the (at most P_max) positives of each row.
+
+    Memory (N, P_max, C) instead of (N, C, C): 49 MB instead of 23.6 GB at (64, 9605) with
+    P_max = 20.
+    """
     p_max = int(pos.sum(1).max()) if pos.numel() else 0
     if p_max == 0:
-        return s.sum(1) * 0.0  # keeps the graph; every row has no positive
+        return s.sum(1) * 0.0  # keeps the graph; no row has a positive
     valid, idx = torch.topk(pos.to(torch.int8), p_max, dim=1)  # positives first: (N, P_max)
     s_pos = s.gather(1, idx)  # (N, P_max)
-    pair = F.softplus(-(s_pos[:, :, None] - s[:, None, :]))  # (N, P_max, C)
-    mask = valid.bool()[:, :, None] & neg[:, None, :]
-    return torch.where(mask, pair, torch.zeros((), dtype=s.dtype, device=s.device)).sum((1, 2))
+    s_neg = s.masked_fill(~neg, float("-inf"))  # softplus(-inf - s_i) = 0: non-negatives drop out
+    pair = F.softplus(s_neg[:, None, :] - s_pos[:, :, None]).sum(2)  # (N, P_max)
+    return (pair * valid).sum(1)
 
 
 # --------------------------------------------------------------------------------------------
