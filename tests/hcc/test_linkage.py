@@ -112,6 +112,27 @@ def test_first_positive_merges_zero_cost_pairs_cc_does_not():
     assert cc_cut(Z, rule="first_positive") == 2
 
 
+def test_ties_every_merge_is_a_greedy_cc_step():
+    """On tie-heavy +-1 data each recorded merge still has the smallest Delta_sum (Eq. 3)."""
+    rng = np.random.default_rng(5)
+    U = np.triu(rng.choice([-1.0, 1.0], size=(30, 30)), 1)
+    D = U + U.T
+    with pytest.warns(UserWarning, match="tied"):
+        Z = hcc_linkage(D)
+    np.testing.assert_array_equal(Z, hcc_linkage(D.copy()))  # deterministic
+    members = {i: [i] for i in range(30)}
+    for t, (a, b, h, size) in enumerate(Z):
+        ids = list(members)
+        M = np.zeros((len(ids), 30))
+        for r, c in enumerate(ids):
+            M[r, members[c]] = 1
+        delta = M @ D @ M.T  # Delta_sum between every pair of current clusters
+        np.fill_diagonal(delta, np.inf)
+        assert h == delta.min() == delta[ids.index(int(a)), ids.index(int(b))]
+        members[30 + t] = members.pop(int(a)) + members.pop(int(b))
+        assert len(members[30 + t]) == size
+
+
 # 2. reductions to scipy -------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ from cvpr24.hcc.linkage import (
     cut_level,
     level_linkage,
     tree_distances,
+    warn_if_tied,
 )
 
 EMBED_SOLVERS = ("eigh", "explicit")
@@ -223,6 +224,7 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
         n = D.shape[0]
         if not isinstance(k, str) and k > n:
             raise ValueError(f"n_clusters={k} exceeds the number of samples N={n}")
+        warn_if_tied(D)
         Z = _kernel.generic_linkage(D.copy(), _kernel.METHOD_CODES[self.linkage])
         self.cc_path_ = cc_path(D, Z)
         self.n_clusters_ = int(k) if not isinstance(k, str) else cc_cut(Z, self.cc_path_, rule=k)
@@ -257,9 +259,10 @@ class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Tr
         ``"level"`` is the paper's; ``"depth"`` and ``"height"`` (monotone closure of the raw
         heights) are ablations. All three are ultrametrics.
     solver : {"eigh", "explicit"}, default="eigh"
-        ``"eigh"``: dense MDS. ``"explicit"``: the sparse exact embedding of Eq. 9 and its top
-        principal components (needs an int ``n_components``); same spectrum, no N x N
-        eigendecomposition.
+        ``"eigh"``: MDS by eigendecomposition of ``-1/2 J D^L J`` (LAPACK, or Lanczos for the
+        top d when N > 1000 and d < N/10). ``"explicit"``: the sparse exact embedding of Eq. 9
+        and its top principal components (needs an int ``n_components``); same spectrum, no
+        N x N eigendecomposition.
     metric, shift, zero_diagonal, dtype
         As in :class:`HierarchicalCorrelationClustering`.
 

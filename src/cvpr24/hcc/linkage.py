@@ -22,6 +22,8 @@ that scipy's ``dendrogram``, ``cophenet`` and ``fcluster`` accept). Flat cuts go
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial.distance import squareform
@@ -75,7 +77,26 @@ def hcc_linkage(
     if not sp.issparse(D) and np.ndim(D) == 1:
         D = _square_from_condensed(D)
     W = check_dissimilarity(D, zero_diagonal=zero_diagonal, dtype=dtype, force=force)
+    warn_if_tied(W)
     return _kernel.generic_linkage(W, code)
+
+
+def warn_if_tied(D: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> None:
+    """Warn when more than half of (a sample of) the off-diagonal values are duplicates.
+
+    Pure +-1 inputs are tie-heavy: the tree then depends on the tie-breaking rule (the
+    smallest slot pair wins), as it does in scipy.
+    """
+    n = D.shape[0]
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, sample)
+    j = (i + rng.integers(1, n, sample)) % n  # j != i
+    values = D[i, j]
+    duplicated = 1.0 - np.unique(values).size / values.size
+    if values.size >= 10 and duplicated > 0.5:
+        warnings.warn(f"about {100 * duplicated:.0f}% of the dissimilarities are tied; merges "
+                      "among ties follow the deterministic smallest-slot rule (add small "
+                      "magnitude noise if that matters)", UserWarning, stacklevel=3)
 
 
 def _square_from_condensed(d) -> np.ndarray:
