@@ -130,3 +130,16 @@ def test_estimator_argument_checks():
         estimate_delay(ph, sigma_t=SIGMA, empty="zero")
     with pytest.raises(ValueError, match="bin_edges"):
         estimate_delay(np.ones((2, 3)), sigma_t=SIGMA)
+
+
+def test_timestamp_lmf_blocks_do_not_change_the_result():
+    from cvpr24.lidar.estimators import _lmf_timestamps
+
+    ph = simulate_photons(Scene1D.sine(), 37, 3000, SIGMA, n_repeats=3, rng=6)
+    size = ph.n_pixels * ph.n_repeats
+    whole = _lmf_timestamps(ph.pix, ph.t, size, ph.t_window, SIGMA, 8)
+    blocks = _lmf_timestamps(ph.pix, ph.t, size, ph.t_window, SIGMA, 8, max_cells=5 * 400)
+    np.testing.assert_array_equal(whole, blocks)
+    mean, _ = estimate_delay(ph, sigma_t=SIGMA, method="mean")
+    has = ph.counts.ravel() > 0
+    assert np.max(np.abs(whole[has] - mean.ravel()[has])) < 3 * SIGMA  # the peak is near the data
