@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import string
+import copy
 
 import pytest
 import torch
+from sag_sd_helpers import write_clip_tokenizer
 
 
-def write_clip_tokenizer(folder) -> None:
-    """A CLIP BPE vocabulary over lowercase letters, digits and a few symbols, with merges
-    for the whole words the tests use."""
-    chars = list(string.ascii_lowercase + string.digits + "*<>-_.,!'")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    words = ["a", "photo", "of", "dog", "cat", "pencil", "sketch", "in", "the", "jungle", "sks", "toy", "style",
-             "van", "gogh", "beach", "on", "painting", "red", "blue"]
-    merges = []
-    for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            a, b = pieces[0], pieces[1]
-            merges.append(f"{a} {b}")
-            merged = a + b
-            vocab.setdefault(merged, len(vocab))
-            pieces = [merged] + pieces[2:]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+@pytest.fixture(scope="session")
+def _tiny_sd_base(tmp_path_factory):
+    """Build the tiny SD once per session (construction dominates the cost of these tests)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
 
 
 @pytest.fixture
-def tiny_sd_components(tmp_path):
+def tiny_sd_components(_tiny_sd_base):
+    """A fresh deep copy of the tiny SD's components for each test (tests may modify them)."""
+    return copy.deepcopy(_tiny_sd_base)
+
+
+def build_tiny_sd(tmp_path):
     """Components of a tiny SD 1.x pipeline (16x16 latents, 32-d text), seeded."""
     diffusers = pytest.importorskip("diffusers")
     transformers = pytest.importorskip("transformers")
@@ -54,7 +40,7 @@ def tiny_sd_components(tmp_path):
     write_clip_tokenizer(tok_dir)
     tokenizer = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False)
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(), "tokenizer": tokenizer,
             "scheduler": scheduler, "safety_checker": None, "feature_extractor": None,
             "requires_safety_checker": False, "image_encoder": None}

@@ -1,0 +1,56 @@
+"""Smoke test of the reproduction at its tiniest size, and its helpers (spec 6.9)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cvpr24.common import Result
+from cvpr24.sag import reproduce
+
+
+def test_reproduction_tiny_returns_claims_with_numbers(tmp_path):
+    result = reproduce.run(tmp_path, size="tiny")
+    assert isinstance(result, Result) and result.module == "sag" and result.error is None
+    assert [c.name for c in result.claims] == ["C1", "C2", "C3"]
+    for c in result.claims:
+        assert c.status in ("passed", "failed", "not tested")
+        if c.status != "not tested":
+            assert c.measured is not None and c.comparison
+        assert "precondition" in c.notes
+    for fig in result.figures:
+        assert (tmp_path / fig).stat().st_size > 0
+    m = json.loads((tmp_path / "measurements.json").read_text())
+    assert {"T=1", "T=0", "SAG T*", "words"} <= set(m["summary"])
+    assert 0.0 <= m["summary"]["T=1"]["background"] <= 1.0
+    Result.from_json(result.to_json())  # serialisable
+
+
+def test_t_star_rule_uses_the_fidelity_constraint():
+    val = {"T=1": {"background": 0.3, "identity": 0.8}, "T=0.8": {"background": 0.5, "identity": 0.78},
+           "T=0.4": {"background": 0.9, "identity": 0.5}, "T=0": {"background": 0.95, "identity": 0.1}}
+    t, why = reproduce.choose_t_star(val, (1.0, 0.8, 0.4, 0.0))
+    assert t == 0.8 and "0.8" in why
+    val["T=0.8"]["identity"] = 0.7  # now nothing keeps fidelity: T* falls back to the baseline
+    assert reproduce.choose_t_star(val, (1.0, 0.8, 0.4, 0.0))[0] == 1.0
+
+
+def test_constant_mixing_interpolation_and_spearman():
+    pts = [(0.2, 0.9), (0.6, 0.5), (1.0, 0.1)]
+    assert reproduce.const_identity_at(0.4, pts) == pytest.approx(0.7)
+    assert reproduce.spearman([1, 0.8, 0.6, 0.4], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(-1.0)
+    assert reproduce.spearman([1, 0.8, 0.6], [0.5, 0.5, 0.5]) == 0.0
+
+
+def test_subject_split_is_disjoint_and_fixed():
+    val, test = reproduce.split_subjects(8, 40)
+    assert not set(val) & set(test)
+    assert reproduce.split_subjects(8, 40) == (val, test)
+    with pytest.raises(ValueError, match="test_subjects"):
+        reproduce.split_subjects(10, 40)
+
+
+def test_bad_size():
+    with pytest.raises(ValueError, match="size"):
+        reproduce.run("unused", size="huge")
