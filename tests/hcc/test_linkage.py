@@ -1,6 +1,7 @@
 """HCC linkage: the hand example, scipy reductions, a naive oracle, Eq. 5, invariances, cuts."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,10 @@ def test_ties_every_merge_is_a_greedy_cc_step():
     with pytest.warns(UserWarning, match="tied"):
         Z = hcc_linkage(D)
     np.testing.assert_array_equal(Z, hcc_linkage(D.copy()))  # deterministic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # continuous data must not warn, small N or large
+        hcc_linkage(random_signed(30, 0))
+        hcc_linkage(random_signed(400, 0))
     members = {i: [i] for i in range(30)}
     for t, (a, b, h, size) in enumerate(Z):
         ids = list(members)
