@@ -375,3 +375,29 @@ def test_cut_level_bad_arguments():
             cut_level(Z, k)
     with pytest.raises(ValueError, match="linkage matrix"):
         cut_level(Z[:, :3], 2)
+
+
+def test_dendrogram_plot_handles_raw_signed_heights():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
+
+    from cvpr24.hcc import plot_dendrogram
+
+    Z = hcc_linkage(random_signed(25, 3, shift=-0.3))
+    assert Z[:, 2].min() < 0 and np.any(np.diff(Z[:, 2]) < 0)
+    with pytest.raises(ValueError):  # what users hit with scipy (shap #1402, seaborn #854)
+        dendrogram(Z, no_plot=True)
+    ax, order = plot_dendrogram(Z, heights="raw")
+    assert sorted(order) == list(range(25))
+    assert order.tolist() == dendrogram(level_linkage(Z), no_plot=True)["leaves"]
+    lowest = min(min(line.get_ydata()) for line in ax.get_lines())
+    assert lowest == pytest.approx(Z[:, 2].min())  # inverted, negative merges are drawn as is
+    plt.close(ax.figure)
+
+
+def test_feature_matrix_as_precomputed_gets_a_hint():
+    with pytest.raises(ValueError, match="feature matrix"):
+        hcc_linkage(np.random.default_rng(0).standard_normal((10, 3)))
