@@ -61,7 +61,9 @@ def inv_poisson_moment(lam: float | Array) -> float | Array:
     small = lam_arr < _SERIES_BELOW
     big = lam_arr >= _ASYMPTOTIC_FROM
     mid = ~small & ~big
-    if out.size > 64:  # pixels often share Lambda (uniform flux): evaluate each value once
+    if out.size > 1 and np.all(lam_arr == lam_arr.flat[0]):  # uniform flux: one value
+        return np.full(lam_arr.shape, inv_poisson_moment(float(lam_arr.flat[0])))
+    if out.size > 64:  # pixels often share a few Lambda values: evaluate each once
         uniq, inverse = np.unique(lam_arr, return_inverse=True)
         if uniq.size < out.size // 2:
             return inv_poisson_moment(uniq)[inverse].reshape(lam_arr.shape)
