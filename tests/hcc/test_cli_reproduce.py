@@ -81,3 +81,13 @@ def test_reproduce_tiny_smoke(tmp_path):
     tables = json.loads((tmp_path / "tables.json").read_text())
     assert {"C1", "C1_control", "C2", "C3", "C4"} <= set(tables["tables"])
     assert result.deviations
+
+
+def test_missing_numba_names_the_extra():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['numba'] = None; import cvpr24.hcc"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "pip install 'cvpr24[hcc]'" in proc.stderr
