@@ -196,3 +196,18 @@ def test_mse_curve_equals_mse_exact_point_by_point():
             point = mse_exact(scene, n, ALPHA0, SIGMA, background=50.0, fine=fine)
             assert curve.total[i] == pytest.approx(point.total, rel=1e-10)
             assert curve.Lambda[i] == pytest.approx(point.Lambda, rel=1e-12)
+
+
+def test_compensated_running_sums_are_exact_to_double_double():
+    from cvpr24.lidar.scene import _compensated_cumsum
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 1.0, (2, 5000)) * 10.0 ** rng.integers(-8, 1, (2, 5000))
+    hi, lo = _compensated_cumsum(x)
+    for k in (1, 17, 2500, 5000):
+        exact = math.fsum(x[0, :k])
+        assert abs((hi[0, k] + lo[0, k]) - exact) <= 1e-15 * abs(exact)
+        # and a tiny increment deep in the sum keeps its relative precision
+        inc = math.fsum(x[1, k - 1: k])
+        got = (hi[1, k] - hi[1, k - 1]) + (lo[1, k] - lo[1, k - 1])
+        assert abs(got - inc) <= 1e-12 * abs(inc) + 1e-30
