@@ -91,3 +91,14 @@ def test_missing_numba_names_the_extra():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "pip install 'cvpr24[hcc]'" in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:.*tied")
+def test_docstring_examples_run():
+    import doctest
+
+    from cvpr24.hcc import estimators, linkage
+
+    for module in (linkage, estimators):
+        failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert attempted > 0 and failed == 0, module.__name__
