@@ -211,3 +211,20 @@ def lca_block_sums(children, D):
                 acc += row[order[q]]
         sums[t] = acc
     return sums
+
+
+@numba.njit(cache=True, nogil=True)
+def cc_cost_dense(D, labels):
+    """Eq. 1 over unordered pairs i < j, without N x N temporaries."""
+    n = D.shape[0]
+    cost = 0.0
+    for i in range(n):
+        row = D[i]
+        for j in range(i + 1, n):
+            d = row[j]
+            if labels[i] == labels[j]:
+                if d > 0:
+                    cost += d
+            elif d < 0:
+                cost -= d
+    return cost

@@ -265,12 +265,10 @@ def cc_cost(D, labels) -> float:
         U = sp.triu(D, k=1).tocoo()
         same = labels[U.row] == labels[U.col]
         return float(np.sum(np.where(same, np.maximum(U.data, 0), np.maximum(-U.data, 0))))
-    D = np.asarray(D, dtype=np.float64)
+    D = np.ascontiguousarray(D, dtype=np.float64)
     if D.shape != (n, n):
         raise ValueError(f"D must have shape ({n}, {n}) to match labels, got {D.shape}")
-    same = labels[:, None] == labels[None, :]
-    # each unordered pair appears twice in the full matrix; the diagonal adds max(0, 0) = 0
-    return float(np.sum(np.where(same, np.maximum(D, 0), np.maximum(-D, 0)))) / 2
+    return float(_kernel.cc_cost_dense(D, canonical_labels(labels)))
 
 
 def cc_path(D, Z) -> np.ndarray:
@@ -287,7 +285,7 @@ def cc_path(D, Z) -> np.ndarray:
     D = np.ascontiguousarray(D, dtype=np.float64)
     if D.shape != (n, n):
         raise ValueError(f"D must have shape ({n}, {n}) to match Z, got {D.shape}")
-    r0 = -float(np.minimum(D, 0).sum()) / 2  # unordered pairs; the diagonal is 0
+    r0 = float(_kernel.cc_cost_dense(D, np.arange(n)))  # all singletons: the negative mass
     deltas = _kernel.lca_block_sums(Z[:, :2].astype(np.int64), D)
     return r0 + np.concatenate([[0.0], np.cumsum(deltas)])
 
