@@ -364,3 +364,13 @@ def test_bad_inputs_name_the_argument():
         SPALoss().link(torch.tensor([1.5]))
     with pytest.raises(ValueError, match="unknown loss name"):
         loss_from_config({"name": "hinge"})
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from cvpr24.spa import estimator, losses
+
+    for module in (losses, estimator):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
