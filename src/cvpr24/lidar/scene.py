@@ -13,7 +13,7 @@ for N pixels is collected by :func:`pixel_moments`:
 Integrals use composite 4-point Gauss-Legendre quadrature on a fine grid of ``fine`` nodes
 (M in the spec, default max(2**14, 16 N)); panels are split at the scene's discontinuities, so
 a step edge is integrated exactly. In 1-D the integrals are accumulated once per grid (in
-extended precision) and differenced at the pixel edges, so one more N costs O(N), not O(M).
+compensated, double-double precision) and differenced at the pixel edges, so one more N costs O(N), not O(M).
 """
 
 from __future__ import annotations
@@ -172,7 +172,8 @@ def _check_inside(tau: Array, sigma_t: float, t_window: tuple[float, float]) -> 
 
 
 class _MomentTable:
-    """Cumulative integrals of 1, alpha, alpha tau, alpha tau^2, tau, tau^2 on [0, x].
+    """Cumulative integrals of 1, alpha, alpha tau, alpha tau^2, tau, tau^2 on [0, x] (only 1,
+    tau, tau^2 for uniform flux).
 
     tau is centred on a reference value, and the running sums are compensated (double-double:
     a float64 sum plus the exact rounding error of every addition), so the difference of two
@@ -189,7 +190,8 @@ class _MomentTable:
         self.edges = edges
         self.tau_ref = float(np.mean(scene.tau((edges[:-1] + edges[1:]) / 2)))
         self.hi, self.lo = _compensated_cumsum(self._panel_integrals(edges[:-1], edges[1:]))
-        self.total_alpha = float(self.hi[1, -1] + self.lo[1, -1])
+        self.alpha_row = 0 if scene.alpha is None else 1  # the row holding int alpha
+        self.total_alpha = float(self.hi[self.alpha_row, -1] + self.lo[self.alpha_row, -1])
         if not self.total_alpha > 0:
             raise ValueError("alpha must be positive somewhere in the field of view")
 
@@ -200,7 +202,7 @@ class _MomentTable:
         one = 2.0 * half  # int 1 over [a, b]; every rule below is half * (f @ GL weights)
         t1, t2 = half * (tau @ _GL_W), half * ((tau * tau) @ _GL_W)
         if self.scene.alpha is None:  # uniform flux: the alpha-weighted moments are the plain ones
-            return np.stack([one, one, t1, t2, t1, t2])
+            return np.stack([one, t1, t2])
         alpha = np.asarray(self.scene.alpha(x), float)
         if np.any(alpha < 0) or not np.all(np.isfinite(alpha)):
             raise ValueError("alpha must be finite and non-negative")
@@ -208,7 +210,8 @@ class _MomentTable:
                          half * ((alpha * tau * tau) @ _GL_W), t1, t2])
 
     def increments(self, e: Array) -> Array:
-        """(6, len(e) - 1) integrals over [e_i, e_{i+1}] for increasing points e in [0, 1]."""
+        """Integrals over [e_i, e_{i+1}] for increasing points e in [0, 1]: (6, len(e) - 1), or
+        (3, len(e) - 1) for uniform flux (1, tau, tau^2: the alpha-weighted rows coincide)."""
         e = np.asarray(e, dtype=float)
         p = np.clip(np.searchsorted(self.edges, e, side="right") - 1, 0, self.edges.size - 2)
         partial = self._panel_integrals(self.edges[p], e)  # [panel start, e]
@@ -217,11 +220,13 @@ class _MomentTable:
 
     def alpha_cdf(self, x: Array) -> Array:
         """F(x) = int_0^x alpha / int_0^1 alpha, exact at panel edges, linear between them."""
-        return np.interp(x, self.edges, (self.hi[1] + self.lo[1]) / self.total_alpha)
+        cum = self.hi[self.alpha_row] + self.lo[self.alpha_row]
+        return np.interp(x, self.edges, cum / self.total_alpha)
 
     def alpha_quantile(self, u: Array) -> Array:
         """Inverse of :meth:`alpha_cdf` (piecewise-linear within a panel)."""
-        return np.interp(u, (self.hi[1] + self.lo[1]) / self.total_alpha, self.edges)
+        cum = self.hi[self.alpha_row] + self.lo[self.alpha_row]
+        return np.interp(u, cum / self.total_alpha, self.edges)
 
 
 def _compensated_cumsum(x: Array) -> tuple[Array, Array]:
@@ -281,7 +286,12 @@ def pixel_moments(scene: Scene1D | Scene2D, n: int, fine: int | None = None) -> 
     if scene.dims == 2:
         return _pixel_moments_2d(scene, n, fine)
     tab = scene.table(fine)
-    one, a0, a1, a2, u1, u2 = tab.increments(np.arange(n + 1) / n)  # each (n,)
+    rows = tab.increments(np.arange(n + 1) / n)  # each row (n,)
+    if scene.alpha is None:
+        one, u1, u2 = rows
+        a0, a1, a2 = one, u1, u2
+    else:
+        one, a0, a1, a2, u1, u2 = rows
     with np.errstate(invalid="ignore", divide="ignore"):
         mu_c = np.where(a0 > 0, a1 / a0, u1 / one)  # centred on tab.tau_ref
         b = np.where(a0 > 0, a2 / a0 - mu_c**2, 0.0)
