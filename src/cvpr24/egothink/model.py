@@ -14,7 +14,7 @@ full   everything                                   LLaVA (full fine-tune)
 big    heads only, 4x wider frozen encoder          more ToP, same TTP
 ====== ============================================ ===============================
 
-Shapes (quick): image (B, 3, 48, 48) -> encoder (B, 32w, 3, 3) -> flat (B, 288w), spatial layout
+Shapes (quick): image (B, 3, 48, 48), standardised per channel -> encoder (B, 32w, 3, 3) -> flat (B, 288w), spatial layout
 kept so that left and right stay recoverable; question (B, L) -> mean word embedding (B, 32)
 plus a dimension embedding (B, 16); fusion [flat + 48 -> 128 -> ReLU -> 128]; one linear
 head per slot type.
@@ -62,18 +62,27 @@ class TinyVLMConfig:
         return 32 * self.width * self.grid ** 2
 
 
+#: Per-channel pixel statistics used to standardise inputs (CLIP's image-processor constants).
+PIXEL_MEAN = (0.4815, 0.4578, 0.4082)
+PIXEL_STD = (0.2686, 0.2613, 0.2758)
+
+
 class VisionEncoder(nn.Module):
-    """4 x [conv3x3 (pad 1) -> ReLU -> maxpool 2], flattened with its spatial layout."""
+    """Standardise pixels, then 4 x [conv3x3 (pad 1) -> ReLU -> maxpool 2], flattened with its
+    spatial layout. Images come in as (B, 3, H, W) in [0, 1]."""
 
     def __init__(self, width: int = 1):
         super().__init__()
         chans = [3] + [c * width for c in (8, 16, 32, 32)]
+        self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.blocks = nn.Sequential(*[
             nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
             for cin, cout in zip(chans[:-1], chans[1:], strict=True)])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.blocks(images).flatten(1)  # (B, 32w * g * g)
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return self.blocks(x).flatten(1)  # (B, 32w * g * g)
 
 
 class QuestionEncoder(nn.Module):
