@@ -33,9 +33,9 @@ def test_exact_theory_matches_monte_carlo_on_the_sine_scene():
 
 
 def test_reproduction_smoke(tmp_path):
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the budget must not depend on the machine's load
     result = reproduce.run(tmp_path, size="tiny")
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4", "C5"]
     assert result.claims[0].status == "passed"  # exact theory vs MC holds even at tiny size
     assert {c.status for c in result.claims} <= {"passed", "failed", "not tested"}
