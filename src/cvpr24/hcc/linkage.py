@@ -82,10 +82,11 @@ def hcc_linkage(
 
 
 def warn_if_tied(D: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> None:
-    """Warn when more than half of (a sample of) the off-diagonal values are duplicates.
+    """Warn when more than half of (a sample of) the non-zero off-diagonal values are duplicates.
 
     Pure +-1 inputs are tie-heavy: the tree then depends on the tie-breaking rule (the
-    smallest slot pair wins), as it does in scipy.
+    smallest slot pair wins), as it does in scipy. Zeros ("no information", e.g. the missing
+    pairs of a sparse graph) are not counted.
     """
     n = D.shape[0]
     if n * (n - 1) // 2 <= 4 * sample:  # every pair once
@@ -95,8 +96,11 @@ def warn_if_tied(D: np.ndarray, *, sample: int = 20_000, seed: int = 0) -> None:
         i = rng.integers(0, n, sample)
         j = (i + rng.integers(1, n, sample)) % n  # j != i
         values = D[np.minimum(i, j), np.maximum(i, j)]
+    values = values[values != 0]
+    if values.size < 10:
+        return
     duplicated = 1.0 - np.unique(values).size / values.size
-    if values.size >= 10 and duplicated > 0.5:
+    if duplicated > 0.5:
         warnings.warn(f"about {100 * duplicated:.0f}% of the dissimilarities are tied; merges "
                       "among ties follow the deterministic smallest-slot rule (add small "
                       "magnitude noise if that matters)", UserWarning, stacklevel=3)
