@@ -162,3 +162,17 @@ def test_reproduction_smoke(tmp_path):
     assert result.claims[0].passed  # properness needs no training: it must hold at any size
     assert all((tmp_path / f).is_file() for f in result.figures)
     assert (tmp_path / "summary.md").read_text().count("| SPA+LPR |") == 2
+
+
+def test_validation_and_ema_selection_run():
+    x, y = _tiny(n=96)
+    xv, yv = _tiny(n=64, seed=9)
+    r = train(_cfg(ema_decay=0.9), as_tensors(x, y), val_data=as_tensors(xv, yv))
+    assert all(0 <= h["val_map"] <= 1 and 0 <= h["val_map_ema"] <= 1 for h in r.history)
+
+
+def test_posthoc_isotonic_reference_recalibrates_asl():
+    from cvpr24.spa.reproduce import train_and_evaluate
+
+    row = train_and_evaluate("ASL", 400, 2, 0, 2000, posthoc=True)
+    assert row["posthoc"]["ece"] < 0.5 * row["ece"]  # ASL's map is monotone: isotonic repairs it

@@ -617,15 +617,6 @@ def loss_from_config(config: dict) -> _MultiLabelLoss:
     return _LOSSES[name](**cfg, reduction=reduction, ignore_index=ignore_index)
 
 
-def make_loss(name: str, lam: float = 0.0, **params) -> _MultiLabelLoss:
-    """A loss by name (``bce``, ``focal``, ``asl``, ``spa``), wrapped in :class:`SPALPRLoss`
-    when ``lam > 0``. ``params`` go to the loss class."""
-    if name not in _LOSSES:
-        raise ValueError(f"loss must be one of {sorted(_LOSSES)}, got {name!r}")
-    loss = _LOSSES[name](**params)
-    return SPALPRLoss(loss, lam) if lam > 0 else loss
-
-
 # --------------------------------------------------------------------------------------------
 # Population risk minimiser (S1, S2)
 # --------------------------------------------------------------------------------------------

@@ -216,11 +216,16 @@ def train(cfg: SPAConfig, train_data: Data, *, val_data: Data | None = None,
     return TrainResult(final, loss_fn, history)
 
 
+@torch.no_grad()
 def _val_map(model: nn.Module, loss_fn: nn.Module, data: Data, cfg: SPAConfig, device) -> float:
-    logits = predict_logits(model, data, device=device, num_workers=cfg.num_workers)
-    labels = data[1] if isinstance(data, tuple) else torch.stack([data[i][1] for i in range(len(data))])
-    labels = torch.where(labels == -1, torch.nan, labels.float())
-    return mean_average_precision(loss_fn.predict_proba(logits), labels)
+    """Validation mAP of ``model`` (one pass over ``data``; labels -1/NaN are unknown)."""
+    model.eval()
+    logits, labels = [], []
+    for x, y in _batches(data, torch.arange(_len(data)), cfg.batch_size, cfg.num_workers):
+        logits.append(model(x.to(device)).float().cpu())
+        labels.append(y.float())
+    y = torch.cat(labels)
+    return mean_average_precision(loss_fn.predict_proba(torch.cat(logits)), torch.where(y == -1, torch.nan, y))
 
 
 # --------------------------------------------------------------------------------------------
