@@ -143,3 +143,14 @@ def test_timestamp_lmf_blocks_do_not_change_the_result():
     mean, _ = estimate_delay(ph, sigma_t=SIGMA, method="mean")
     has = ph.counts.ravel() > 0
     assert np.max(np.abs(whole[has] - mean.ravel()[has])) < 3 * SIGMA  # the peak is near the data
+
+
+def test_histogram_repeats_are_not_neighbours():
+    edges = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    hist = np.zeros((2, 3, 4))
+    hist[0, 0, 1] = hist[1, 2, 3] = 5  # repeat 0 has only pixel 0, repeat 1 only pixel 2
+    tau, info = estimate_delay(hist, sigma_t=0.05, method="mean", bin_edges=edges, dims=1)
+    np.testing.assert_allclose(tau, [[0.375] * 3, [0.875] * 3])
+    assert info.n_empty == 4
+    with pytest.raises(ValueError, match="dims"):
+        estimate_delay(hist, sigma_t=0.05, bin_edges=edges, dims=3)

@@ -57,7 +57,7 @@ class EstimateInfo:
 
 def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "ml",
                    background: float | None = None, empty: str = "nearest",
-                   bin_edges: Array | None = None, subdiv: int = 8,
+                   bin_edges: Array | None = None, subdiv: int = 8, dims: int | None = None,
                    chunk: int = 8192) -> tuple[Array, EstimateInfo]:
     """Estimate the delay tau_n of every pixel (L6; histograms L7).
 
@@ -78,6 +78,9 @@ def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "m
         Histogram bin edges (B + 1,).
     subdiv : int
         Log-matched-filter grid points per bin.
+    dims : int, optional
+        Histograms only: how many axes before B are the pixel grid (1 or 2) for the empty-pixel
+        rule; axes before those are repeats. Default: 2 for (H, W, B), 1 for (N, B).
 
     Returns
     -------
@@ -98,8 +101,12 @@ def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "m
         return _estimate_timestamps(data, sigma_t, method, background, empty, subdiv)
     if bin_edges is None:
         raise ValueError("bin_edges is required when data is a histogram array")
-    return _estimate_histograms(np.asarray(data), np.asarray(bin_edges, float), sigma_t, method,
-                                background, empty, subdiv, chunk)
+    hist = np.asarray(data)
+    dims = min(hist.ndim - 1, 2) if dims is None else dims
+    if dims not in (1, 2) or dims > hist.ndim - 1:
+        raise ValueError(f"dims must be 1 or 2 and leave the bin axis, got {dims!r} for shape {hist.shape}")
+    return _estimate_histograms(hist, np.asarray(bin_edges, float), sigma_t, method,
+                                background, empty, subdiv, chunk, dims)
 
 
 # ----------------------------------------------------------------------------- timestamps
@@ -263,8 +270,8 @@ def _check_histogram(hist: Array, edges: Array) -> tuple[float, float]:
     return float(edges[0]), float(widths.mean())
 
 
-def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str,
-                         w: float | None, empty: str, subdiv: int, chunk: int) -> tuple[Array, EstimateInfo]:
+def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str, w: float | None,
+                         empty: str, subdiv: int, chunk: int, dims: int) -> tuple[Array, EstimateInfo]:
     if hist.ndim < 2:
         raise ValueError(f"a histogram array must be (..., B), got shape {hist.shape}")
     t0, delta = _check_histogram(hist, edges)
@@ -286,7 +293,6 @@ def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str,
             tau, w_out, iters = _em_histogram(flat, centres, tau, k, sigma_t, w, delta * flat.shape[1])
     tau = np.where(has, tau, np.nan)
     global_mean = float(flat.sum(axis=0) @ centres / max(k.sum(), 1.0))
-    dims = min(len(grid), 2)
     filled = fill_empty(tau.reshape(grid), ~has.reshape(grid), empty, dims=dims,
                         global_mean=global_mean)
     return filled, EstimateInfo(k.reshape(grid).astype(int), int(np.sum(~has)),

@@ -111,7 +111,8 @@ def mc_mse(scene: Scene1D | Scene2D, n: int, alpha0: float, cfg: LidarConfig, se
     if bin_width is not None:
         edges = uniform_bin_edges(cfg.t_window, bin_width)
         tau, _ = estimate_delay(to_histogram(ph, edges), sigma_t=cfg.sigma_t, method=method,
-                                bin_edges=edges, background=w_known, empty=cfg.empty_pixel)
+                                bin_edges=edges, background=w_known, empty=cfg.empty_pixel,
+                                dims=scene.dims)
     else:
         tau, _ = estimate_delay(ph, sigma_t=cfg.sigma_t, method=method, background=w_known,
                                 empty=cfg.empty_pixel)
