@@ -165,7 +165,7 @@ def _lmf_timestamps(pix: Array, t: Array, size: int, t_window: tuple[float, floa
 def _responsibility(u: Array, w: Array | float, sigma_t: float, t_range: float) -> Array:
     """r = (1-w) s(u) / ((1-w) s(u) + w/T_r): the posterior that a photon is signal."""
     sig = (1 - w) * np.exp(-0.5 * (u / sigma_t) ** 2) / (_SQRT2PI * sigma_t)
-    return sig / (sig + w / t_range)
+    return sig / np.maximum(sig + w / t_range, 1e-300)  # 0, not NaN, where both underflow
 
 
 def _newton_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: float, w: float,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvpr24.lidar.scene import C_LIGHT, Scene1D, Scene2D, check_pixels
-from cvpr24.lidar.theory import _check_background, check_positive
+from cvpr24.lidar.theory import check_background, check_positive
 
 Array = np.ndarray
 MAX_PROB_PER_CYCLE = 0.05  # above this, pile-up biases the histogram (TCSPC 5 % rule)
@@ -55,7 +55,7 @@ class LidarConfig:
             raise ValueError(f"dims must be 1 or 2, got {self.dims!r}")
         check_positive(self.sigma_t, "sigma_t")
         check_positive(self.alpha0, "alpha0")
-        _check_background(self.background)
+        check_background(self.background)
         if self.irf != "gaussian":
             raise ValueError(f"irf must be 'gaussian' (the model of L1), got {self.irf!r}")
         if self.empty_pixel not in ("nearest", "nan", "global_mean"):
@@ -204,7 +204,7 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
     n = check_pixels(n)
     alpha0 = check_positive(alpha0, "alpha0")
     sigma_t = check_positive(sigma_t, "sigma_t")
-    background = _check_background(background)
+    background = check_background(background)
     n_repeats = check_pixels(n_repeats, "n_repeats")
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     scene.check_window(sigma_t, t_window)

@@ -158,7 +158,7 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     n = check_pixels(n)
     alpha0 = check_positive(alpha0, "alpha0")
     sigma_t = check_positive(sigma_t, "sigma_t")
-    background = _check_background(background)
+    background = check_background(background)
     m = pixel_moments(scene, n, fine) if moments is None else moments
     lam_bg = background * m.area
     lam = alpha0 * m.mass + lam_bg  # Lambda_n (L4)
@@ -191,7 +191,8 @@ def mse_curve(scene: Scene1D | Scene2D, ns: Any, alpha0: float, sigma_t: float, 
     return MSEBreakdown(*(np.array([getattr(r, f.name) for r in rows]) for f in fields(MSEBreakdown)))
 
 
-def _check_background(background: Any) -> float:
+def check_background(background: Any) -> float:
+    """``float(background)`` if it is a finite number >= 0, else ValueError naming it."""
     try:
         b = float(background)
     except (TypeError, ValueError):
