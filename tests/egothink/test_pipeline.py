@@ -157,3 +157,15 @@ def test_inference_resumes_without_duplicates(synth_ds, tmp_path):
     for d in synth_ds.dims:
         rows = read_jsonl(model_answer_path(tmp_path, d, "m"))
         assert [r["question_id"] for r in rows] == [it.question_id for it in synth_ds.by_dim(d)]
+
+
+def test_lmms_eval_log_export(answered, synth_ds, tmp_path):
+    from cvpr24.egothink.data import export_lmms_eval_logs
+
+    run_judgment(answered, LocalJudge(), EgoThinkConfig(), show_progress=False)
+    rows = read_jsonl(export_lmms_eval_logs(answered, "local-judge", "echo", tmp_path / "logs.jsonl"))
+    assert len(rows) == len(synth_ds)
+    first = rows[0]
+    assert set(first) == {"doc_id", "dimension", "question", "target", "resps", "gpt_eval_score"}
+    assert first["doc_id"] == 0 and first["gpt_eval_score"] in (0.0, 0.5, 1.0)
+    assert sum(r["resps"][0][0] == r["target"] for r in rows) == sum(it.question_id % 2 == 0 for it in synth_ds)

@@ -11,6 +11,7 @@ from cvpr24.egothink.data import (
     EgoThinkDataset,
     EgoThinkItem,
     export_fastchat,
+    export_lmms_eval_logs,
     import_fastchat,
     load_egothink,
     write_github,
@@ -34,7 +35,7 @@ __all__ = [
     "APIError", "AuthenticationError", "CallableVLM", "ChatClient", "DIMENSIONS", "DIM_KEYS",
     "EgoThinkConfig", "EgoThinkDataset", "EgoThinkItem", "HFVLM", "JudgmentCache", "Leaderboard",
     "LocalJudge", "OpenAIChatVLM", "OpenAIJudge", "PromptSet", "VLMRequest", "agreement",
-    "bootstrap_ci", "dimension_score", "export_fastchat", "generate_synthetic", "import_fastchat",
+    "bootstrap_ci", "dimension_score", "export_fastchat", "export_lmms_eval_logs", "generate_synthetic", "import_fastchat",
     "load_egothink", "macro_average", "paired_test", "parse_rating", "render_judge_messages",
     "run_inference", "run_judgment", "write_github", "write_parquet",
 ]

@@ -408,3 +408,29 @@ def export_fastchat(bundle: FastChatBundle, out_root: str | os.PathLike) -> Path
     for rel, rows in bundle.files.items():
         write_jsonl(out / rel, rows)
     return out
+
+
+def export_lmms_eval_logs(answers_root: str | os.PathLike, judge_name: str, model: str,
+                          out: str | os.PathLike) -> Path:
+    """Per-sample logs in the lmms-eval style (``doc_id``, ``target``, ``resps``,
+    ``gpt_eval_score``), one JSONL row per judged item, so runs can be compared with lmms-eval.
+
+    ``doc_id`` is the 0-based index within the dimension; failed or missing judgments are
+    written with ``gpt_eval_score = None`` (lmms-eval itself would average them as -1).
+    """
+    root = Path(answers_root)
+    rows = []
+    for d in answer_dims(root):
+        folder = dim_folder(root, d)
+        jpath = folder / "model_judgment" / f"{judge_name}_single.jsonl"
+        scores = {}
+        if jpath.is_file():
+            scores = {r["question_id"]: r["score"] for r in read_jsonl(jpath) if r["model"] == model}
+        answers = read_answers(root, d, model)
+        for q in read_questions(root, d):
+            if q.question_id in answers:
+                rows.append({"doc_id": q.question_id - 1, "dimension": d, "question": q.question,
+                             "target": q.reference, "resps": [[answers[q.question_id]]],
+                             "gpt_eval_score": scores.get(q.question_id)})
+    write_jsonl(out, rows)
+    return Path(out)

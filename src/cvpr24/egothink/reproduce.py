@@ -389,7 +389,9 @@ def plot_figures(runs: list[dict], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for arm, mk in (("V0", "o"), ("V1", "s"), ("V2", "^"), ("V3", "D")):
         t, top = runs[0]["ttp"][arm]
-        ax.scatter(t, np.mean([macro(r["judge"][arm]) for r in runs]), marker=mk, s=30 + top / 4000, label=f"{arm} (ToP {top})")
+        hollow = {"facecolors": "none", "edgecolors": "C3"} if arm == "V3" else {}
+        ax.scatter(t, np.mean([macro(r["judge"][arm]) for r in runs]), marker=mk, s=30 + top / 4000,
+                   label=f"{arm} (ToP {top})", **hollow)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (TTP)")
     ax.set_ylabel("macro score S")
