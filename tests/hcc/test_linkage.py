@@ -401,3 +401,24 @@ def test_dendrogram_plot_handles_raw_signed_heights():
 def test_feature_matrix_as_precomputed_gets_a_hint():
     with pytest.raises(ValueError, match="feature matrix"):
         hcc_linkage(np.random.default_rng(0).standard_normal((10, 3)))
+
+
+def test_dendrogram_purity_against_brute_force_and_hierarchy_cost():
+    from cvpr24.hcc.linkage import dendrogram_purity, hierarchy_cc_cost
+
+    D = random_signed(18, 51, shift=-0.1)
+    Z = hcc_linkage(D)
+    y = np.random.default_rng(0).integers(0, 3, 18)
+    members = {i: {i} for i in range(18)}
+    for t in range(17):
+        members[18 + t] = members[int(Z[t, 0])] | members[int(Z[t, 1])]
+    values = []
+    for i, j in itertools.combinations(range(18), 2):
+        if y[i] == y[j]:
+            lca = min(v for v, m in members.items() if i in m and j in m and v >= 18)
+            values.append(np.mean(y[list(members[lca])] == y[i]))
+    assert dendrogram_purity(Z, y) == pytest.approx(np.mean(values))
+    perfect = hcc_linkage(np.where(y[:, None] == y[None, :], -1.0, 1.0) * (1 - np.eye(18))
+                          + 1e-3 * D)
+    assert dendrogram_purity(perfect, y) == pytest.approx(1.0)
+    assert hierarchy_cc_cost(D, Z) == pytest.approx(np.sum(cc_path(D, Z)))

@@ -325,3 +325,34 @@ def cc_cut(Z, path=None, rule: str = "cc") -> int:
         positive = np.flatnonzero(Z[:, 2] > 0)
         return n - (int(positive[0]) if positive.size else n - 1)
     raise ValueError(f"rule must be 'cc' or 'first_positive', got {rule!r}")
+
+
+def hierarchy_cc_cost(D, Z) -> float:
+    """CC cost of the whole dendrogram: ``sum_t R_t`` over its N levels (Eq. 5; lower is better)."""
+    return float(np.sum(cc_path(D, Z)))
+
+
+def dendrogram_purity(Z, y) -> float:
+    """Dendrogram purity (Heller and Ghahramani, 2005) of a tree against classes ``y``.
+
+    The mean, over pairs of leaves in the same class c, of the fraction of class-c leaves
+    under their lowest common ancestor. 1 when every class is a subtree. Computed per node
+    from class counts: O(N K).
+    """
+    Z = check_linkage_matrix(Z)
+    n = Z.shape[0] + 1
+    y = canonical_labels(y)
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},) to match Z, got {y.shape}")
+    k = int(y.max()) + 1
+    counts = np.zeros((2 * n - 1, k))
+    counts[np.arange(n), y] = 1
+    total = 0.0
+    for t in range(n - 1):
+        left, right = counts[int(Z[t, 0])], counts[int(Z[t, 1])]
+        node = left + right
+        counts[n + t] = node
+        total += float(np.sum(left * right * node / node.sum()))  # pairs meeting here, x purity
+    class_sizes = np.bincount(y)
+    pairs = float(np.sum(class_sizes * (class_sizes - 1) / 2))
+    return total / pairs if pairs > 0 else float("nan")

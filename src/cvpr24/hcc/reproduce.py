@@ -30,7 +30,14 @@ from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
 from cvpr24.hcc.data import make_signed_partition
 from cvpr24.hcc.embedding import mds_embed, minimax_cc_labels, minimax_distances
 from cvpr24.hcc.estimators import MinimaxEmbedding, TreePreservingEmbedding
-from cvpr24.hcc.linkage import cc_cost, cc_cut, cc_path, cut_level, hcc_linkage
+from cvpr24.hcc.linkage import (
+    cc_cost,
+    cc_cut,
+    cc_path,
+    cut_level,
+    dendrogram_purity,
+    hcc_linkage,
+)
 
 CLAIMS = [
     "C1: HCC (sum linkage) recovers planted signed clusters under sign flips better than "
@@ -111,10 +118,11 @@ def baseline_linkage(D: np.ndarray, method: str) -> np.ndarray:
 
 def c1_planted(cfg: ReproConfig, seeds: list[int], nb: Notebook) -> tuple[Claim, dict]:
     k = len(cfg.sizes)
-    runs = {}
+    runs, purity = {}, {}
     for p_flip, p_obs in itertools.product(cfg.p_flips, cfg.p_obs):
         per = {m: [] for m in ("HCC", *BASELINES, "HCC-cc")}
-        extra = {"k_cc": [], "cost_ratio_cc": [], "cost_ratio_HCC": [], "cost_ratio_AL": []}
+        extra = {"k_cc": [], "cost_ratio_cc": [], "cost_ratio_HCC": [], "cost_ratio_AL": [],
+                 "purity_HCC": [], "purity_AL": []}
         for s in seeds:
             D, y = make_signed_partition(cfg.sizes, p_flip, p_obs=p_obs, seed=s)
             Z = hcc_linkage(D)
@@ -126,12 +134,16 @@ def c1_planted(cfg: ReproConfig, seeds: list[int], nb: Notebook) -> tuple[Claim,
             extra["k_cc"].append(kc)
             extra["cost_ratio_cc"].append(cc_cost(D, cut_level(Z, kc)) / truth)
             extra["cost_ratio_HCC"].append(cc_cost(D, labels) / truth)
+            extra["purity_HCC"].append(dendrogram_purity(Z, y))
             for name, method in BASELINES.items():
-                lab = cut_level(baseline_linkage(D, method), k)
+                Zb = baseline_linkage(D, method)
+                lab = cut_level(Zb, k)
                 per[name].append(ari(y, lab))
                 if name == "AL":
                     extra["cost_ratio_AL"].append(cc_cost(D, lab) / truth)
+                    extra["purity_AL"].append(dendrogram_purity(Zb, y))
         runs[(p_flip, p_obs)] = per
+        purity[(p_flip, p_obs)] = extra
         nb.tables.setdefault("C1", []).append({
             "p_flip": p_flip, "p_obs": p_obs,
             **{m: asdict(Measurement.of(v)) for m, v in per.items()},
@@ -166,7 +178,10 @@ def c1_planted(cfg: ReproConfig, seeds: list[int], nb: Notebook) -> tuple[Claim,
                     f"gap {gap:.3f}; HCC wins on {wins:.0%} of seeds; mean >= best at "
                     + ", ".join(f"p={p}: {ok}" for p, ok in every.items())),
         measured=Measurement.of(hcc - base.max(axis=0)),
-        notes=(f"control (gauss=1, p_flip=0): ARI HCC {np.mean(control['HCC']):.3f}, "
+        notes=(f"dendrogram purity at p_flip={cfg.main_p_flip}: HCC "
+               f"{np.mean(purity[(cfg.main_p_flip, 1.0)]['purity_HCC']):.3f}, AL "
+               f"{np.mean(purity[(cfg.main_p_flip, 1.0)]['purity_AL']):.3f}. "
+               f"control (gauss=1, p_flip=0): ARI HCC {np.mean(control['HCC']):.3f}, "
                f"AL {np.mean(control['AL']):.3f}. Measured values: per-seed ARI(HCC) - best "
                f"baseline ARI at p_flip={cfg.main_p_flip}."))
     return claim, runs
