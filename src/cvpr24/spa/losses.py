@@ -67,7 +67,7 @@ def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None
     v, y = logits.to(dtype), targets.to(dtype)
     if ignore_index is None:
         known = None
-        if torch.count_nonzero(y * (1 - y)):  # one cheap check: y in {0, 1} exactly (NaN counts)
+        if torch.count_nonzero(torch.addcmul(y, y, y, value=-1)):  # y - y^2 = 0 iff y in {0, 1}
             _raise_bad_targets(y, torch.ones_like(y, dtype=torch.bool), ignore_index)
     else:
         known = ~(torch.isnan(y) | (y == ignore_index))
@@ -161,9 +161,12 @@ def spa_loss(logits: Tensor, targets: Tensor, params: SPAParams | None = None, *
     p = params or SPAParams()
     v, y, known = _prepare(logits, targets, ignore_index)
     # (S7) = softplus(-u) with u = k+(v - b+) and (S8) = softplus(u) with u = k-(v - b-) are
-    # BCE-with-logits of u against y = 1 and y = 0: select u per label (lerp by y in {0, 1}),
-    # put 1/zeta+ : 1/zeta- into pos_weight, and let one fused BCE kernel do the rest.
-    u = torch.lerp((v - p.b_neg) * p.k_neg, (v - p.b_pos) * p.k_pos, y)  # (N, C)
+    # BCE-with-logits of u against y = 1 and y = 0: build u = k_y v - k_y b_y with per-label
+    # coefficients (affine in y in {0, 1}, no gradient), put 1/zeta+ : 1/zeta- into pos_weight,
+    # and let one fused BCE kernel do the rest.
+    k = y.mul(p.k_pos - p.k_neg).add_(p.k_neg)  # k_y
+    minus_kb = y.mul(p.k_neg * p.b_neg - p.k_pos * p.b_pos).sub_(p.k_neg * p.b_neg)  # -k_y b_y
+    u = torch.addcmul(minus_kb, k, v)  # (N, C)
     pos_weight = v.new_full((v.shape[-1],), p.zeta_neg / p.zeta_pos)
     if known is None and reduction != "none":
         loss = F.binary_cross_entropy_with_logits(u, y, pos_weight=pos_weight, reduction=reduction)
