@@ -32,7 +32,7 @@ def test_bad_arguments_exit_2_with_one_line(args, match, capsys):
 
 def test_train_writes_a_checkpoint(tmp_path):
     out = tmp_path / "m.safetensors"
-    assert main(["train", "sag", "--steps", "2", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["train", "sag", "--steps", "2", "--probe-steps", "2", "--out", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["config"]["steps"] == 2 and "loss_final" in meta["metrics"]
 

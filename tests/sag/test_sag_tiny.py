@@ -57,7 +57,7 @@ def test_committed_probe_reads_clean_renders():
 
 
 def test_training_reduces_the_loss():
-    cfg = dataclasses.replace(TinyConfig.tiny(), steps=200, batch_size=16)
+    cfg = dataclasses.replace(TinyConfig.tiny(), steps=100, batch_size=8)
     _, metrics = train_model(cfg, seed=0, show_progress=False)
     assert metrics["loss_final"] < 0.6 * metrics["loss_initial"]
 

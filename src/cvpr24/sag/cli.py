@@ -102,6 +102,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                        description="Train the tiny ELITE-like model and its probe (spec section 5).")
     p.add_argument("--size", choices=("cpu", "full"), default="cpu", help="cpu: 16 px (committed); full: 32 px")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--probe-steps", type=_positive_int, default=None, help="probe training steps (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="checkpoint path (.safetensors); default: the packaged one")
     p.add_argument("--state", default=None, help="training state file (default: beside --out)")
@@ -242,6 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TinyConfig.cpu() if args.size == "cpu" else TinyConfig()
     if args.steps:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.probe_steps:
+        cfg = dataclasses.replace(cfg, probe_steps=args.probe_steps)
     out = Path(args.out) if args.out else DEFAULT_CHECKPOINT
     if out.suffix != ".safetensors":
         raise SystemExit(f"cvpr24 sag train: --out must end with .safetensors, got {out}")

@@ -53,7 +53,8 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
     Returns
     -------
     model, metrics
-        ``metrics`` holds ``loss_initial`` and ``loss_final`` (means over 50 steps).
+        ``metrics`` holds ``loss_initial`` and ``loss_final`` (means over the first and last
+        50 steps, or a fifth of the run when shorter).
     """
     torch.manual_seed(seed)
     model = ShapesELITE(config)
@@ -90,7 +91,7 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
             log(f"step {done}/{config.steps} loss_d {sum(history[-100:]) / len(history[-100:]):.4f} "
                 f"({time.time() - t0:.0f} s)")
     model.eval()
-    k = min(50, len(history))
+    k = max(1, min(50, len(history) // 5))
     return model, {"loss_initial": sum(history[:k]) / k, "loss_final": sum(history[-k:]) / k}
 
 
