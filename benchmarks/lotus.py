@@ -13,6 +13,7 @@ import argparse
 import json
 import resource
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -86,6 +87,10 @@ def bench_step(repeats: int, batch: int = 128) -> dict:
             "badnets_over_clean": t_bad / t_clean, "image_ratio": n_lotus / batch}
 
 
+def _seeded(fn, x, p, ts, kw):
+    return fn(x, p, ts, generator=torch.Generator().manual_seed(1), **kw)
+
+
 def bench_focus(repeats: int) -> list[dict]:
     """Vectorised ``trigger_focus_batch`` vs the per-sample reference loop (identical output)."""
     rows = []
@@ -98,10 +103,9 @@ def bench_focus(repeats: int) -> list[dict]:
             a = trigger_focus_batch(x, p, ts, generator=torch.Generator().manual_seed(1), **kw)
             b = reference_trigger_focus_batch(x, p, ts, generator=torch.Generator().manual_seed(1), **kw)
             same = torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-            tv = best_of(lambda: trigger_focus_batch(x, p, ts, generator=torch.Generator().manual_seed(1),
-                                                     **kw), repeats)
-            tl = best_of(lambda: reference_trigger_focus_batch(
-                x, p, ts, generator=torch.Generator().manual_seed(1), **kw), max(1, repeats // 2))
+            tv = best_of(partial(_seeded, trigger_focus_batch, x, p, ts, kw), repeats)
+            tl = best_of(partial(_seeded, reference_trigger_focus_batch, x, p, ts, kw),
+                         max(1, repeats // 2))
             rows.append({"k": k, "v": v, "vectorised_s": tv, "loop_s": tl, "speedup": tl / tv,
                          "identical": same})
     return rows
@@ -115,7 +119,7 @@ def bench_codes(repeats: int) -> list[dict]:
     for k in range(2, 8):
         ts = TriggerSet(k, 16)
         p = torch.arange(50) % k
-        t = best_of(lambda: asr_par(model, x, p, ts, 9), max(1, repeats // 2))
+        t = best_of(partial(asr_par, model, x, p, ts, 9), max(1, repeats // 2))
         rows.append({"k": k, "codes": 2**k - 1, "seconds": t})
     return rows
 

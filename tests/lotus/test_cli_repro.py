@@ -57,10 +57,12 @@ def test_reproduction_smoke_tiny(tmp_path):
 
 def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8, agreement=1.0):
     return {"agreement": agreement, "clean_ba": 0.99,
-            "lotus": {"asr": asr, "ba": 0.985, "asr_par": par, "nc": {"target_index": nc_lot},
+            "lotus": {"asr": asr, "ba": 0.985, "asr_par": par,
+                      "nc": {"target_index": nc_lot, "norms": {"9": 20.0}, "flagged_label": 3},
                       "ft": {"asr": ft_asr, "ba": 0.98}},
             "nofocus": {"asr_par": abl},
-            "badnets": {"nc": {"target_index": nc_bad}, "ft": {"asr": 0.9}}}
+            "badnets": {"nc": {"target_index": nc_bad, "norms": {"9": 4.0}, "flagged_label": 9},
+                        "ft": {"asr": 0.9}}}
 
 
 def test_judge_verdicts_follow_the_criteria():

@@ -295,6 +295,10 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
                    f"{par_abl.mean():.3f} = {ratio:.1f}x >= {ABLATION_FACTOR}: {ratio >= ABLATION_FACTOR}")
 
     nc_bad, nc_lot = col("badnets", "nc", "target_index"), col("lotus", "nc", "target_index")
+    norms_bad = [round(r["badnets"]["nc"]["norms"][str(TARGET)], 2) for r in per_seed]
+    norms_lot = [round(r["lotus"]["nc"]["norms"][str(TARGET)], 2) for r in per_seed]
+    flag_bad = [r["badnets"]["nc"]["flagged_label"] for r in per_seed]
+    flag_lot = [r["lotus"]["nc"]["flagged_label"] for r in per_seed]
     frac_bad = float(np.mean(nc_bad > NC_THRESHOLD))
     frac_lot = float(np.mean(nc_lot <= NC_THRESHOLD))
     ok3 = frac_bad >= SEED_MAJORITY - 1e-9 and frac_lot >= SEED_MAJORITY - 1e-9
@@ -305,7 +309,9 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
                   f"NC must catch the baseline) and <= {NC_THRESHOLD} for LOTUS in >= 2/3 of seeds",
         comparison=f"BadNets indices {nc_bad.round(2).tolist()} flagged in {frac_bad:.2f}; LOTUS indices "
                    f"{nc_lot.round(2).tolist()} unflagged in {frac_lot:.2f}",
-        notes="NC on victim-class test images only (label-specific, defender-favourable setting)")
+        notes="NC on victim-class test images only (label-specific, defender-favourable setting). "
+              f"Target-label mask L1 norms: BadNets {norms_bad}, LOTUS {norms_lot}; smallest-norm "
+              f"label: BadNets {flag_bad}, LOTUS {flag_lot}.")
 
     ft_asr, ft_ba = col("lotus", "ft", "asr"), col("lotus", "ft", "ba")
     ba_change = np.abs(ba - ft_ba)
