@@ -63,8 +63,11 @@ def bench_judge(n_items: int, latency: float, parallel: int, official_items: int
     try:
         answers = make_answers(work, n_items)
         with ChatServer(local_judge_responder(), latency_s=latency) as srv:
+            # no cache in the timed runs: identical (question, reference, answer) triples would
+            # otherwise be answered from the cache within the run and flatter the speed-up
             t1, r1 = time_judging(answers, srv.url, 1, overwrite=True, cache=False)
-            tp, rp = time_judging(answers, srv.url, parallel, overwrite=True, cache=True)
+            tp, rp = time_judging(answers, srv.url, parallel, overwrite=True, cache=False)
+            time_judging(answers, srv.url, parallel, overwrite=True, cache=True)  # fills the cache
             tc, rc = time_judging(answers, srv.url, parallel, overwrite=True, cache=True)
             # official-style: sequential, sleep after each success; scaled 10 s -> 0.1 s on a subset
             sub = work / "official"

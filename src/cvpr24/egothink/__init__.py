@@ -24,6 +24,7 @@ from cvpr24.egothink.metrics import (
     agreement,
     bootstrap_ci,
     dimension_score,
+    leaderboard,
     macro_average,
     paired_test,
 )
@@ -36,6 +37,6 @@ __all__ = [
     "EgoThinkConfig", "EgoThinkDataset", "EgoThinkItem", "HFVLM", "JudgmentCache", "Leaderboard",
     "LocalJudge", "OpenAIChatVLM", "OpenAIJudge", "PromptSet", "VLMRequest", "agreement",
     "bootstrap_ci", "dimension_score", "export_fastchat", "export_lmms_eval_logs", "generate_synthetic", "import_fastchat",
-    "load_egothink", "macro_average", "paired_test", "parse_rating", "render_judge_messages",
+    "leaderboard", "load_egothink", "macro_average", "paired_test", "parse_rating", "render_judge_messages",
     "run_inference", "run_judgment", "write_github", "write_parquet",
 ]

@@ -8,7 +8,7 @@ only at the I/O boundaries (``Forecast`` on GitHub vs ``Forecasting`` on the Hub
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,6 @@ class EgoThinkConfig:
     strict_rating: bool = True
     failed: str = "drop"
     score_scale: float = 100.0
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> EgoThinkConfig:
         """Check every field; return ``self`` so calls can chain."""

@@ -331,7 +331,7 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
             run.files.append(str(final))
         _part(final).unlink(missing_ok=True)
     run.wall_time_s = time.perf_counter() - start
-    manifest = {**run.to_dict(), "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+    manifest = {**run.to_dict(), "config": asdict(cfg),
                 "prompts": prompts.manifest(), "dims": list(dims)}
     with atomic_write(root / f"judge_manifest_{judge.name}.json") as f:
         json.dump(manifest, f, indent=2, default=list)

@@ -403,6 +403,12 @@ class Leaderboard:
         return fmts[fmt]()
 
 
+def leaderboard(answers_root: str | os.PathLike, judge_name: str, order: Sequence[str] | None = None,
+                failed: str = "drop") -> Leaderboard:
+    """The leaderboard of every model judged by ``judge_name`` in an answers folder."""
+    return Leaderboard.from_answers(answers_root, judge_name, order=order, failed=failed)
+
+
 def published_leaderboard() -> Leaderboard:
     """The paper's 18 rows as a :class:`Leaderboard` (Averages recomputed by E7)."""
     rows = [ModelScores(m, dict(zip(DIM_KEYS, cells, strict=True)), {d: 1.0 for d in DIM_KEYS}, "gpt-4")
@@ -420,6 +426,6 @@ def check_published_averages() -> dict[str, tuple[float, float, bool]]:
 
 
 __all__ = ["DIMENSIONS", "Leaderboard", "ModelScores", "PUBLISHED", "agreement", "bootstrap_ci",
-           "capability_scores", "check_published_averages", "cohen_kappa", "dimension_score", "load_item_scores",
+           "capability_scores", "check_published_averages", "cohen_kappa", "dimension_score", "leaderboard", "load_item_scores",
            "macro_average", "micro_average", "paired_test", "published_leaderboard", "round_half_up",
            "score_model"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpr24.common import Claim, Measurement, Result, atomic_path, seed_everything
+from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write, seed_everything
 from cvpr24.egothink.config import BY_KEY, DIM_KEYS, EgoThinkConfig
 from cvpr24.egothink.data import load_egothink, read_answers, read_questions
 from cvpr24.egothink.judge import run_judgment
@@ -459,7 +459,7 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
     n_seeds = seeds or n_seeds
     runs = [run_seed(s, out / "work", sizes, n_train, img, inp, train, http_judge=not quick, log=log)
             for s in range(n_seeds)]
-    with open(out / "scores.json", "w", encoding="utf-8") as f:
+    with atomic_write(out / "scores.json") as f:
         json.dump([{k: v for k, v in r.items() if k != "pairs"} for r in runs], f, indent=1)
     claims = [claim_c1(runs), claim_c2(runs), claim_c3(runs), claim_c4(runs), claim_c5()]
     figures = plot_figures(runs, out)
