@@ -200,19 +200,19 @@ def bench_streaming(total: int) -> list[dict]:
 
 # ---- 4. reproduction epoch ---------------------------------------------------------------------
 
-def bench_epoch() -> list[dict]:
+def bench_epoch(rounds: int = 3) -> list[dict]:
     from cvpr24.spa.data import make_teacher_multilabel
     from cvpr24.spa.model import SPAConfig
     from cvpr24.spa.train import as_tensors, train
 
     data = make_teacher_multilabel(0, 10_000)
-    rows, base = [], None
-    for name, loss, lam in [("BCE", "bce", 0.0), ("SPA", "spa", 0.0), ("SPA+LPR", "spa", 1.0)]:
-        cfg = SPAConfig.cpu(loss=loss, lam=lam, epochs=3)
-        t = min(r["time_s"] for r in train(cfg, as_tensors(data.x, data.y)).history)
-        base = base or t
-        rows.append({"loss": name, "epoch_s": t, "ratio_vs_bce": t / base})
-    return rows
+    arms = [("BCE", "bce", 0.0), ("SPA", "spa", 0.0), ("SPA+LPR", "spa", 1.0)]
+    best = {name: float("inf") for name, _, _ in arms}
+    for _ in range(rounds):  # interleave the arms so that background load hits them alike
+        for name, loss, lam in arms:
+            history = train(SPAConfig.cpu(loss=loss, lam=lam, epochs=2), as_tensors(data.x, data.y)).history
+            best[name] = min(best[name], *(r["time_s"] for r in history))
+    return [{"loss": name, "epoch_s": t, "ratio_vs_bce": t / best["BCE"]} for name, t in best.items()]
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--stream-entries", type=int, default=100_000_000)
+    parser.add_argument("--sections", default="losses,lpr,metrics,streaming,epoch",
+                        help="comma-separated subset of losses,lpr,metrics,streaming,epoch")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -248,21 +250,27 @@ def main(argv: list[str] | None = None) -> int:
                 ("metrics", "metrics", lambda: bench_metrics(max(3, args.reps // 4))),
                 ("streaming ECE", "streaming", lambda: bench_streaming(args.stream_entries)),
                 ("reproduction epoch (N = 10 000)", "epoch", bench_epoch)]
+    wanted = set(args.sections.split(","))
     for title, key, fn in sections:
+        if key not in wanted:
+            continue
         results[key] = fn()
         print(_table(title, results[key]), flush=True)
-    spa_1000 = next(r for r in results["losses"] if r["C"] == 1000 and r["loss"] == "SPA")
-    lpr_full = results["lpr"][-1]
-    stream = results["streaming"][0]
-    epoch = {r["loss"]: r["ratio_vs_bce"] for r in results["epoch"]}
-    results["targets"] = {
-        "SPA fwd+bwd / BCE at (128, 1000) <= 2 (goal 1.3)": spa_1000["ratio_vs_bce"],
-        "SPA+LPR graph MB at (64, 9605) < 1024": lpr_full.get("graph_mb"),
-        f"streaming ECE state bytes over {stream.get('entries')} entries": stream.get("state_bytes"),
-        f"streaming ECE RSS growth MB over {stream.get('entries')} entries": stream.get("rss_growth_mb"),
-        "epoch SPA / BCE <= 1.3": epoch["SPA"],
-        "epoch SPA+LPR / BCE <= 2": epoch["SPA+LPR"],
-    }
+    targets = {}
+    if "losses" in results:
+        spa_1000 = next(r for r in results["losses"] if r["C"] == 1000 and r["loss"] == "SPA")
+        targets["SPA fwd+bwd / torch BCE at (128, 1000) <= 2 (goal 1.3)"] = spa_1000["ratio_vs_bce"]
+    if "lpr" in results:
+        targets["SPA+LPR graph MB at (64, 9605) < 1024"] = results["lpr"][-1].get("graph_mb")
+    if "streaming" in results:
+        stream = results["streaming"][0]
+        targets[f"streaming ECE state bytes over {stream.get('entries')} entries"] = stream.get("state_bytes")
+        targets[f"streaming ECE RSS growth MB over {stream.get('entries')} entries"] = stream.get("rss_growth_mb")
+    if "epoch" in results:
+        epoch = {r["loss"]: r["ratio_vs_bce"] for r in results["epoch"]}
+        targets["epoch SPA / BCE <= 1.3"] = epoch["SPA"]
+        targets["epoch SPA+LPR / BCE (spec expects <= 2)"] = epoch["SPA+LPR"]
+    results["targets"] = targets
     print("\n## targets")
     for k, v in results["targets"].items():
         print(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}")
