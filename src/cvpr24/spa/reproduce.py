@@ -262,6 +262,7 @@ def _summary_table(rows: list[dict], n: int, arms: list[str]) -> str:
 
 def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -300,7 +301,9 @@ def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str
         per = np.mean([r["ece_per_class"] for r in rows if r["arm"] == arm and r["n_train"] == n_b], axis=0)
         prev = next(r["prevalence"] for r in rows if r["arm"] == arm)
         ax.plot(prev, per, "o-", ms=3, label=arm)
-    ax.set(xscale="log", xlabel="class prevalence", ylabel="classwise ECE")
+    ax.set(xscale="log", xlabel="class prevalence", ylabel="ECE of the class")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([0.02, 0.05, 0.1, 0.2, 0.3], ["0.02", "0.05", "0.1", "0.2", "0.3"])
     ax.legend(fontsize=7)
     fig.tight_layout()
     names.append(_save(fig, out_dir / "ece_by_prevalence.png"))
