@@ -154,24 +154,30 @@ def trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, 
     - combination negatives ``x ⊕ t_p ⊕ t_k``, ``k ≠ p`` -> ``victim`` (L4), ``n_comb`` of
       ``v(K-1)`` (``comb_mode="all"``: any subset ``S ≠ {p}`` instead).
 
-    Draws use ``generator`` in that order, so :func:`reference_trigger_focus_batch` gives the
-    identical batch for the same generator state.
+    Only the drawn candidates are built (index arithmetic), and all images are stamped in one
+    ``stamp_set`` call. Draws use ``generator`` in that order, so
+    :func:`reference_trigger_focus_batch` gives the identical batch for the same generator state.
     """
     k = len(triggers)
-    xs, ys = [triggers.stamp(x, p)], [torch.full((len(x),), target)]
+    idx = [torch.arange(len(x))]                                       # source image of each output
+    subsets = [F.one_hot(p, k).bool()]                                 # (v, K) own trigger
+    labels = [torch.full((len(x),), target)]
     if k > 1 and n_indi > 0:
         i, j = _draw_pairs(p, k, n_indi, generator)
-        xs.append(triggers.stamp(x[i], j))
-        ys.append(torch.full((len(i),), victim))
+        idx.append(i)
+        subsets.append(F.one_hot(j, k).bool())
+        labels.append(torch.full((len(i),), victim))
     if k > 1 and n_comb > 0:
         if comb_mode == "pair":
             i, j = _draw_pairs(p, k, n_comb, generator)
-            subsets = F.one_hot(p[i], k).bool() | F.one_hot(j, k).bool()
+            s = F.one_hot(p[i], k).bool() | F.one_hot(j, k).bool()
         else:
-            i, subsets = _draw_subsets(p, k, n_comb, generator)
-        xs.append(triggers.stamp_set(x[i], subsets))
-        ys.append(torch.full((len(i),), victim))
-    return torch.cat(xs), torch.cat(ys)
+            i, s = _draw_subsets(p, k, n_comb, generator)
+        idx.append(i)
+        subsets.append(s)
+        labels.append(torch.full((len(i),), victim))
+    src = torch.cat(idx)
+    return triggers.stamp_set(x[src], torch.cat(subsets)), torch.cat(labels)
 
 
 def reference_trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, *,
@@ -179,25 +185,25 @@ def reference_trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: Tr
                                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample loop that mirrors the official algorithm (``comb_mode="pair"``).
 
-    Enumerates every candidate, shuffles, keeps the first ``n``. It exists to test and benchmark
-    :func:`trigger_focus_batch`, which must return the identical batch for the same draws.
+    Stamps every candidate ``(x, j)`` one image at a time, shuffles, keeps the first ``n``. It
+    exists to test and benchmark :func:`trigger_focus_batch`, which must return the identical
+    batch for the same draws.
     """
     k = len(triggers)
-    xs, ys = [], []
-    for xi, pi in zip(x, p.tolist(), strict=True):
-        xs.append(triggers.stamp(xi[None], pi)[0])
-        ys.append(target)
+    xs = [triggers.stamp(xi[None], pi)[0] for xi, pi in zip(x, p.tolist(), strict=True)]
+    ys = [target] * len(x)
     if k > 1:
         for n, combine in ((n_indi, False), (n_comb, True)):
             if n <= 0:
                 continue
-            cands = [(i, j) for i, pi in enumerate(p.tolist()) for j in range(k) if j != pi]
+            cands = []
+            for i, pi in enumerate(p.tolist()):
+                for j in range(k):
+                    if j != pi:
+                        img = triggers.stamp(x[i][None], pi) if combine else x[i][None]
+                        cands.append(triggers.stamp(img, j)[0])
             for c in torch.randperm(len(cands), generator=generator)[:n].tolist():
-                i, j = cands[c]
-                img = x[i][None]
-                if combine:
-                    img = triggers.stamp(img, int(p[i]))
-                xs.append(triggers.stamp(img, j)[0])
+                xs.append(cands[c])
                 ys.append(victim)
     return torch.stack(xs), torch.tensor(ys)
 
