@@ -144,3 +144,19 @@ def test_image_dataset(tmp_path):
     assert x.shape == (3, 8, 8) and float(x.max()) == 1.0 and y.tolist() == [1.0, -1.0]
     with pytest.raises(FileNotFoundError, match="missing.png"):
         ds[1]
+
+
+def test_digit_canvases():
+    from cvpr24.spa.data import make_digit_canvases
+
+    a, b = make_digit_canvases(0, 400), make_digit_canvases(0, 400)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.x.shape == (400, 256) and a.y.shape == (400, 10) and 0 <= a.x.min() and a.x.max() <= 1
+    known = ~np.isnan(a.y)
+    np.testing.assert_array_equal(a.y[known], a.y_full[known])  # only positives are dropped
+    assert (a.y_full[~known] == 1).all()
+    dropped = (~known).sum() / a.y_full.sum()
+    assert 0.2 < dropped < 0.4  # 30 % of positives
+    counts = a.y_full.sum(0)
+    assert counts[0] > 3 * counts[9]  # skewed class distribution
+    assert 1.5 < a.y_full.sum(1).mean() < 3.0  # 4 cells x 0.6, minus repeated digits

@@ -176,3 +176,11 @@ def test_posthoc_isotonic_reference_recalibrates_asl():
 
     row = train_and_evaluate("ASL", 400, 2, 0, 2000, posthoc=True)
     assert row["posthoc"]["ece"] < 0.5 * row["ece"]  # ASL's map is monotone: isotonic repairs it
+
+
+def test_digits_claim_runs_at_a_tiny_size():
+    from cvpr24.spa.reproduce import claim_digits, train_on_digits
+
+    rows = [train_on_digits(arm, 0, n_train=200, n_test=200, epochs=1) for arm in ("BCE", "ASL", "SPA")]
+    claim = claim_digits(rows)
+    assert claim.name == "D" and claim.status in ("passed", "failed") and "ECE SPA" in claim.comparison

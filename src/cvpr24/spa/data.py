@@ -78,6 +78,44 @@ def make_teacher_multilabel(seed: int, n: int, d: int = 16, num_classes: int = 2
     return SyntheticMultiLabel(x.astype(np.float32), y, eta, prevalence)
 
 
+@dataclass
+class DigitCanvases:
+    """``x`` (N, 256) float32 pixels of 16x16 canvases in [0, 1], ``y`` (N, 10) labels (1/0,
+    NaN where a positive label was dropped), ``y_full`` (N, 10) the complete labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    y_full: np.ndarray
+
+
+def make_digit_canvases(seed: int, n: int, p_cell: float = 0.6, drop_positive: float = 0.3
+                        ) -> DigitCanvases:
+    """Real-pixel multi-label data from scikit-learn's bundled ``load_digits`` (no download).
+
+    A 2x2 grid of 8x8 cells; each cell holds a digit with probability ``p_cell``, drawn from a
+    skewed class distribution (weights log-spaced 1 ... 0.1), with its image drawn from that
+    class. Labels = the digits present (C = 10). A fraction ``drop_positive`` of the positive
+    labels is marked unknown (NaN) to mimic missing annotations (spec section 5, ``--full``).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, targets = digits.images / 16.0, digits.target
+    by_class = [np.flatnonzero(targets == c) for c in range(10)]
+    weights = np.geomspace(1.0, 0.1, 10)
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 16, 16), np.float32)
+    y = np.zeros((n, 10), np.float32)
+    for i in range(n):
+        for r, c in ((0, 0), (0, 8), (8, 0), (8, 8)):
+            if rng.uniform() < p_cell:
+                k = rng.choice(10, p=weights / weights.sum())
+                x[i, r:r + 8, c:c + 8] = images[rng.choice(by_class[k])]
+                y[i, k] = 1.0
+    dropped = (y == 1) & (rng.uniform(size=y.shape) < drop_positive)
+    return DigitCanvases(x.reshape(n, 256), np.where(dropped, np.nan, y).astype(np.float32), y)
+
+
 # --------------------------------------------------------------------------------------------
 # records: image paths + label matrix
 # --------------------------------------------------------------------------------------------
