@@ -87,8 +87,9 @@ def bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
 
 
-def _bin_sums(p: np.ndarray, y: np.ndarray, n_bins: int) -> np.ndarray:
-    """(3, M) array of per-bin count, sum of p and sum of y."""
+def bin_sums(p: np.ndarray, y: np.ndarray, n_bins: int) -> np.ndarray:
+    """Per-bin sums (3, M): count, sum of ``p`` and sum of ``y`` over equal-width bins; every
+    binned calibration metric (and the streaming state) is a function of these."""
     b = bin_index(p, n_bins)
     return np.stack([np.bincount(b, minlength=n_bins).astype(np.float64),
                      np.bincount(b, weights=p, minlength=n_bins),
@@ -122,14 +123,14 @@ def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, mask: ArrayLike |
     """Pooled expected calibration error over all known (n, c) entries, ``n_bins`` equal-width bins."""
     _check_bins(n_bins)
     p, y, known = _prepare(probs, labels, mask)
-    return _ece_from_sums(_bin_sums(p[known], y[known], n_bins))
+    return _ece_from_sums(bin_sums(p[known], y[known], n_bins))
 
 
 def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, mask: ArrayLike | None = None) -> float:
     """Maximum calibration error: the largest bin gap among non-empty equal-width bins."""
     _check_bins(n_bins)
     p, y, known = _prepare(probs, labels, mask)
-    return _mce_from_sums(_bin_sums(p[known], y[known], n_bins))
+    return _mce_from_sums(bin_sums(p[known], y[known], n_bins))
 
 
 def ace(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, mask: ArrayLike | None = None) -> float:
@@ -155,7 +156,7 @@ def classwise_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15,
     p, y, known = _prepare(probs, labels, mask)
     if p.ndim != 2:
         raise ValueError(f"classwise_ece needs probs of shape (N, C), got {p.shape}")
-    values = [_ece_from_sums(_bin_sums(p[known[:, c], c], y[known[:, c], c], n_bins))
+    values = [_ece_from_sums(bin_sums(p[known[:, c], c], y[known[:, c], c], n_bins))
               for c in range(p.shape[1]) if y[known[:, c], c].sum() > 0]
     return float(np.mean(values)) if values else float("nan")
 
@@ -275,7 +276,7 @@ def reliability_diagram(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, *
 
     _check_bins(n_bins)
     p, y, known = _prepare(probs, labels, mask)
-    count, sp, sy = _bin_sums(p[known], y[known], n_bins)
+    count, sp, sy = bin_sums(p[known], y[known], n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf, freq = np.where(count > 0, sp / count, np.nan), np.where(count > 0, sy / count, np.nan)
     edges = np.linspace(0, 1, n_bins + 1)
@@ -342,11 +343,11 @@ class CalibrationError(StreamingMetric):
 
     def update(self, probs: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> None:
         p, y, known = _prepare(probs, labels, mask)
-        self._add("sums", _bin_sums(p[known], y[known], self.n_bins))
+        self._add("sums", bin_sums(p[known], y[known], self.n_bins))
         if self.classwise:
             if p.ndim != 2 or p.shape[1] != self.num_classes:
                 raise ValueError(f"probs must have shape (N, {self.num_classes}), got {p.shape}")
-            per_class = np.stack([_bin_sums(p[known[:, c], c], y[known[:, c], c], self.n_bins)
+            per_class = np.stack([bin_sums(p[known[:, c], c], y[known[:, c], c], self.n_bins)
                                   for c in range(self.num_classes)])
             self._add("class_sums", per_class)
 
@@ -378,7 +379,7 @@ class AdaptiveCalibrationError(StreamingMetric):
 
     def update(self, probs: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> None:
         p, y, known = _prepare(probs, labels, mask)
-        self._add("sums", _bin_sums(p[known], y[known], self.resolution))
+        self._add("sums", bin_sums(p[known], y[known], self.resolution))
 
     def compute(self) -> float:
         count, sp, sy = self.sums.numpy()

@@ -141,8 +141,8 @@ def train_and_evaluate(arm: str, n_train: int, epochs: int, seed: int, n_test: i
     """Train one arm on fresh data of ``seed`` and evaluate on the shared test set."""
     from cvpr24.spa.data import make_teacher_multilabel
     from cvpr24.spa.metrics import (
-        _bin_sums,
         ace,
+        bin_sums,
         brier,
         classwise_ece,
         ece,
@@ -168,7 +168,7 @@ def train_and_evaluate(arm: str, n_train: int, epochs: int, seed: int, n_test: i
            "cpe": oracle_cpe_error(p, test.eta), "map": mean_average_precision(p, y),
            "ece_sigmoid_readout": ece(torch.sigmoid(v).double().numpy(), y, N_BINS),
            "ece_per_class": [ece(p[:, c], y[:, c], N_BINS) for c in range(y.shape[1])],
-           "prevalence": test.prevalence.tolist(), "bins": _bin_sums(p.ravel(), y.ravel(), N_BINS).tolist()}
+           "prevalence": test.prevalence.tolist(), "bins": bin_sums(p.ravel(), y.ravel(), N_BINS).tolist()}
     if posthoc:
         out["posthoc"] = _isotonic_posthoc(result, seed, test, p)
     out["time_s"] = time.perf_counter() - t0
