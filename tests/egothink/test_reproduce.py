@@ -6,7 +6,7 @@ from cvpr24.egothink.reproduce import CLAIMS, run
 
 def test_reproduction_smoke(tmp_path):
     start = time.perf_counter()
-    result = run(tmp_path, tiny=True, log=lambda msg: None)
+    result = run(tmp_path, quick=False, tiny=True, log=lambda msg: None)  # tiny sizes, judge over HTTP
     assert isinstance(result, Result) and result.error is None
     assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4", "C5"] and len(CLAIMS) == 5
     assert all(c.status in ("passed", "failed") for c in result.claims)
@@ -14,3 +14,5 @@ def test_reproduction_smoke(tmp_path):
     for fig in result.figures:
         assert (tmp_path / fig).stat().st_size > 1000
     assert time.perf_counter() - start < 120
+    manifest = (tmp_path / "work" / "seed0" / "answers" / "judge_manifest_local-judge.json").read_text()
+    assert '"parallel": 4' in manifest  # the HTTP path (full mode) judged the answers

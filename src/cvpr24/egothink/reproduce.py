@@ -440,9 +440,10 @@ def _save(fig, path: Path) -> str:
 def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = False, log=None) -> Result:
     """Run the reproduction and return its :class:`Result` (figures in ``out_dir``).
 
-    ``quick``: 350 test items, 64 px, 4000 items x 4 epochs of training (3 seeds). ``quick=False``: 700 items,
-    128 px, 12000 x 20, the judge over HTTP (5 seeds). ``tiny``: the smoke test (5 items per
-    dimension, 1 seed, 400 training items, 2 epochs).
+    ``quick``: 350 test items, 64 px, 4000 items x 4 epochs of training (3 seeds).
+    ``quick=False``: 700 items, 128 px, 12000 x 20 (5 seeds), the judge served over HTTP.
+    ``tiny``: the smoke test (5 items per dimension, 1 seed, 400 training items, 2 epochs);
+    with ``quick=False`` it also routes the judge over HTTP.
     """
     start = time.perf_counter()
     log = log or (lambda msg: print(msg, flush=True))
