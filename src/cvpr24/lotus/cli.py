@@ -182,9 +182,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     save_model(out / "lotus.safetensors", art.model, arch=args.arch, num_classes=num_classes,
                meta=meta, config=cfg, seed=args.seed, data=args.data,
                metrics={**metrics, "history": art.history})
-    save_model(out / "surrogate.safetensors", art.partitioner.surrogate_, arch=args.arch,
-               num_classes=num_classes, meta={**meta, "agreement": art.cluster_agreement},
-               config=cfg, seed=args.seed, data=args.data)
+    if cfg.n_partitions > 1:  # K = 1 (BadNets) has no partition function to save
+        save_model(out / "surrogate.safetensors", art.partitioner.surrogate_, arch=args.arch,
+                   num_classes=num_classes, meta={**meta, "agreement": art.cluster_agreement},
+                   config=cfg, seed=args.seed, data=args.data)
     official = official_result(art.model, xv, art.partitioner.predict(xv), art.triggers, args.target)
     write_result_json(out / "result.json", official, metrics)
     print(json.dumps({k: metrics[k] for k in ("ba", "asr", "asr_par")}))
