@@ -211,3 +211,96 @@ def test_compensated_running_sums_are_exact_to_double_double():
         inc = math.fsum(x[1, k - 1: k])
         got = (hi[1, k] - hi[1, k - 1]) + (lo[1, k] - lo[1, k - 1])
         assert abs(got - inc) <= 1e-12 * abs(inc) + 1e-30
+
+
+def _mp_pixel_moments(tau, lo, hi):
+    """Mean and variance of tau over [lo, hi] in 40-digit arithmetic, split at 0.3 and 0.7."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(40):
+        lo, hi = mp.mpf(lo), mp.mpf(hi)
+        pts = [lo] + [mp.mpf(c) / 10 for c in (3, 7) if lo < mp.mpf(c) / 10 < hi] + [hi]
+        mean = mp.quad(tau, pts) / (hi - lo)
+        var = mp.quad(lambda x: (tau(x) - mean) ** 2, pts) / (hi - lo)
+        return float(mean), float(var)
+
+
+def test_closed_form_pixel_moments_match_40_digit_integration():
+    mp = pytest.importorskip("mpmath")
+    from cvpr24.lidar.scene import AnalyticProfile
+
+    def sine(x):
+        return mp.mpf("0.5") + mp.mpf("0.2") * mp.sin(2 * mp.pi * x) + mp.mpf("0.05") * mp.sin(6 * mp.pi * x)
+
+    prof = AnalyticProfile(0.4, 0.1, (0.03,), (5.0,), (0.3,), (0.3, 0.7), (0.1, -0.2))
+
+    def mixed(x):  # the same profile: a ramp, a phase-shifted sine and two jumps
+        return (mp.mpf(0.4) + mp.mpf(0.1) * x + mp.mpf(0.03) * mp.sin(5 * x + mp.mpf(0.3))
+                + mp.mpf(0.1) * (x >= mp.mpf(0.3)) - mp.mpf(0.2) * (x >= mp.mpf(0.7)))
+
+    cases = [(Scene1D.sine(), sine, 1, [0]), (Scene1D.sine(), sine, 7, [0, 3, 6]),
+             (Scene1D.sine(), sine, 100_000, [25_000, 33_333]),  # tau' = 0 at x = 1/4: b ~ h^4,
+             # where a quadrature's E[tau^2] - mu^2 loses every digit
+             (Scene1D.from_profile(prof), mixed, 10, [2, 3, 6, 9]), (Scene1D.from_profile(prof), mixed, 3, [0, 2])]
+    for scene, tau, n, pixels in cases:
+        m = pixel_moments(scene, n)
+        for i in pixels:
+            mean, var = _mp_pixel_moments(tau, mp.mpf(i) / n, mp.mpf(i + 1) / n)
+            assert m.mu[i] == pytest.approx(mean, rel=1e-14, abs=1e-15)
+            assert m.b[i] == pytest.approx(var, rel=1e-9)
+
+
+def test_closed_form_and_quadrature_pixel_moments_agree():
+    from cvpr24.lidar.scene import AnalyticProfile
+
+    prof = AnalyticProfile(0.4, 0.1, (0.03, 0.01), (5.0, 40.0), (0.3, -1.0), (0.3, 0.3004, 0.7),
+                           (0.1, -0.05, 0.2))  # two jumps inside one pixel for N <= 2500
+    scenes = [Scene1D.ramp(C), Scene1D.sine(), Scene1D.step(), Scene1D.from_profile(prof)]
+    for scene in scenes + [s.mirrored() for s in scenes] + [s.scaled(2.5, 0.1) for s in scenes]:
+        x = np.linspace(0, 1, 1001)
+        for n in (1, 3, 10, 37, 1000):
+            exact, quad = pixel_moments(scene, n), pixel_moments(scene, n, fine=2**16)
+            np.testing.assert_allclose(exact.mu, quad.mu, rtol=0, atol=1e-12)
+            # the quadrature's b_n = E[tau^2] - mu^2 has absolute rounding errors ~1e-17
+            np.testing.assert_allclose(exact.b, quad.b, rtol=1e-7, atol=1e-16)
+            assert exact.bias == pytest.approx(quad.bias, rel=1e-9)
+            np.testing.assert_array_equal(exact.mass, 1.0 / n)
+        assert scene.profile is not None and np.allclose(scene.profile.tau(x), scene.tau(x), atol=1e-15)
+
+
+def test_mirrored_and_scaled_profiles_are_the_transformed_scenes():
+    x = np.linspace(0.001, 0.999, 997)  # avoids the jump itself, where 1[x >= e] is one-sided
+    for scene in (Scene1D.ramp(C), Scene1D.sine(), Scene1D.step()):
+        np.testing.assert_allclose(scene.mirrored().tau(x), scene.tau(1 - x), atol=1e-14)
+        np.testing.assert_allclose(scene.scaled(2.5, 0.1).tau(x), 2.5 * scene.tau(x) + 0.1, atol=1e-14)
+        np.testing.assert_allclose(scene.mirrored().dtau(x), -scene.dtau(1 - x), atol=1e-12)
+
+
+def test_mse_curve_one_pass_equals_mse_exact_without_background():
+    from cvpr24.lidar import mse_curve
+
+    samples = Scene1D.from_samples(0.3 + 0.4 * np.random.default_rng(0).random(40))
+    ns = [1, 2, 7, 100, 333, 1000]
+    for scene, fine in ((Scene1D.sine(), None), (Scene1D.step(), None), (Scene1D.sine(), 2**14),
+                        (samples, 2**14)):
+        curve = mse_curve(scene, ns, ALPHA0, SIGMA, fine=fine)
+        for i, n in enumerate(ns):
+            point = mse_exact(scene, n, ALPHA0, SIGMA, fine=fine)
+            for name in ("bias", "variance", "total", "Lambda", "p_empty"):
+                assert getattr(curve, name)[i] == pytest.approx(getattr(point, name), rel=1e-12)
+    with pytest.raises(ValueError, match="fine"):
+        mse_curve(samples, [10, 100], ALPHA0, SIGMA, fine=399)
+
+
+def test_analytic_profile_bad_inputs():
+    from cvpr24.lidar.scene import AnalyticProfile
+
+    with pytest.raises(ValueError, match="amp, omega and phase"):
+        AnalyticProfile(amp=(0.1,), omega=(1.0, 2.0), phase=(0.0,))
+    with pytest.raises(ValueError, match="edges and heights"):
+        AnalyticProfile(edges=(0.5,))
+    with pytest.raises(ValueError, match="edges"):
+        AnalyticProfile(edges=(1.5,), heights=(0.1,))
+    with pytest.raises(ValueError, match="omega"):
+        AnalyticProfile(amp=(0.1,), omega=(0.0,), phase=(0.0,))
+    with pytest.raises(ValueError, match="finite"):
+        AnalyticProfile(slope=float("nan"))

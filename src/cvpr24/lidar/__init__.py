@@ -39,7 +39,15 @@ from cvpr24.lidar.model import (
     to_histogram,
     uniform_bin_edges,
 )
-from cvpr24.lidar.scene import C_LIGHT, PixelMoments, Scene1D, Scene2D, pixel_moments, slope_energy
+from cvpr24.lidar.scene import (
+    C_LIGHT,
+    AnalyticProfile,
+    PixelMoments,
+    Scene1D,
+    Scene2D,
+    pixel_moments,
+    slope_energy,
+)
 from cvpr24.lidar.theory import (
     MSEBreakdown,
     continuous_mse,
@@ -52,6 +60,7 @@ from cvpr24.lidar.theory import (
 )
 
 __all__ = [
+    "AnalyticProfile",
     "C_LIGHT",
     "BinningRecommendation",
     "EstimateInfo",

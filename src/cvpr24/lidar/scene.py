@@ -10,14 +10,18 @@ for N pixels is collected by :func:`pixel_moments`:
 - b_n   = alpha-weighted variance of tau over Omega_n                            (L10)
 - the bias integral  int_{Omega_n} (tau - mu_n)^2 dx                             (L9)
 
-Integrals use composite 4-point Gauss-Legendre quadrature on a fine grid of ``fine`` nodes
-(M in the spec, default max(2**14, 16 N)); panels are split at the scene's discontinuities, so
-a step edge is integrated exactly. In 1-D the integrals are accumulated once per grid (in
-compensated, double-double precision) and differenced at the pixel edges, so one more N costs O(N), not O(M).
+The ramp, sine and step scenes carry an :class:`AnalyticProfile` (a line, sines and jumps),
+whose pixel moments are in closed form: with uniform flux no quadrature is needed, and b_n is
+a sum of squares that keeps its relative precision however small the pixel. Other scenes use
+composite 4-point Gauss-Legendre quadrature on a fine grid of ``fine`` nodes (M in the spec,
+default max(2**14, 16 N)); panels are split at the scene's discontinuities, so a step edge is
+integrated exactly. In 1-D the integrals are accumulated once per grid (in compensated,
+double-double precision) and differenced at the pixel edges, so one more N costs O(N), not O(M).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -50,12 +54,201 @@ def check_pixels(n: object, name: str = "n") -> int:
     return int(n)
 
 
-def _check_fine(fine: int | None, n: int, dims: int) -> int:
+def check_fine(fine: int | None, n: int, dims: int) -> int:
+    """The quadrature size M for N pixels: the default, or ``fine`` checked to be >= 4N."""
     fine = default_fine(n, dims) if fine is None else check_pixels(fine, "fine")
     if fine < 4 * n:
         raise ValueError(f"fine must be at least 4*N = {4 * n} quadrature nodes "
                          f"(per side in 2-D) so each pixel is resolved, got fine={fine}")
     return fine
+
+
+@dataclass(frozen=True)
+class AnalyticProfile:
+    """A delay profile whose pixel moments (L10) have a closed form.
+
+    tau(x) = offset + slope x + sum_k amp_k sin(omega_k x + phase_k) + sum_j height_j 1[x >= edge_j]
+
+    The ramp, the sine and the step scenes of the spec are of this form. For a pixel of width h
+    centred on m, write x = m + u with u ~ U(-h/2, h/2). Then
+    sin(omega (m + u) + phase) = s cos(omega u) + c sin(omega u), with s, c = sin, cos(omega m + phase).
+    The smooth part is a linear combination, with per-pixel coefficients, of the odd basis
+    {u, sin omega_k u} and the even basis {cos omega_k u}. Odd and even functions of u are
+    uncorrelated, so
+
+        mu_n = offset + slope m + sum_k amp_k s_k E[cos omega_k u]
+        b_n  = v_odd' C_odd v_odd + v_even' C_even v_even,   v_odd = (slope, amp_k c_k), v_even = (amp_k s_k)
+
+    where C_odd and C_even are the covariance matrices of the bases. They depend on h alone, so
+    there is one small matrix per pixel count. They are integrals of trigonometric polynomials
+    over one pixel, taken by Gauss-Legendre with enough nodes to be exact to rounding. The
+    centred cosines are formed as 2 (E[sin^2(omega u / 2)] - sin^2(omega u / 2)), so no digits
+    cancel for small pixels, and b_n is a sum of squares, never a difference E[tau^2] - mu^2.
+    A jump inside a pixel, with a fraction p of the pixel beyond it, adds height p to the mean
+    and height^2 p (1 - p) plus its covariances with the smooth part to the variance. All of
+    these are in closed form.
+    """
+
+    offset: float = 0.0
+    slope: float = 0.0
+    amp: tuple[float, ...] = ()
+    omega: tuple[float, ...] = ()
+    phase: tuple[float, ...] = ()
+    edges: tuple[float, ...] = ()
+    heights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("amp", "omega", "phase", "edges", "heights"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not len(self.amp) == len(self.omega) == len(self.phase):
+            raise ValueError(f"amp, omega and phase must have equal lengths, got {len(self.amp)}, "
+                             f"{len(self.omega)} and {len(self.phase)}")
+        if len(self.edges) != len(self.heights):
+            raise ValueError(f"edges and heights must have equal lengths, got {len(self.edges)} "
+                             f"and {len(self.heights)}")
+        values = (self.offset, self.slope, *self.amp, *self.omega, *self.phase, *self.heights)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("offset, slope, amp, omega, phase and heights must be finite")
+        if any(w == 0 for w in self.omega):
+            raise ValueError(f"omega must be non-zero (put constants in offset), got {self.omega}")
+        if any(not 0.0 < e < 1.0 for e in self.edges):
+            raise ValueError(f"edges must lie in (0, 1), got {self.edges}")
+
+    def tau(self, x: Array) -> Array:
+        """tau(x), vectorised."""
+        x = np.asarray(x, dtype=float)
+        out = self.offset + self.slope * x if self.slope else np.full_like(x, self.offset)
+        for a, w, p in zip(self.amp, self.omega, self.phase, strict=True):
+            out = out + a * np.sin(w * x + p)
+        for e, h in zip(self.edges, self.heights, strict=True):
+            out = out + h * (x >= e)
+        return out
+
+    def dtau(self, x: Array) -> Array:
+        """tau'(x) away from the jumps."""
+        x = np.asarray(x, dtype=float)
+        out = np.full_like(x, self.slope)
+        for a, w, p in zip(self.amp, self.omega, self.phase, strict=True):
+            out = out + a * w * np.cos(w * x + p)
+        return out
+
+    def scaled(self, a: float = 1.0, offset: float = 0.0) -> AnalyticProfile:
+        """The profile a tau + offset."""
+        return AnalyticProfile(a * self.offset + offset, a * self.slope, tuple(a * v for v in self.amp),
+                               self.omega, self.phase, self.edges, tuple(a * h for h in self.heights))
+
+    def mirrored(self) -> AnalyticProfile:
+        """The profile tau(1 - x): sin(omega (1 - x) + phase) = sin(omega x + pi - omega - phase),
+        and 1[1 - x >= e] = 1 - 1[x > 1 - e] (equal but at the jump itself)."""
+        return AnalyticProfile(self.offset + self.slope + sum(self.heights), -self.slope, self.amp,
+                               self.omega, tuple(math.pi - w - p for w, p in zip(self.omega, self.phase, strict=True)),
+                               tuple(1.0 - e for e in self.edges), tuple(-h for h in self.heights))
+
+    def pixel_moments(self, ns: Array) -> tuple[Array, Array]:
+        """Mean mu_n and variance b_n of tau over every pixel of every pixel count in ``ns``.
+
+        Returns two arrays of length sum(ns): the pixels of ns[0], then those of ns[1], ...
+        """
+        ns = np.asarray(ns, dtype=np.int64)
+        local, m, odd, even = self._coefficients(ns)
+        ecos, c_odd, c_even = self._basis_moments(1.0 / ns)
+        mean = self.offset + self.slope * m
+        for k, v in enumerate(even):
+            mean += v * np.repeat(ecos[:, k], ns)
+        var = np.zeros(m.size)
+        for v, c in ((odd, c_odd), (even, c_even)):
+            for i, j in zip(*np.triu_indices(len(v)), strict=True):
+                var += (1.0 + (i != j)) * v[i] * v[j] * np.repeat(c[:, i, j], ns)
+        for e, h in zip(self.edges, self.heights, strict=True):
+            mean += h * np.clip(local + 1 - np.repeat(e * ns, ns), 0.0, 1.0)  # the share beyond it
+        for idx, _, dvar in self._jump_terms(ns, odd, even, ecos):
+            var[idx] += dvar
+        return mean, var
+
+    def spread_sums(self, ns: Array) -> Array:
+        """sum_n b_n over the pixels of each pixel count in ``ns`` (one pass, no per-pixel b).
+
+        The quadratic form is summed per N first: sum_n v_i v_j, then times C_ij(N).
+        """
+        ns = np.asarray(ns, dtype=np.int64)
+        first = np.cumsum(ns) - ns
+        _, _, odd, even = self._coefficients(ns)
+        ecos, c_odd, c_even = self._basis_moments(1.0 / ns)
+        out = np.zeros(ns.size)
+        for v, c in ((odd, c_odd), (even, c_even)):
+            for i, j in zip(*np.triu_indices(len(v)), strict=True):
+                out += (1.0 + (i != j)) * c[:, i, j] * np.add.reduceat(v[i] * v[j], first)
+        for _, g, dvar in self._jump_terms(ns, odd, even, ecos):
+            np.add.at(out, g, dvar)
+        return out
+
+    def _coefficients(self, ns: Array) -> tuple[Array, Array, list[Array], list[Array]]:
+        """Pixel indices within their grid, pixel centres m, and the per-pixel coefficients of the odd basis (slope, amp_k c_k)
+        and of the even basis (amp_k s_k), each a list of (sum N,) arrays."""
+        local = np.arange(int(ns.sum())) - np.repeat(np.cumsum(ns) - ns, ns)  # index within its grid
+        m = (local + 0.5) / np.repeat(ns, ns)  # (P,) pixel centres
+        odd = [np.full(m.shape, self.slope)] if self.slope else []
+        even = []
+        for a, w, p in zip(self.amp, self.omega, self.phase, strict=True):
+            arg = w * m + p
+            odd.append(a * np.cos(arg))
+            even.append(a * np.sin(arg))
+        return local, m, odd, even
+
+    def _basis_moments(self, width: Array) -> tuple[Array, Array, Array]:
+        """E[cos omega_k u] (G, K) and the covariances of the odd basis (G, D, D) and of the
+        even basis (G, K, K), for u ~ U(-h/2, h/2) with h = ``width``."""
+        theta = max((abs(w) for w in self.omega), default=0.0) * float(np.max(width))
+        x, wq = _legendre_nodes(24 + math.ceil(theta))  # exact to rounding for phases up to theta
+        u = width[:, None] / 2 * x  # (G, q)
+        wq = wq / 2  # weights of the mean over the pixel
+        omega = np.asarray(self.omega)[None, :, None]  # (1, K, 1)
+        odd = np.sin(omega * u[:, None, :])  # (G, K, q), zero mean by symmetry
+        if self.slope:
+            odd = np.concatenate([u[:, None, :], odd], axis=1)
+        half = np.sin(omega * u[:, None, :] / 2) ** 2  # (1 - cos omega u) / 2
+        mean_half = half @ wq  # (G, K)
+        even = 2.0 * (mean_half[..., None] - half)  # cos omega u - E[cos omega u], no cancellation
+        c_odd = np.einsum("giq,gjq,q->gij", odd, odd, wq)
+        c_even = np.einsum("giq,gjq,q->gij", even, even, wq)
+        return 1.0 - 2.0 * mean_half, c_odd, c_even
+
+    def _jump_terms(self, ns: Array, odd: list[Array], even: list[Array],
+                    ecos: Array) -> list[tuple[Array, Array, Array]]:
+        """The jumps' additions to b_n, as (flat pixel index, grid index, amount) triples.
+
+        A jump J = 1[u >= u0] of height h with a fraction p of its pixel beyond it adds
+        h^2 p (1 - p) + 2 h Cov(J, smooth part), and two jumps in one pixel add
+        2 h1 h2 (min(p1, p2) - p1 p2).
+        """
+        first, width = np.cumsum(ns) - ns, 1.0 / ns
+        out, cuts = [], []
+        for e, h in zip(self.edges, self.heights, strict=True):
+            pos = e * ns  # (G,) the jump in pixel units
+            pixel = np.floor(pos)
+            g = np.flatnonzero(pixel + 1 - pos < 1)  # grids where the jump cuts a pixel
+            idx = first[g] + pixel[g].astype(np.int64)
+            p, hw = (pixel + 1 - pos)[g], width[g]  # fraction beyond the jump, pixel width
+            cov = [p * (1 - p) * hw / 2] if self.slope else []  # Cov(J, u)
+            cov_even = []
+            for k, w in enumerate(self.omega):  # Cov(J, sin w u) and Cov(J, cos w u - E cos w u)
+                sp = np.sin(w * p * hw / 2)
+                cov.append(2 * np.sin(w * (1 - p) * hw / 2) * sp / (w * hw))
+                cov_even.append(2 * np.cos(w * (1 - p) * hw / 2) * sp / (w * hw) - ecos[g, k] * p)
+            cross = sum((v[idx] * c for v, c in zip(odd, cov, strict=True)), np.zeros(idx.size))
+            cross = cross + sum((v[idx] * c for v, c in zip(even, cov_even, strict=True)), np.zeros(idx.size))
+            out.append((idx, g, h * h * p * (1 - p) + 2 * h * cross))
+            cuts.append((idx, g, p, h))
+        for a, (idx1, g1, p1, h1) in enumerate(cuts):
+            for idx2, _, p2, h2 in cuts[a + 1:]:
+                common, i1, i2 = np.intersect1d(idx1, idx2, return_indices=True)
+                out.append((common, g1[i1], 2 * h1 * h2 * (np.minimum(p1[i1], p2[i2]) - p1[i1] * p2[i2])))
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def _legendre_nodes(q: int) -> tuple[Array, Array]:
+    return np.polynomial.legendre.leggauss(q)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +268,9 @@ class Scene1D:
         Positions in (0, 1) where tau jumps; quadrature panels are split there.
     name : str
         Shown in reports.
+    profile : AnalyticProfile, optional
+        The same tau in a form whose pixel moments are closed-form (see
+        :meth:`from_profile`); with uniform flux the theory then needs no quadrature.
 
     Examples
     --------
@@ -88,6 +284,7 @@ class Scene1D:
     dtau: Callable[[Array], Array] | None = None
     breakpoints: tuple[float, ...] = ()
     name: str = "custom"
+    profile: AnalyticProfile | None = None
     _tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     dims = 1
@@ -99,30 +296,26 @@ class Scene1D:
 
     # -- the scenes of the spec ------------------------------------------------------------
     @classmethod
+    def from_profile(cls, profile: AnalyticProfile, alpha: Callable[[Array], Array] | None = None,
+                     name: str = "analytic") -> Scene1D:
+        """The scene tau = ``profile.tau``, its jumps as breakpoints, closed-form pixel moments."""
+        return cls(profile.tau, alpha, profile.dtau, tuple(sorted(set(profile.edges))), name, profile)
+
+    @classmethod
     def ramp(cls, c: float = 0.6, tau0: float = 0.2) -> Scene1D:
         """tau(x) = tau0 + c x: slope energy S = c^2 (L12)."""
-        return cls(lambda x: tau0 + c * np.asarray(x, dtype=float),
-                   dtau=lambda x: np.full_like(np.asarray(x, dtype=float), c), name="ramp")
+        return cls.from_profile(AnalyticProfile(offset=tau0, slope=c), name="ramp")
 
     @classmethod
     def sine(cls) -> Scene1D:
         """tau(x) = 0.5 + 0.2 sin(2 pi x) + 0.05 sin(6 pi x): S = pi^2 / 8 = 1.2337."""
-        def tau(x):
-            x = np.asarray(x, dtype=float)
-            return 0.5 + 0.2 * np.sin(2 * np.pi * x) + 0.05 * np.sin(6 * np.pi * x)
-
-        def dtau(x):
-            x = np.asarray(x, dtype=float)
-            return 0.4 * np.pi * np.cos(2 * np.pi * x) + 0.3 * np.pi * np.cos(6 * np.pi * x)
-
-        return cls(tau, dtau=dtau, name="sine")
+        return cls.from_profile(AnalyticProfile(offset=0.5, amp=(0.2, 0.05), omega=(2 * np.pi, 6 * np.pi),
+                                                phase=(0.0, 0.0)), name="sine")
 
     @classmethod
     def step(cls, h: float = 0.5, x0: float = 0.325, tau0: float = 0.25) -> Scene1D:
         """tau(x) = tau0 + h 1[x >= x0]: a single depth edge (L14 does not hold there)."""
-        return cls(lambda x: tau0 + h * (np.asarray(x, dtype=float) >= x0),
-                   dtau=lambda x: np.zeros_like(np.asarray(x, dtype=float)),
-                   breakpoints=(float(x0),), name="step")
+        return cls.from_profile(AnalyticProfile(offset=tau0, edges=(x0,), heights=(h,)), name="step")
 
     @classmethod
     def from_samples(cls, values: Array, name: str = "samples") -> Scene1D:
@@ -137,16 +330,22 @@ class Scene1D:
     # -- transformations (used by the invariance tests) ------------------------------------
     def scaled(self, a: float = 1.0, offset: float = 0.0) -> Scene1D:
         """The scene with tau -> a tau + offset (a time rescaling and a constant delay)."""
+        name = f"{self.name}*{a:g}+{offset:g}"
+        if self.profile is not None:
+            return Scene1D.from_profile(self.profile.scaled(a, offset), self.alpha, name)
         tau, dtau = self.tau, self.dtau
         return Scene1D(lambda x: a * tau(x) + offset, self.alpha,
                        None if dtau is None else (lambda x: a * dtau(x)),
-                       self.breakpoints, f"{self.name}*{a:g}+{offset:g}")
+                       self.breakpoints, name)
 
     def mirrored(self) -> Scene1D:
         """The scene under x -> 1 - x."""
         tau, alpha, dtau = self.tau, self.alpha, self.dtau
+        mirrored_alpha = None if alpha is None else (lambda x: alpha(1.0 - np.asarray(x, dtype=float)))
+        if self.profile is not None:
+            return Scene1D.from_profile(self.profile.mirrored(), mirrored_alpha, f"{self.name}-mirrored")
         return Scene1D(lambda x: tau(1.0 - np.asarray(x, dtype=float)),
-                       None if alpha is None else (lambda x: alpha(1.0 - np.asarray(x, dtype=float))),
+                       mirrored_alpha,
                        None if dtau is None else (lambda x: -dtau(1.0 - np.asarray(x, dtype=float))),
                        tuple(sorted(1.0 - b for b in self.breakpoints)), f"{self.name}-mirrored")
 
@@ -280,9 +479,17 @@ class PixelMoments:
 
 
 def pixel_moments(scene: Scene1D | Scene2D, n: int, fine: int | None = None) -> PixelMoments:
-    """Pixel moments of ``scene`` for ``n`` pixels (per side in 2-D), on ``fine`` nodes."""
+    """Pixel moments of ``scene`` for ``n`` pixels (per side in 2-D).
+
+    A 1-D scene with an :class:`AnalyticProfile` and uniform flux gets them in closed form
+    unless ``fine`` is given; otherwise they are integrated on ``fine`` quadrature nodes.
+    """
     n = check_pixels(n)
-    fine = _check_fine(fine, n, scene.dims)
+    if has_closed_form(scene) and fine is None:
+        mean, var = scene.profile.pixel_moments([n])
+        area = 1.0 / n
+        return PixelMoments((n,), area, np.full(n, area), mean, var, mean, area * var)
+    fine = check_fine(fine, n, scene.dims)
     if scene.dims == 2:
         return _pixel_moments_2d(scene, n, fine)
     tab = scene.table(fine)
@@ -297,8 +504,14 @@ def pixel_moments(scene: Scene1D | Scene2D, n: int, fine: int | None = None) -> 
         b = np.where(a0 > 0, a2 / a0 - mu_c**2, 0.0)
     mean_c = u1 / one
     sqdev = u2 - u1**2 / one
-    return PixelMoments((n,), 1.0 / n, a0 / tab.total_alpha, mu_c + tab.tau_ref,
+    mass = np.full(n, 1.0 / n) if scene.alpha is None else a0 / tab.total_alpha
+    return PixelMoments((n,), 1.0 / n, mass, mu_c + tab.tau_ref,
                         np.maximum(b, 0.0), mean_c + tab.tau_ref, np.maximum(sqdev, 0.0))
+
+
+def has_closed_form(scene: Scene1D | Scene2D) -> bool:
+    """True for a 1-D scene with an :class:`AnalyticProfile` and uniform flux."""
+    return scene.dims == 1 and scene.profile is not None and scene.alpha is None
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,9 @@ from cvpr24.lidar.scene import (
     PixelMoments,
     Scene1D,
     Scene2D,
+    check_fine,
     check_pixels,
+    has_closed_form,
     pixel_moments,
     slope_energy,
 )
@@ -151,7 +153,9 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     background : float
         Total expected background photons over the field of view and the window.
     fine : int, optional
-        Quadrature nodes M (per axis in 2-D); default max(2^14, 16N) in 1-D.
+        Quadrature nodes M (per axis in 2-D); default max(2^14, 16N) in 1-D. A 1-D scene with
+        an analytic profile and uniform flux needs none: with ``fine=None`` its pixel moments
+        are in closed form.
     moments : PixelMoments, optional
         Precomputed ``pixel_moments(scene, n, fine)``.
     """
@@ -180,15 +184,44 @@ def mse_curve(scene: Scene1D | Scene2D, ns: Any, alpha0: float, sigma_t: float, 
               fine: int | None = None) -> MSEBreakdown:
     """:func:`mse_exact` for many pixel counts; the fields of the result are arrays over ``ns``.
 
-    In 1-D every N shares one quadrature table (``fine`` defaults to max(2^14, 16 max(ns))),
-    so a 200-point curve costs O(sum N) after one O(M) set-up.
+    A 1-D scene with uniform flux and no background takes one vectorised pass over the pixels
+    of every N: with uniform flux Lambda = alpha0 / N is the same for all pixels, so
+    MSE(N) = B(N) + g(alpha0 / N) (sigma_t^2 + B(N)), with B(N) = (1/N) sum_n b_n both the bias
+    and the mean footprint spread. The b_n come in closed form when the scene has an
+    :class:`~cvpr24.lidar.scene.AnalyticProfile` and ``fine`` is None; otherwise every N
+    shares one quadrature table (``fine`` defaults to max(2^14, 16 max(ns))), so a 200-point
+    curve costs O(sum N) after one O(M) set-up. Other cases call :func:`mse_exact` per N.
     """
     ns = [check_pixels(n) for n in np.atleast_1d(ns)]
+    alpha0 = check_positive(alpha0, "alpha0")
+    sigma_t = check_positive(sigma_t, "sigma_t")
+    background = check_background(background)
+    if scene.dims == 1 and scene.alpha is None and background == 0:
+        return _uniform_curve_1d(scene, np.asarray(ns), alpha0, sigma_t, fine)
     if fine is None and scene.dims == 1:
         fine = max(2**14, 16 * max(ns))
     rows = [mse_exact(scene, n, alpha0, sigma_t, background=background, t_window=t_window,
                       fine=fine) for n in ns]
     return MSEBreakdown(*(np.array([getattr(r, f.name) for r in rows]) for f in fields(MSEBreakdown)))
+
+
+def _uniform_curve_1d(scene: Scene1D, ns: Array, alpha0: float, sigma_t: float,
+                      fine: int | None) -> MSEBreakdown:
+    """L9-L11 for uniform flux without background, all N in one pass (see :func:`mse_curve`)."""
+    first = np.cumsum(ns) - ns  # flat index of each N's first pixel
+    if has_closed_form(scene) and fine is None:
+        bias = spread = scene.profile.spread_sums(ns) / ns  # sum_n |Omega_n| b_n
+    else:  # one shared quadrature table, the formulas of pixel_moments
+        fine = check_fine(max(2**14, 16 * int(ns.max())) if fine is None else fine, int(ns.max()), 1)
+        edges = np.concatenate([np.arange(n + 1) / n for n in ns])
+        keep = np.ones(edges.size - 1, bool)
+        keep[first[1:] + np.arange(1, ns.size) - 1] = False  # drop the steps from 1 back to 0
+        one, u1, u2 = scene.table(fine).increments(edges)[:, keep]  # int 1, tau, tau^2 per pixel
+        bias = np.add.reduceat(np.maximum(u2 - u1**2 / one, 0.0), first)
+        spread = np.add.reduceat(np.maximum(u2 / one - (u1 / one) ** 2, 0.0), first) / ns
+    lam = alpha0 / ns
+    variance = inv_poisson_moment(lam) * (sigma_t**2 + spread)
+    return MSEBreakdown(bias, variance, bias + variance, lam, np.exp(-lam))
 
 
 def check_background(background: Any) -> float:
@@ -296,15 +329,14 @@ def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> int:
         else:  # jumps or a flat scene: scan down to 5 photons per pixel
             n_max = max(16, math.ceil((alpha0 / 5) ** (1 / scene.dims)))
     n_max = check_pixels(n_max, "n_max")
-    if fine is None and scene.dims == 1:  # one quadrature table serves the whole scan
-        fine = max(2**14, 16 * n_max)
+    if scene.dims == 1:  # one vectorised pass, or one shared quadrature table
+        totals = mse_curve(scene, np.arange(1, n_max + 1), alpha0, sigma_t, background=background,
+                           fine=fine).total
+        return int(np.argmin(totals)) + 1
 
     def f(n: int) -> float:
         return mse_exact(scene, n, alpha0, sigma_t, background=background, fine=fine).total
 
-    if scene.dims == 1:
-        totals = [f(n) for n in range(1, n_max + 1)]
-        return int(np.argmin(totals)) + 1
     lo, hi = 1, n_max
     while hi - lo > 2:
         a, b = lo + (hi - lo) // 3, hi - (hi - lo) // 3
