@@ -184,3 +184,46 @@ def test_digits_claim_runs_at_a_tiny_size():
     rows = [train_on_digits(arm, 0, n_train=200, n_test=200, epochs=1) for arm in ("BCE", "ASL", "SPA")]
     claim = claim_digits(rows)
     assert claim.name == "D" and claim.status in ("passed", "failed") and "ECE SPA" in claim.comparison
+
+
+def test_resnet_matches_torchvision_layout_and_loads_its_weights(tmp_path):
+    from cvpr24.spa.model import ResNet, load_torchvision_resnet
+
+    r50 = ResNet((3, 4, 6, 3))
+    # torchvision's resnet50 has 25 557 032 parameters, 2 049 000 of them in fc (2048 x 1000 + 1000)
+    assert sum(p.numel() for p in r50.parameters()) == 25_557_032 - 2_049_000
+    keys = set(r50.state_dict())
+    assert {"conv1.weight", "bn1.num_batches_tracked", "layer1.0.downsample.1.running_mean",
+            "layer4.2.conv3.weight"} <= keys
+    small, other = ResNet((1, 1, 1, 1), width=8), ResNet((1, 1, 1, 1), width=8)
+    state = {**small.state_dict(), "fc.weight": torch.zeros(10, 256), "fc.bias": torch.zeros(10)}
+    torch.save(state, tmp_path / "tv.pth")
+    load_torchvision_resnet(other, tmp_path / "tv.pth")
+    torch.testing.assert_close(other.state_dict()["layer2.0.conv2.weight"], small.state_dict()["layer2.0.conv2.weight"])
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="does not fit this ResNet"):
+        load_torchvision_resnet(other, tmp_path / "bad.pth")
+    torch.save({"conv1.weight": small.state_dict()["conv1.weight"]}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="missing keys"):
+        load_torchvision_resnet(other, tmp_path / "partial.pth")
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_image_training_through_the_cli(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,labels"]
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'cat dog' if i % 2 else 'dog'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    # oneDNN builds a primitive per new conv shape (seconds on CPU); the plain kernels are
+    # instant at this size
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert main(["spa", "train", "--csv", str(tmp_path / "labels.csv"), "--arch", "resnet50",
+                     "--preset", "cpu", "--width", "8", "--image-size", "32", "--epochs", "1",
+                     "--batch-size", "2", "--out", str(tmp_path / "run")]) == 0
+    model, loss, cfg, meta = load_model(tmp_path / "run" / "model.safetensors")
+    assert cfg.arch == "resnet50" and meta["class_names"] == ["cat", "dog"]
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2)

@@ -29,6 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="config preset (default: cpu for --features, full for images)")
     p.add_argument("--arch", choices=["mlp", "resnet50", "resnet101"], default=None)
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden widths")
+    p.add_argument("--width", type=int, default=None, help="ResNet base width (default 64, the standard one)")
     p.add_argument("--pretrained", help="torchvision ResNet ImageNet weights (.pth, loaded weights_only)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             names, preset = records.class_names, args.preset or "full"
             shape = {"num_classes": len(names)}
         overrides = {k: v for k, v in {"arch": args.arch, "epochs": args.epochs, "lr": args.lr,
-                                       "batch_size": args.batch_size, "image_size": args.image_size,
+                                       "batch_size": args.batch_size, "image_size": args.image_size, "resnet_width": args.width,
                                        "hidden": tuple(args.hidden) if args.hidden else None}.items()
                      if v is not None}
         overrides.update(shape, loss=args.loss, lam=args.lpr, seed=args.seed)

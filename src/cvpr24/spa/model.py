@@ -53,6 +53,7 @@ class SPAConfig:
     in_features: int = 2048  # mlp only: input feature size
     hidden: tuple[int, ...] = (1024,)  # mlp only
     dropout: float = 0.0
+    resnet_width: int = 64  # base width of the ResNet (64 = the standard ResNet-50/101)
     image_size: int = 448
     # optimisation (ASL train.py): Adam 1e-4, wd 1e-4 on weights only, OneCycle over an
     # 80-epoch cycle stopped after 40 epochs, batch 128, AMP, EMA 0.9997
@@ -198,7 +199,10 @@ def load_torchvision_resnet(backbone: ResNet, path: str | os.PathLike) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path} does not fit this ResNet: {e}") from e
     if missing or unexpected:
         raise ValueError(f"{path} is not a torchvision ResNet of this depth: missing keys "
                          f"{missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -240,6 +244,6 @@ def build_model(cfg: SPAConfig) -> MultiLabelClassifier:
     if cfg.arch == "mlp":
         backbone = MLP(cfg.in_features, cfg.hidden)
     else:
-        backbone = ResNet((3, 4, 6, 3) if cfg.arch == "resnet50" else (3, 4, 23, 3))
+        backbone = ResNet((3, 4, 6, 3) if cfg.arch == "resnet50" else (3, 4, 23, 3), cfg.resnet_width)
     return MultiLabelClassifier(backbone, backbone.num_features, cfg.num_classes, cfg.dropout)
 
