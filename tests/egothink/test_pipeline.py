@@ -169,3 +169,14 @@ def test_lmms_eval_log_export(answered, synth_ds, tmp_path):
     assert set(first) == {"doc_id", "dimension", "question", "target", "resps", "gpt_eval_score"}
     assert first["doc_id"] == 0 and first["gpt_eval_score"] in (0.0, 0.5, 1.0)
     assert sum(r["resps"][0][0] == r["target"] for r in rows) == sum(it.question_id % 2 == 0 for it in synth_ds)
+
+
+def test_overwrite_of_one_model_keeps_the_others(answered, synth_ds):
+    run_inference(echo_reference(synth_ds), synth_ds, answered, "echo2", show_progress=False)
+    run_judgment(answered, LocalJudge(), EgoThinkConfig(), show_progress=False)
+    before = load_item_scores(answered, "local-judge")[0]
+    assert set(before) == {"echo", "echo2"}
+    run = run_judgment(answered, LocalJudge(), EgoThinkConfig(), models=["echo2"], overwrite=True,
+                       cache=None, show_progress=False)
+    assert run.judged == len(synth_ds)
+    assert load_item_scores(answered, "local-judge")[0] == before

@@ -26,6 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model-id", default=None, help="id in the answer files (default: the model name)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    p.add_argument("--api-version", default=None, help="Azure OpenAI api-version")
     p.add_argument("--out", required=True, help="answers folder")
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None, help="dimensions (default: all found)")
     p.add_argument("--style", choices=PROMPT_STYLES, default=None,
@@ -128,12 +129,16 @@ def cmd_infer(args) -> int:
     cfg = EgoThinkConfig(vlm_temperature=args.temperature, last_line_rule=not args.no_last_line_rule).validate()
     ds = load_egothink(args.data, dims=args.dims)
     kind, _, name = args.model.partition(":")
-    extra = {"device": args.device, "dtype": args.dtype} if kind == "hf" else {}
+    extra = ({"device": args.device, "dtype": args.dtype} if kind == "hf"
+             else {"api_version": args.api_version} if args.api_version else {})
     vlm = make_vlm(args.model, args.base_url, args.api_key_env, cfg, **extra)
     style = args.style or ("short" if kind == "openai" else "persona")
     model_id = args.model_id or Path(name).name
-    done = run_inference(vlm, ds, args.out, model_id, cfg, style=style, prompts=_prompts(args),
-                         resume=not args.no_resume)
+    try:
+        done = run_inference(vlm, ds, args.out, model_id, cfg, style=style, prompts=_prompts(args),
+                             resume=not args.no_resume)
+    finally:
+        getattr(vlm, "close", lambda: None)()
     print(f"{model_id}: {done['answered']} answered, {done['skipped']} already there -> {args.out}")
     return 0
 
@@ -146,9 +151,13 @@ def cmd_judge(args) -> int:
     cfg = EgoThinkConfig(parallel=args.parallel, strict_rating=not args.lenient, api_max_retry=args.max_retry,
                          official_retry_nesting=args.official_retry_nesting,
                          judge_model=args.judge).validate()
-    judge = make_judge(args.judge, args.base_url, args.api_key_env, cfg)
-    run = run_judgment(args.answers, judge, cfg, models=args.models, dims=args.dims, prompts=_prompts(args),
-                       cache=None if args.no_cache else "auto", overwrite=args.overwrite)
+    judge = make_judge(args.judge, args.base_url, args.api_key_env, cfg, args.api_version)
+    try:
+        run = run_judgment(args.answers, judge, cfg, models=args.models, dims=args.dims,
+                           prompts=_prompts(args), cache=None if args.no_cache else "auto",
+                           overwrite=args.overwrite)
+    finally:
+        getattr(judge, "close", lambda: None)()
     print(f"judge {run.judge}: {run.judged} judged ({run.calls} calls), {run.cached} from cache, "
           f"{run.skipped} already done, {len(run.failures)} failed, {run.wall_time_s:.1f} s")
     for f in run.failures[:10]:

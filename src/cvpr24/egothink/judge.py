@@ -111,6 +111,10 @@ class OpenAIJudge:
     def complete(self, messages: list[dict]) -> str:
         return self.client.chat(self.request_body(messages))
 
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self.client.close()
+
 
 @dataclass
 class JudgeOutcome:
@@ -246,28 +250,26 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
     run = JudgmentRun(judge.name)
     start = time.perf_counter()
 
-    tasks, state = [], {}
+    # 1. what is left to judge (resume: valid rows in the final and the part file are done)
+    state = {d: _rows_by_key(judgment_path(root, d, judge.name)) for d in dims}
+    tasks = []
     for d in dims:
         qs = read_questions(root, d)
-        final, part = judgment_path(root, d, judge.name), _part(judgment_path(root, d, judge.name))
-        rows = {} if overwrite else _rows_by_key(final, part)
-        if overwrite:
-            part.unlink(missing_ok=True)
-        state[d] = rows
         for m in (models or list_models(root, [d])):
             answers = read_answers(root, d, m)
             for q in qs:
                 if q.question_id not in answers:
                     continue
-                done = rows.get((m, q.question_id))
-                if done is not None and done["score"] != -1:
+                done = state[d].get((m, q.question_id))
+                if not overwrite and done is not None and done["score"] != -1:
                     run.skipped += 1
-                    continue
-                tasks.append((d, m, q, answers[q.question_id]))
+                else:
+                    tasks.append((d, m, q, answers[q.question_id]))
     np.random.default_rng(0).shuffle(tasks)  # as the official --parallel path (seeded shuffle)
 
     locks = {d: threading.Lock() for d in dims}
 
+    # 2. judge (cache first), appending each row to the part file as it arrives
     def work(task):
         d, m, q, a = task
         key = None
@@ -320,7 +322,8 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
     finally:
         bar.close()
 
-    for d in dims:  # atomic finalisation: sorted, failures out, part file removed
+    # 3. atomic finalisation: sorted by (model, question_id), failures out, part file removed
+    for d in dims:
         rows = list(state[d].values())
         good = sorted((r for r in rows if r["score"] != -1), key=lambda r: (r["model"], r["question_id"]))
         run.failures += [{"dim": d, "model": r["model"], "question_id": r["question_id"],
@@ -342,9 +345,11 @@ def _part(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _rows_by_key(final: Path, part: Path) -> dict:
+def _rows_by_key(final: Path) -> dict:
+    """Rows of a judgment file and its part file by (model, question_id); part rows win."""
     rows: dict = {}
-    for p in (final, part):  # later rows (the part file) win
+    part = _part(final)
+    for p in (final, part):
         if p.is_file():
             for r in read_jsonl(p, tolerate_truncated=(p == part)):
                 rows[(r["model"], r["question_id"])] = r
@@ -352,13 +357,13 @@ def _rows_by_key(final: Path, part: Path) -> dict:
 
 
 def make_judge(spec: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-               config: EgoThinkConfig | None = None):
+               config: EgoThinkConfig | None = None, api_version: str | None = None):
     """``"local"`` gives a :class:`~cvpr24.egothink.local_judge.LocalJudge`; any other name an
     :class:`OpenAIJudge` for that model at ``base_url`` (default OpenAI)."""
     if spec == "local":
         from cvpr24.egothink.local_judge import LocalJudge
         return LocalJudge()
-    return OpenAIJudge(spec, base_url or "https://api.openai.com/v1", api_key_env, config)
+    return OpenAIJudge(spec, base_url or "https://api.openai.com/v1", api_key_env, config, api_version)
 
 
 __all__ = ["ChatClient", "JudgeOutcome", "JudgmentCache", "JudgmentRun", "OpenAIJudge", "judge_one",

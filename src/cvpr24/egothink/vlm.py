@@ -95,6 +95,10 @@ class OpenAIChatVLM:
     def generate(self, req: VLMRequest) -> str:
         return self.client.chat(self.request_body(req))
 
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self.client.close()
+
 
 class CallableVLM:
     """Wrap ``fn(request: VLMRequest) -> str`` as an answering VLM."""
