@@ -24,7 +24,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="image folder for --coco / --csv (default: beside the file)")
     p.add_argument("--val-features", help="validation features .npz (mAP per epoch; EMA selection)")
     p.add_argument("--loss", choices=["spa", "bce", "focal", "asl"], default="spa")
-    p.add_argument("--lpr", type=float, default=1.0, metavar="LAMBDA", help="LPR weight (0 disables; default 1)")
+    p.add_argument("--lpr", type=float, default=None, metavar="LAMBDA",
+                   help="LPR weight (0 disables; default 1 with --loss spa, 0 with the baselines)")
     p.add_argument("--preset", choices=["full", "cpu"], default=None,
                    help="config preset (default: cpu for --features, full for images)")
     p.add_argument("--arch", choices=["mlp", "resnet50", "resnet101"], default=None)
@@ -103,7 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        "batch_size": args.batch_size, "image_size": args.image_size, "resnet_width": args.width,
                                        "hidden": tuple(args.hidden) if args.hidden else None}.items()
                      if v is not None}
-        overrides.update(shape, loss=args.loss, lam=args.lpr, seed=args.seed)
+        lam = args.lpr if args.lpr is not None else (1.0 if args.loss == "spa" else 0.0)
+        overrides.update(shape, loss=args.loss, lam=lam, seed=args.seed)
         cfg = SPAConfig.cpu(**overrides) if preset == "cpu" else SPAConfig(**overrides)
         if not args.features:
             if cfg.arch == "mlp":
