@@ -217,7 +217,9 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
         pix, x, y = _sample_positions_2d(n, alpha0, n_repeats, rng)
         tau = scene.tau(x, y)
         shape = (n, n)
-    t = tau + sigma_t * rng.standard_normal(pix.size)  # T = tau(X) + sigma_t Z  (L5)
+    t = rng.standard_normal(pix.size)
+    t *= sigma_t
+    t += tau  # T = tau(X) + sigma_t Z  (L5)
     n_pix = int(np.prod(shape))
     if background > 0:
         kb = rng.poisson(background / n_pix, size=n_repeats * n_pix)

@@ -116,13 +116,19 @@ class AnalyticProfile:
 
     def tau(self, x: Array) -> Array:
         """tau(x), vectorised."""
-        x = np.asarray(x, dtype=float)
+        shape = np.shape(x)
+        x = np.atleast_1d(np.asarray(x, dtype=float))
         out = self.offset + self.slope * x if self.slope else np.full_like(x, self.offset)
         for a, w, p in zip(self.amp, self.omega, self.phase, strict=True):
-            out = out + a * np.sin(w * x + p)
+            term = w * x
+            if p:
+                term += p
+            np.sin(term, out=term)
+            term *= a
+            out += term
         for e, h in zip(self.edges, self.heights, strict=True):
-            out = out + h * (x >= e)
-        return out
+            out += h * (x >= e)
+        return out.reshape(shape)
 
     def dtau(self, x: Array) -> Array:
         """tau'(x) away from the jumps."""
@@ -350,9 +356,13 @@ class Scene1D:
                        tuple(sorted(1.0 - b for b in self.breakpoints)), f"{self.name}-mirrored")
 
     def check_window(self, sigma_t: float, t_window: tuple[float, float], fine: int = 4096) -> None:
-        """Raise unless tau stays >= 5 sigma_t inside the timing window (no truncated pulse)."""
-        x = (np.arange(fine) + 0.5) / fine
-        _check_inside(self.tau(x), sigma_t, t_window)
+        """Raise unless tau stays >= 5 sigma_t inside the timing window (no truncated pulse).
+
+        tau's range on ``fine`` cell centres is computed once per scene and cached."""
+        if ("range", fine) not in self._tables:
+            tau = self.tau((np.arange(fine) + 0.5) / fine)
+            self._tables["range", fine] = (float(np.min(tau)), float(np.max(tau)))
+        _check_inside(self._tables["range", fine], sigma_t, t_window)
 
     def table(self, fine: int) -> _MomentTable:
         """The cumulative moment table for ``fine`` quadrature nodes (cached)."""
@@ -361,8 +371,8 @@ class Scene1D:
         return self._tables[fine]
 
 
-def _check_inside(tau: Array, sigma_t: float, t_window: tuple[float, float]) -> None:
-    lo, hi = float(np.min(tau)), float(np.max(tau))
+def _check_inside(tau_range: tuple[float, float], sigma_t: float, t_window: tuple[float, float]) -> None:
+    lo, hi = tau_range
     t0, t1 = t_window
     if lo - 5 * sigma_t < t0 or hi + 5 * sigma_t > t1:
         raise ValueError(
@@ -525,6 +535,7 @@ class Scene2D:
     tau: Callable[[Array, Array], Array]
     grad: Callable[[Array, Array], tuple[Array, Array]] | None = None
     name: str = "custom2d"
+    _ranges: dict = field(default_factory=dict, repr=False, compare=False)
 
     dims = 2
 
@@ -585,9 +596,12 @@ class Scene2D:
         return cls(tau, name=name)
 
     def check_window(self, sigma_t: float, t_window: tuple[float, float], fine: int = 256) -> None:
-        """Raise unless tau stays >= 5 sigma_t inside the timing window."""
-        g = (np.arange(fine) + 0.5) / fine
-        _check_inside(self.tau(g[None, :], g[:, None]), sigma_t, t_window)
+        """Raise unless tau stays >= 5 sigma_t inside the timing window (range cached per scene)."""
+        if fine not in self._ranges:
+            g = (np.arange(fine) + 0.5) / fine
+            tau = self.tau(g[None, :], g[:, None])
+            self._ranges[fine] = (float(np.min(tau)), float(np.max(tau)))
+        _check_inside(self._ranges[fine], sigma_t, t_window)
 
 
 C_LIGHT = 299_792_458.0  # m/s
