@@ -227,3 +227,21 @@ def test_image_training_through_the_cli(tmp_path):
     model, loss, cfg, meta = load_model(tmp_path / "run" / "model.safetensors")
     assert cfg.arch == "resnet50" and meta["class_names"] == ["cat", "dog"]
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_tuned_thresholds_maximise_f1_by_brute_force():
+    from cvpr24.spa.decision import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    p = np.round(rng.uniform(size=(60, 3)), 2)
+    y = (rng.uniform(size=p.shape) < p).astype(float)
+    y[:, 2] = 0.0
+    t = tune_thresholds(p, y)
+    for c in range(2):
+        s, lab = p[:, c], y[:, c]
+
+        def f1(th, s=s, lab=lab):
+            return 2 * ((s >= th) & (lab == 1)).sum() / ((s >= th).sum() + lab.sum())
+
+        assert f1(t[c]) == pytest.approx(max(f1(th) for th in np.unique(s)))
+    assert t[2] == 0.5

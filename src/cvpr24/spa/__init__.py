@@ -13,7 +13,12 @@ Drop-in use in an existing training loop::
     probs = loss_fn.predict_proba(model(x))     # calibrated; never torch.sigmoid(logits)
 """
 
-from cvpr24.spa.decision import cost_sensitive_predict, expected_cost_threshold, retrieve
+from cvpr24.spa.decision import (
+    cost_sensitive_predict,
+    expected_cost_threshold,
+    retrieve,
+    tune_thresholds,
+)
 from cvpr24.spa.estimator import SPAMultiLabelClassifier
 from cvpr24.spa.losses import (
     AsymmetricLoss,
@@ -63,5 +68,5 @@ __all__ = [
     "calibration_report", "classwise_ece", "cost_sensitive_predict", "ece", "expected_cost_threshold",
     "f1_scores", "focal_loss", "label_pair_regularizer", "loss_from_config", "mce",
     "mean_average_precision", "nll", "oracle_cpe_error", "reliability_diagram", "retrieve",
-    "risk_minimizer", "spa_link", "spa_log_odds", "spa_loss", "spa_predict_proba",
+    "risk_minimizer", "spa_link", "spa_log_odds", "spa_loss", "spa_predict_proba", "tune_thresholds",
 ]

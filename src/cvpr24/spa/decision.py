@@ -66,3 +66,30 @@ def retrieve(probs: ArrayLike, include: Sequence[int] = (), exclude: Sequence[in
             raise ValueError(f"top_k must be >= 1, got {top_k!r}")
         order = order[:top_k]
     return Retrieved(order, score[order])
+
+
+def tune_thresholds(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """Per-class threshold maximising F1 on a validation set (NaN labels ignored).
+
+    For each class the candidates are its distinct predicted probabilities; predicting
+    ``p >= t`` at the best candidate. Classes without a known positive get 0.5. With calibrated
+    probabilities :func:`expected_cost_threshold` needs no validation set; this utility is for
+    the F1 objective, which has no closed-form threshold.
+    """
+    p, y = _to_numpy(probs, "probs"), _to_numpy(labels, "labels")
+    _check_probs(p)
+    if p.shape != y.shape or p.ndim != 2:
+        raise ValueError(f"probs and labels must both have shape (N, C), got {p.shape} and {y.shape}")
+    thresholds = np.full(p.shape[1], 0.5)
+    for c in range(p.shape[1]):
+        known = ~np.isnan(y[:, c])
+        s, t = p[known, c], y[known, c]
+        if t.sum() == 0:
+            continue
+        order = np.argsort(-s, kind="stable")
+        s, t = s[order], t[order]
+        last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # one candidate per distinct score
+        tp = np.cumsum(t)[last]
+        f1 = 2 * tp / (last + 1 + t.sum())  # 2 TP / (predicted positives + actual positives)
+        thresholds[c] = s[last[int(np.argmax(f1))]]
+    return thresholds
