@@ -96,7 +96,7 @@ def heads_of(qtype: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- steps
 
-def make_train_tensors(seed: int, n_items: int, image_size: int, input_size: int):
+def make_train_items(seed: int, n_items: int, image_size: int, input_size: int):
     """Training items from seed 10**4 + seed, in EgoThink's 1:2 dimension ratio."""
     w = {d: (2 if d in ("activity", "forecasting") else 1) for d in DIM_KEYS}
     per = n_items / sum(w.values())
@@ -232,7 +232,7 @@ def run_seed(seed: int, out: Path, sizes: dict, n_train: int, image_size: int, i
     data_root = generate_synthetic(out / f"seed{seed}" / "data", sizes, seed=seed, image_size=image_size)
     ds = load_egothink(data_root)
     meta = json.loads((data_root / "egosynth.json").read_text())["items"]
-    train_items = make_train_tensors(seed, n_train, image_size, input_size)
+    train_items = make_train_items(seed, n_train, image_size, input_size)
     log(f"seed {seed}: data {len(ds)} test / {len(train_items)} train items in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
     models, vocab, ttp = train_arms(seed, train_items, input_size, train)
