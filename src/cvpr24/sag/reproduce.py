@@ -322,7 +322,6 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
         cfg.seeds = int(seeds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
     val_subjects, test_subjects = split_subjects(cfg.val_subjects, cfg.test_subjects)
     arm_schedules = arms(cfg)
 
@@ -330,9 +329,8 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
     models_info, t_stars, grids = [], [], {}
     seed_ids = []
     for train_seed in cfg.train_seeds:
-        with torch.enable_grad():
-            model, probe, info = load_or_train(cfg, out_dir, train_seed, size != "full",
-                                               Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
+        model, probe, info = load_or_train(cfg, out_dir, train_seed, size != "full",
+                                           Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
         clean_acc = _clean_probe_accuracy(probe, model.config.image_size, seed=777)
         info["probe_clean_accuracy"] = clean_acc
         models_info.append(info)
