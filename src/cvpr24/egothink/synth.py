@@ -295,134 +295,157 @@ def _hold(c: Canvas, rng, col: str, cat: str, side: int, transparent: bool = Fal
     return {"color": col, "category": cat, "x": cx, "y": 0.82, "size": 0.2}
 
 
+# Each builder draws one dimension's scene on ``c`` (the room is already drawn) and returns
+# (question, reference answer, slots, question-derived fields, drawn objects).
+
+def _existence(c: Canvas, rng, qtype: str, room: str):
+    col, cat = _col_cat(rng)
+    if qtype == "held":
+        objects = _place(c, rng, _distractors(rng, int(rng.integers(0, 3)), {(col, cat)}))
+        objects.append(_hold(c, rng, col, cat, int(rng.integers(2))))
+        return "What am I holding in my hand?", f"A {cat}.", {"category": CATEGORIES.index(cat)}, {}, objects
+    yes = bool(rng.integers(2))
+    objs = _distractors(rng, int(rng.integers(1, 3)), {(col, cat)}) + ([(col, cat)] if yes else [])
+    objects = _place(c, rng, objs)
+    draw_hands(c)
+    return (f"Is there {_a(col + ' ' + cat)} in front of me?", "Yes." if yes else "No.",
+            {"yesno": int(yes)}, {"obj": f"{col} {cat}"}, objects)
+
+
+def _attribute(c: Canvas, rng, qtype: str, room: str):
+    if qtype == "color":
+        col, cat = _col_cat(rng)
+        objects = [_hold(c, rng, col, cat, int(rng.integers(2)))]
+        return (f"What colour is the {cat} in my hand?", f"{col.capitalize()}.",
+                {"color": COLORS.index(col)}, {"obj": cat}, objects)
+    cat = ("cup", "bottle")[rng.integers(2)]
+    col = COLORS[rng.integers(6)]  # not white/black: transparency must stay visible
+    m = int(rng.integers(2))
+    objects = [_hold(c, rng, col, cat, int(rng.integers(2)), transparent=(m == 0))]
+    return (f"Is the {cat} in my hand transparent or opaque?", f"{MATERIALS[m].capitalize()}.",
+            {"material": m}, {"obj": cat}, objects)
+
+
+def _affordance(c: Canvas, rng, qtype: str, room: str):
+    col, cat = _col_cat(rng)
+    objects = [_hold(c, rng, col, cat, int(rng.integers(2)))]
+    return ("What can I do with the object in my hand?", USES[CATEGORIES.index(cat)],
+            {"use": CATEGORIES.index(cat)}, {}, objects)
+
+
+def _activity(c: Canvas, rng, qtype: str, room: str):
+    k = int(rng.integers(6))
+    c.dx = rng.uniform(-0.05, 0.05)  # fixed scene layouts get a small random shift
+    _draw_activity(c, k, rng)
+    c.dx = 0.0
+    return "What am I doing?", f"{VERBS[k]} {OBJECTS[k]}", {"verb": k, "obj": k}, {}, []
+
+
+def _location(c: Canvas, rng, qtype: str, room: str):
+    objects = _place(c, rng, _distractors(rng, int(rng.integers(0, 3)), set()))
+    return "Where am I?", f"In the {room}.", {"room": ROOMS.index(room)}, {}, objects
+
+
+def _spatial(c: Canvas, rng, qtype: str, room: str):
+    col, cat = _col_cat(rng)
+    side = int(rng.integers(2))
+    if qtype == "hand":
+        objects = [_hold(c, rng, col, cat, side)]
+        return (f"Which hand am I holding the {cat} in?", f"My {SIDES[side]} hand.", {"side": side},
+                {"obj": cat}, objects)
+    x = rng.uniform(0.1, 0.38) if side == 0 else rng.uniform(0.62, 0.9)  # the wearer's left = image left
+    others = _distractors(rng, int(rng.integers(0, 2)), {(col, cat)})
+    pos = [(x, rng.uniform(0.1, 0.9))] + [(rng.uniform(0.1, 0.9), 0.9) for _ in others]
+    objects = _place(c, rng, [(col, cat)] + others, pos)
+    return (f"Is the {col} {cat} on my left or on my right?", f"On my {SIDES[side]}.", {"side": side},
+            {"obj": f"{col} {cat}"}, objects)
+
+
+def _counting(c: Canvas, rng, qtype: str, room: str):
+    col, cat = _col_cat(rng)
+    n = int(rng.integers(6))
+    others = _distractors(rng, 3, {(col, cat)})[: int(rng.integers(0, 4))]
+    objects = _place(c, rng, [(col, cat)] * n + others, _scatter(rng, n + len(others)))
+    return (f"How many {col} {_plural(cat)} are there in front of me?", f"{NUMBERS[n]}.", {"count": n},
+            {"obj": f"{col} {cat}"}, objects)
+
+
+def _comparing(c: Canvas, rng, qtype: str, room: str):
+    a1, a2 = _distractors(rng, 2, set())
+    while a1[1] == a2[1]:
+        a2 = _col_cat(rng)
+    near = int(rng.integers(2))  # which of the two (in question order) is closer
+    z_near, z_far = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)
+    xs = rng.permutation([rng.uniform(0.15, 0.4), rng.uniform(0.6, 0.85)])
+    pos = [(xs[0], z_near if near == 0 else z_far), (xs[1], z_far if near == 0 else z_near)]
+    objects = _place(c, rng, [a1, a2], pos)
+    n1, n2 = f"{a1[0]} {a1[1]}", f"{a2[0]} {a2[1]}"
+    return (f"Which is closer to me, the {n1} or the {n2}?", f"The {(n1, n2)[near]}.", {"choice": near},
+            {"opt0": n1, "opt1": n2}, objects)
+
+
+def _situated(c: Canvas, rng, qtype: str, room: str):
+    yes = bool(rng.integers(2))
+    cue = yes == SITUATIONS[qtype][1]
+    c.dx = rng.uniform(-0.05, 0.05)
+    _draw_situation(c, qtype, cue, rng)
+    c.dx = 0.0
+    return SITUATIONS[qtype][0], "Yes." if yes else "No.", {"yesno": int(yes)}, {}, []
+
+
+def _forecasting(c: Canvas, rng, qtype: str, room: str):
+    target = _col_cat(rng)
+    others = _distractors(rng, int(rng.integers(1, 3)), {target})
+    pos = _scatter(rng, 1 + len(others))
+    objects = _place(c, rng, [target] + others, pos)
+    tx, ty, _ = floor_pos(*pos[0])
+    for k, f in enumerate((0.3, 0.55, 0.8)):  # a fading motion trail of the hand toward the target
+        hx, hy = 0.5 + f * (tx - 0.5), 0.95 + f * (ty - 0.95)
+        c.blend(lambda k_, x=hx, y=hy: k_.ellipse(x - 0.08, y - 0.05, x + 0.08, y + 0.05, SKIN), 0.3 + 0.3 * k)
+    return ("What will I do next?", f"Pick up the {target[0]} {target[1]}.",
+            {"color": COLORS.index(target[0]), "category": CATEGORIES.index(target[1])}, {}, objects)
+
+
+def _navigation(c: Canvas, rng, qtype: str, room: str):
+    col = COLORS[rng.integers(8)]
+    # the 5 routes (left/right x near/far, or the end door) are equally likely, so no full
+    # answer is more frequent than 1/5
+    turn, depth = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))[rng.integers(5)]
+    _draw_corridor(c, col, turn, depth, rng)
+    if turn == 2:
+        a, slots = f"Walk straight to the {col} door at the end of the corridor.", {"turn": 2}
+    else:
+        a = f"Walk forward {DEPTHS[depth]}, then turn {TURNS[turn]}, then go through the {col} door."
+        slots = {"turn": turn, "depth": depth}
+    return f"How do I get to the {col} door?", a, slots, {"color": col}, []
+
+
+def _assistance(c: Canvas, rng, qtype: str, room: str):
+    col, cat = _col_cat(rng)
+    box = CONTAINERS[rng.integers(2)]
+    s1, s2 = int(rng.integers(2)), int(rng.integers(2))  # object side, container side
+    _draw_table(c, col, cat, box, s1, s2)
+    draw_hands(c)
+    a = (f"Reach out with my {SIDES[s1]} hand to the {col} {cat}, carry it to my {SIDES[s2]}, "
+         f"then drop it into the {box}.")
+    return (f"How can I put the {col} {cat} into the {box}?", a, {"side": s1, "side2": s2},
+            {"obj": f"{col} {cat}", "box": box}, [])
+
+
+BUILDERS = {"existence": _existence, "attribute": _attribute, "affordance": _affordance,
+            "activity": _activity, "location": _location, "spatial": _spatial, "counting": _counting,
+            "comparing": _comparing, "situated": _situated, "forecasting": _forecasting,
+            "navigation": _navigation, "assistance": _assistance}
+
+
 def _make_item(dim: str, qtype: str, rng: np.random.Generator, size: int) -> SynthItem:
+    """One item: the room, the dimension's scene, exposure jitter, JPEG bytes."""
+    if dim not in BUILDERS or qtype not in QTYPES[dim]:
+        raise ValueError(f"unknown dim/qtype {dim}/{qtype}")
     c = Canvas(size) if size else NullCanvas()
     room = ROOMS[rng.integers(6)]
     draw_room(c, room, rng)
-    slots: dict[str, int] = {}
-    fields: dict[str, str] = {}
-    objects: list[dict] = []
-
-    if dim == "existence" and qtype == "held":
-        col, cat = _col_cat(rng)
-        objects += _place(c, rng, _distractors(rng, int(rng.integers(0, 3)), {(col, cat)}))
-        objects.append(_hold(c, rng, col, cat, int(rng.integers(2))))
-        q, a, slots = "What am I holding in my hand?", f"A {cat}.", {"category": CATEGORIES.index(cat)}
-    elif dim == "existence":
-        col, cat = _col_cat(rng)
-        yes = bool(rng.integers(2))
-        objs = _distractors(rng, int(rng.integers(1, 3)), {(col, cat)}) + ([(col, cat)] if yes else [])
-        objects += _place(c, rng, objs)
-        draw_hands(c)
-        q, a = f"Is there {_a(col + ' ' + cat)} in front of me?", "Yes." if yes else "No."
-        slots, fields = {"yesno": int(yes)}, {"obj": f"{col} {cat}"}
-    elif dim == "attribute" and qtype == "color":
-        col, cat = _col_cat(rng)
-        objects.append(_hold(c, rng, col, cat, int(rng.integers(2))))
-        q, a = f"What colour is the {cat} in my hand?", f"{col.capitalize()}."
-        slots, fields = {"color": COLORS.index(col)}, {"obj": cat}
-    elif dim == "attribute":
-        cat = ("cup", "bottle")[rng.integers(2)]
-        col = COLORS[rng.integers(6)]  # not white/black: transparency must stay visible
-        m = int(rng.integers(2))
-        objects.append(_hold(c, rng, col, cat, int(rng.integers(2)), transparent=(m == 0)))
-        q, a = f"Is the {cat} in my hand transparent or opaque?", f"{MATERIALS[m].capitalize()}."
-        slots, fields = {"material": m}, {"obj": cat}
-    elif dim == "affordance":
-        col, cat = _col_cat(rng)
-        objects.append(_hold(c, rng, col, cat, int(rng.integers(2))))
-        q, a, slots = "What can I do with the object in my hand?", USES[CATEGORIES.index(cat)], {
-            "use": CATEGORIES.index(cat)}
-    elif dim == "activity":
-        k = int(rng.integers(6))
-        c.dx = rng.uniform(-0.05, 0.05)  # fixed scene layouts get a small random shift
-        _draw_activity(c, k, rng)
-        c.dx = 0.0
-        q, a, slots = "What am I doing?", f"{VERBS[k]} {OBJECTS[k]}", {"verb": k, "obj": k}
-    elif dim == "location":
-        objects += _place(c, rng, _distractors(rng, int(rng.integers(0, 3)), set()))
-        q, a, slots = "Where am I?", f"In the {room}.", {"room": ROOMS.index(room)}
-    elif dim == "spatial":
-        col, cat = _col_cat(rng)
-        side = int(rng.integers(2))
-        if qtype == "side_of":
-            x = rng.uniform(0.1, 0.38) if side == 0 else rng.uniform(0.62, 0.9)
-            others = _distractors(rng, int(rng.integers(0, 2)), {(col, cat)})
-            pos = [(x, rng.uniform(0.1, 0.9))]
-            for _ in others:
-                pos.append((rng.uniform(0.1, 0.9), 0.5 + 0.4 * len(pos) % 1))
-            objects += _place(c, rng, [(col, cat)] + others, pos)
-            q, a = f"Is the {col} {cat} on my left or on my right?", f"On my {SIDES[side]}."
-            fields = {"obj": f"{col} {cat}"}
-        else:
-            objects.append(_hold(c, rng, col, cat, side))
-            q, a = f"Which hand am I holding the {cat} in?", f"My {SIDES[side]} hand."
-            fields = {"obj": cat}
-        slots = {"side": side}
-    elif dim == "counting":
-        col, cat = _col_cat(rng)
-        n = int(rng.integers(6))
-        others = [cc for cc in _distractors(rng, 3, {(col, cat)})][: int(rng.integers(0, 4))]
-        pos = _scatter(rng, n + len(others))
-        objects += _place(c, rng, [(col, cat)] * n + others, pos)
-        q, a = f"How many {col} {_plural(cat)} are there in front of me?", f"{NUMBERS[n]}."
-        slots, fields = {"count": n}, {"obj": f"{col} {cat}"}
-    elif dim == "comparing":
-        (a1, a2) = _distractors(rng, 2, set())
-        while a1[1] == a2[1]:
-            a2 = _col_cat(rng)
-        near = int(rng.integers(2))  # which of the two (in question order) is closer
-        z_near, z_far = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)
-        xs = rng.permutation([rng.uniform(0.15, 0.4), rng.uniform(0.6, 0.85)])
-        pos = [(xs[0], z_near if near == 0 else z_far), (xs[1], z_far if near == 0 else z_near)]
-        objects += _place(c, rng, [a1, a2], pos)
-        n1, n2 = f"{a1[0]} {a1[1]}", f"{a2[0]} {a2[1]}"
-        q, a = f"Which is closer to me, the {n1} or the {n2}?", f"The {(n1, n2)[near]}."
-        slots, fields = {"choice": near}, {"opt0": n1, "opt1": n2}
-    elif dim == "situated":
-        yes = bool(rng.integers(2))
-        cue = yes == SITUATIONS[qtype][1]
-        c.dx = rng.uniform(-0.05, 0.05)
-        _draw_situation(c, qtype, cue, rng)
-        c.dx = 0.0
-        q, a, slots = SITUATIONS[qtype][0], "Yes." if yes else "No.", {"yesno": int(yes)}
-    elif dim == "forecasting":
-        target = _col_cat(rng)
-        others = _distractors(rng, int(rng.integers(1, 3)), {target})
-        pos = _scatter(rng, 1 + len(others))
-        objects += _place(c, rng, [target] + others, pos)
-        tx, ty, _ = floor_pos(*pos[0])
-        draw_hands(c, left=False, right=False)
-        for k, f in enumerate((0.3, 0.55, 0.8)):  # a fading motion trail of the hand
-            hx, hy = 0.5 + f * (tx - 0.5), 0.95 + f * (ty - 0.95)
-            c.blend(lambda k_, x=hx, y=hy: k_.ellipse(x - 0.08, y - 0.05, x + 0.08, y + 0.05, SKIN), 0.3 + 0.3 * k)
-        q, a = "What will I do next?", f"Pick up the {target[0]} {target[1]}."
-        slots = {"color": COLORS.index(target[0]), "category": CATEGORIES.index(target[1])}
-    elif dim == "navigation":
-        col = COLORS[rng.integers(8)]
-        # the 5 routes (left/right x near/far, or the end door) are equally likely, so no
-        # full answer is more frequent than 1/5
-        turn, depth = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))[rng.integers(5)]
-        _draw_corridor(c, col, turn, depth, rng)
-        q = f"How do I get to the {col} door?"
-        if turn == 2:
-            a, slots = f"Walk straight to the {col} door at the end of the corridor.", {"turn": 2}
-        else:
-            a = f"Walk forward {DEPTHS[depth]}, then turn {TURNS[turn]}, then go through the {col} door."
-            slots = {"turn": turn, "depth": depth}
-        fields = {"color": col}
-    elif dim == "assistance":
-        col, cat = _col_cat(rng)
-        box = CONTAINERS[rng.integers(2)]
-        s1, s2 = int(rng.integers(2)), int(rng.integers(2))
-        _draw_table(c, col, cat, box, s1, s2)
-        draw_hands(c)
-        q = f"How can I put the {col} {cat} into the {box}?"
-        a = (f"Reach out with my {SIDES[s1]} hand to the {col} {cat}, carry it to my {SIDES[s2]}, "
-             f"then drop it into the {box}.")
-        slots, fields = {"side": s1, "side2": s2}, {"obj": f"{col} {cat}", "box": box}
-    else:
-        raise ValueError(f"unknown dim/qtype {dim}/{qtype}")
+    q, a, slots, fields, objects = BUILDERS[dim](c, rng, qtype, room)
     gain = rng.uniform(0.9, 1.1)  # exposure jitter: no two scenes are byte-identical
     if c.img is not None:
         c.img = c.img.point(lambda v: min(255, int(v * gain)))
