@@ -471,6 +471,8 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
         "small built-in synonym lexicon, and baseline B3 (embedding judge) is replaced by token-F1 (B2) in C3.",
         "Quick mode trains 4 epochs over the 4000 training items instead of the spec's 8, to fit the "
         "5-minute budget on 2 shared CPU cores; --full keeps 12000 x 20.",
+        "The tiny VLM's encoder standardises pixels with CLIP's per-channel constants before the first "
+        "convolution (not in the spec's layer list): training from raw pixels sometimes stayed at the blind level.",
         "The verbalizer does not reorder plan steps (a reordered plan changes its meaning, so its oracle label "
         "would be ambiguous); it adds extra steps and paraphrases instead.",
         "Our own judge and persona prompt texts are used (same structure and semantics, own hashes); the official "
