@@ -1,7 +1,9 @@
 """Benchmarks for ``cvpr24.lidar`` (spec section 7), side by side in one run, printing ratios.
 
-1. The MSE(N) curve (200 N values): closed form vs exact theory vs 5-seed Monte Carlo.
-2. Photon simulator: vectorised sampler vs a per-pixel Python loop (photons/s, peak memory).
+1. The MSE(N) curve (200 N values): closed form vs exact theory (closed-form pixel moments, and
+   the quadrature table used by scenes without an analytic profile) vs 5-seed Monte Carlo.
+2. Photon simulator: vectorised sampler vs a per-pixel Python loop, every (alpha0, N) cell
+   (photons/s, peak memory), each target judged on both wall and CPU time.
 3. Depth estimation on a 192 x 128 x 1024 cube (~50 signal counts per pixel): batched
    log-matched filter + vectorised Newton vs per-pixel ``scipy.optimize.minimize_scalar`` ML
    (on a 32 x 32 crop, scaled up) vs deepinv-style integer-bin matched filtering in torch.
@@ -55,36 +57,50 @@ def timed(fn, *args, repeat: int = 1, clock=time.perf_counter, **kwargs):
 
 
 # -- 1. theory vs Monte Carlo ---------------------------------------------------------------------
+CURVE_TARGET = 1000.0  # the issue: the exact 200-point curve >= 1000x faster than 5-seed MC
+SIMULATOR_TARGET = 50.0  # the issue: the vectorised simulator >= 50x faster than a per-pixel loop
+
+
 def bench_curve(mc_points: int) -> dict:
+    """Closed form, exact theory (closed-form pixel moments, and the quadrature table that
+    scenes without an analytic profile use) and 5-seed Monte Carlo, wall and CPU time."""
     scene, alpha0 = Scene1D.sine(), 1e4
     ns = np.arange(10, 2010, 10)  # 200 N values
     S = slope_energy(scene)
-    cf = lambda: mse_closed_form(S, ns.astype(float), alpha0, SIGMA)  # noqa: E731
-    exact = lambda: mse_curve(Scene1D.sine(), ns, alpha0, SIGMA).total  # fresh quadrature table  # noqa: E731
+    fine = 16 * int(ns.max())  # the quadrature size mse_curve picks by default
+    methods = {
+        "closed_form": (lambda: mse_closed_form(S, ns.astype(float), alpha0, SIGMA), 50),
+        # fresh scenes, so no cached table or delay range is reused between repeats
+        "exact": (lambda: mse_curve(Scene1D.sine(), ns, alpha0, SIGMA).total, 10),
+        "exact_quadrature": (lambda: mse_curve(Scene1D.sine(), ns, alpha0, SIGMA, fine=fine).total, 5),
+    }
     sub = ns[:: max(1, len(ns) // mc_points)][:mc_points]
     reps = max(8, int(4e5 / alpha0))
 
     def mc_curve():
         out = []
         for n in sub:
-            mom = pixel_moments(scene, int(n), max(2**14, 16 * int(n)))
+            mom = pixel_moments(scene, int(n))
             vals = [continuous_mse(estimate_delay(simulate_photons(
                 scene, int(n), alpha0, SIGMA, n_repeats=reps, rng=[s, int(n)]),
                 sigma_t=SIGMA, method="mean")[0], moments=mom).mean() for s in range(5)]
             out.append(np.mean(vals))
         return out
 
-    res = {"points": len(ns), "mc_points_measured": len(sub)}
+    res = {"points": len(ns), "mc_points_measured": len(sub), "fine_quadrature": fine}
     for clock, tag in ((time.perf_counter, "wall"), (time.process_time, "cpu")):
-        res[f"closed_form_s_{tag}"] = timed(cf, repeat=20, clock=clock)[0]
-        res[f"exact_s_{tag}"], ex = timed(exact, repeat=3, clock=clock)
+        for name, (fn, repeat) in methods.items():
+            res[f"{name}_s_{tag}"], out = timed(fn, repeat=repeat, clock=clock)
+            if name == "exact":
+                ex = out
     t0w, t0c = time.perf_counter(), time.process_time()
     mc = mc_curve()
     res["mc_s_measured_wall"], res["mc_s_measured_cpu"] = time.perf_counter() - t0w, time.process_time() - t0c
     for tag in ("wall", "cpu"):
         res[f"mc_s_200_{tag}"] = res[f"mc_s_measured_{tag}"] * len(ns) / len(sub)
-        res[f"speedup_exact_vs_mc_{tag}"] = res[f"mc_s_200_{tag}"] / res[f"exact_s_{tag}"]
-        res[f"speedup_cf_vs_mc_{tag}"] = res[f"mc_s_200_{tag}"] / res[f"closed_form_s_{tag}"]
+        for name in methods:
+            res[f"speedup_{name}_vs_mc_{tag}"] = res[f"mc_s_200_{tag}"] / res[f"{name}_s_{tag}"]
+    res["target"] = CURVE_TARGET
     res["max_exact_mc_dev"] = max(abs(ex[list(ns).index(n)] / m - 1) for n, m in zip(sub, mc, strict=True))
     return res
 
@@ -101,28 +117,48 @@ def loop_simulator(scene, n, alpha0, rng):
     return np.concatenate(pix), np.concatenate(t)
 
 
+def _both_clocks(fn, repeat: int) -> tuple[float, float]:
+    """Best-of-``repeat`` wall and CPU seconds, measured on the same calls."""
+    wall = cpu = math.inf
+    for _ in range(repeat):
+        t0w, t0c = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = min(wall, time.perf_counter() - t0w), min(cpu, time.process_time() - t0c)
+    return wall, cpu
+
+
 def bench_simulator() -> list[dict]:
+    """Every (alpha0, N) cell of spec section 7, vectorised and loop timed alternately."""
     scene = Scene1D.sine()
     rows = []
     for alpha0 in (1e4, 1e5, 1e6):
         for n in (64, 1024):
-            t_vec, ph = timed(simulate_photons, scene, n, alpha0, SIGMA, rng=0, repeat=3)
-            t_loop, _ = timed(loop_simulator, scene, n, alpha0, np.random.default_rng(0), repeat=3)
+            repeat = 9 if alpha0 < 1e6 else 3
+            vec = _both_clocks(lambda n=n, a=alpha0: simulate_photons(scene, n, a, SIGMA, rng=0), repeat)
+            loop = _both_clocks(lambda n=n, a=alpha0: loop_simulator(scene, n, a, np.random.default_rng(0)),
+                                repeat)
+            ph = simulate_photons(scene, n, alpha0, SIGMA, rng=0)
             tracemalloc.start()
             simulate_photons(scene, n, alpha0, SIGMA, rng=0)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-            rows.append({"alpha0": alpha0, "N": n, "photons": int(ph.t.size),
-                         "vectorised_photons_per_s": ph.t.size / t_vec,
-                         "loop_photons_per_s": ph.t.size / t_loop, "speedup": t_loop / t_vec,
+            rows.append({"alpha0": alpha0, "N": n, "photons": int(ph.t.size), "photons_per_pixel": alpha0 / n,
+                         "vectorised_s_wall": vec[0], "vectorised_s_cpu": vec[1],
+                         "loop_s_wall": loop[0], "loop_s_cpu": loop[1],
+                         "vectorised_photons_per_s": ph.t.size / vec[0], "loop_photons_per_s": ph.t.size / loop[0],
+                         "speedup_wall": loop[0] / vec[0], "speedup_cpu": loop[1] / vec[1],
+                         "vectorised_ns_per_photon_cpu": 1e9 * vec[1] / ph.t.size,
+                         "loop_us_per_pixel_cpu": 1e6 * loop[1] / n,
                          "peak_bytes": peak, "bytes_per_photon": peak / max(ph.t.size, 1)})
     # the Monte Carlo use: R = 40 acquisitions of N = 1024 pixels at alpha0 = 1e4
-    t_vec, ph = timed(simulate_photons, scene, 1024, 1e4, SIGMA, n_repeats=40, rng=0)
-    t_loop, _ = timed(lambda: [loop_simulator(scene, 1024, 1e4, np.random.default_rng(r))
-                               for r in range(40)])
+    vec = _both_clocks(lambda: simulate_photons(scene, 1024, 1e4, SIGMA, n_repeats=40, rng=0), 3)
+    loop = _both_clocks(lambda: [loop_simulator(scene, 1024, 1e4, np.random.default_rng(r)) for r in range(40)], 3)
+    ph = simulate_photons(scene, 1024, 1e4, SIGMA, n_repeats=40, rng=0)
     rows.append({"alpha0": 1e4, "N": 1024, "repeats": 40, "photons": int(ph.t.size),
-                 "vectorised_photons_per_s": ph.t.size / t_vec, "loop_photons_per_s": ph.t.size / t_loop,
-                 "speedup": t_loop / t_vec})
+                 "photons_per_pixel": 1e4 / 1024, "vectorised_s_wall": vec[0], "vectorised_s_cpu": vec[1],
+                 "loop_s_wall": loop[0], "loop_s_cpu": loop[1],
+                 "vectorised_photons_per_s": ph.t.size / vec[0], "loop_photons_per_s": ph.t.size / loop[0],
+                 "speedup_wall": loop[0] / vec[0], "speedup_cpu": loop[1] / vec[1]})
     return rows
 
 
@@ -211,6 +247,7 @@ def bench_scaling() -> dict:
     for m in (2**12, 2**14, 2**16, 2**18):
         t, _ = timed(lambda m=m: mse_exact(Scene1D.sine(), 200, 1e4, SIGMA, fine=m), repeat=3)
         out["fine"].append({"M": m, "s": t})
+    out["closed_form_moments_s"] = timed(lambda: mse_exact(Scene1D.sine(), 200, 1e4, SIGMA), repeat=3)[0]
     return out
 
 
@@ -223,22 +260,36 @@ def main(argv: list[str] | None = None) -> int:
     res = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
     c = res["curve"] = bench_curve(args.mc_points)
-    print("== 1. MSE(N) curve, 200 points (sine, alpha0 = 1e4); wall (CPU) seconds")
-    print(f"closed form {c['closed_form_s_wall'] * 1e6:8.1f} us | exact theory (mse_curve) "
-          f"{c['exact_s_wall'] * 1e3:7.1f} ms ({c['exact_s_cpu'] * 1e3:.1f}) | 5-seed MC "
-          f"{c['mc_s_200_wall']:6.1f} s "
-          f"({c['mc_s_200_cpu']:.1f}; {c['mc_points_measured']} points timed, scaled to 200)")
-    print(f"speed-up exact vs MC: {c['speedup_exact_vs_mc_wall']:,.0f}x wall, "
-          f"{c['speedup_exact_vs_mc_cpu']:,.0f}x CPU   closed form vs MC: "
-          f"{c['speedup_cf_vs_mc_wall']:,.0f}x   (max |exact/MC - 1| = {c['max_exact_mc_dev']:.3f})")
+    print("== 1. MSE(N) curve, 200 points (sine, alpha0 = 1e4): time and speed-up vs 5-seed MC, "
+          "wall | CPU")
+    print(f"5-seed MC: {c['mc_s_200_wall']:.1f} s | {c['mc_s_200_cpu']:.1f} s "
+          f"({c['mc_points_measured']} points timed, scaled to 200)")
+    for name, label in (("closed_form", "closed form (L14)"), ("exact", "exact theory, closed-form moments"),
+                        ("exact_quadrature", f"exact theory, quadrature M={c['fine_quadrature']}")):
+        w, u = c[f"speedup_{name}_vs_mc_wall"], c[f"speedup_{name}_vs_mc_cpu"]
+        verdict = "" if name == "closed_form" else (
+            f"  target >= {c['target']:.0f}x: {'met' if min(w, u) >= c['target'] else 'NOT met'}")
+        print(f"{label:<42} {c[f'{name}_s_wall'] * 1e3:9.3f} ms | {c[f'{name}_s_cpu'] * 1e3:9.3f} ms   "
+              f"{w:>11,.0f}x | {u:>11,.0f}x{verdict}")
+    print(f"max |exact/MC - 1| over the timed points = {c['max_exact_mc_dev']:.3f}")
 
     res["simulator"] = bench_simulator()
-    print("\n== 2. photon simulator: vectorised vs per-pixel loop")
-    print(f"{'alpha0':>8} {'N':>6} {'R':>3} {'photons/s vec':>14} {'photons/s loop':>15} {'ratio':>7} {'B/photon':>9}")
+    print(f"\n== 2. photon simulator (sine): vectorised vs per-pixel loop; target >= {SIMULATOR_TARGET:.0f}x")
+    print(f"{'alpha0':>7} {'N':>5} {'R':>3} {'ph/pix':>7} {'vec ms':>14} {'loop ms':>14} "
+          f"{'ratio wall|CPU':>15} {'B/photon':>9}  target")
     for r in res["simulator"]:
         bpp = f"{r['bytes_per_photon']:.0f}" if "bytes_per_photon" in r else "-"
-        print(f"{r['alpha0']:>8.0e} {r['N']:>6} {r.get('repeats', 1):>3} {r['vectorised_photons_per_s']:>14.3g} "
-              f"{r['loop_photons_per_s']:>15.3g} {r['speedup']:>6.1f}x {bpp:>9}")
+        met = "met" if min(r["speedup_wall"], r["speedup_cpu"]) >= SIMULATOR_TARGET else "not met"
+        print(f"{r['alpha0']:>7.0e} {r['N']:>5} {r.get('repeats', 1):>3} {r['photons_per_pixel']:>7.1f} "
+              f"{r['vectorised_s_wall'] * 1e3:>6.2f}|{r['vectorised_s_cpu'] * 1e3:>6.2f} "
+              f"{r['loop_s_wall'] * 1e3:>6.2f}|{r['loop_s_cpu'] * 1e3:>6.2f} "
+              f"{r['speedup_wall']:>6.1f}x|{r['speedup_cpu']:>6.1f}x {bpp:>9}  {met}")
+    cells = [r for r in res["simulator"] if "repeats" not in r]
+    print(f"vectorised: {min(r['vectorised_ns_per_photon_cpu'] for r in cells):.0f}-"
+          f"{max(r['vectorised_ns_per_photon_cpu'] for r in cells):.0f} ns CPU per photon; loop overhead "
+          f"~{np.median([r['loop_us_per_pixel_cpu'] for r in cells if r['photons_per_pixel'] < 20]):.0f} us "
+          "CPU per pixel. Both draw the same random numbers and evaluate tau per photon, so the ratio "
+          "tends to 1 as photons per pixel grow.")
 
     if not args.skip_cube:
         q = res["cube"] = bench_cube()
@@ -256,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 4. scaling")
     print("estimator vs H*W (T=1024): " + ", ".join(f"{r['pixels']}: {r['s']:.2f}s" for r in s["hw"]))
     print("estimator vs T (64x64, bin sigma_t/10): " + ", ".join(f"{r['bins']}: {r['s']:.2f}s" for r in s["t"]))
-    print("exact theory vs M (N=200): " + ", ".join(f"{r['M']}: {r['s'] * 1e3:.1f}ms" for r in s["fine"]))
+    print("exact theory vs M (N=200): " + ", ".join(f"{r['M']}: {r['s'] * 1e3:.1f}ms" for r in s["fine"])
+          + f"; closed-form moments: {s['closed_form_moments_s'] * 1e3:.2f}ms")
     with atomic_write(Path(args.out)) as f:
         json.dump(res, f, indent=2)
     print(f"\nwrote {args.out}")
