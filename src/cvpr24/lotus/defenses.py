@@ -315,7 +315,8 @@ def _train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
                   batch_size: int, milestones: list[int] | None = None, gamma: float = 0.1,
                   lr_at: Callable[[int], float] | None = None, extra_loss=None,
                   generator: torch.Generator, params=None) -> nn.Module:
-    """SGD (momentum 0.9, wd 5e-4) with crop + flip; per-epoch lr from ``milestones`` or ``lr_at``."""
+    """SGD (momentum 0.9, wd 5e-4) with crop (padding 4 at 32x32 as officially, 2 below) + flip;
+    per-epoch lr from ``milestones`` or ``lr_at``."""
     dev = _device(net)
     opt = torch.optim.SGD(params if params is not None else net.parameters(), lr=lr, momentum=0.9,
                           weight_decay=5e-4)

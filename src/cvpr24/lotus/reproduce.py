@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from cvpr24.lotus.defenses import (
     strip,
 )
 from cvpr24.lotus.io import load_model, save_model
-from cvpr24.lotus.metrics import evaluate_attack
+from cvpr24.lotus.metrics import benign_accuracy, evaluate_attack
 from cvpr24.lotus.models import SmallCNN
 from cvpr24.lotus.partition import ConstantPartitioner, SurrogatePartitioner
 from cvpr24.lotus.triggers import SingleTriggerFamily, TriggerSet, WarpTrigger
@@ -99,7 +99,7 @@ TINY = Scale(n_train=24, n_test=10, n_val=10, steps=12, clean_epochs=1, surrogat
 
 def config_for(scale: Scale, seed: int) -> LotusConfig:
     """The CPU preset at this scale (cosine lr 0.05, batch 64, pad 2 at 16x16)."""
-    return LotusConfig.cpu(steps=scale.steps, eval_every=max(1, scale.steps // 6),
+    return LotusConfig.cpu(n_partitions=K, steps=scale.steps, eval_every=max(1, scale.steps // 6),
                            clean_epochs=scale.clean_epochs, surrogate_epochs=scale.surrogate_epochs,
                            batch_size=scale.batch_size, seed=1024 + seed,
                            min_victim=10 if scale.batch_size >= 64 else 4)
@@ -129,8 +129,7 @@ def train_seed(seed: int, scale: Scale, out_dir: Path) -> None:
     tr, val, _ = make_data(seed, scale)
     cfg = config_for(scale, seed)
     clean = train_clean(SmallCNN(NUM_CLASSES, scale.width), tr.x, tr.y, cfg)
-    attack = LotusAttack(replace(cfg, n_partitions=K))
-    part = attack.fit_partitioner(clean, tr.x, tr.y, VICTIM)
+    part = LotusAttack(cfg).fit_partitioner(clean, tr.x, tr.y, VICTIM)
     ari = adjusted_rand_score(tr.style[tr.y == VICTIM].numpy(), part.clusters_.labels_)
     meta = {"seed": seed, "scale": asdict(scale), "victim": VICTIM, "target": TARGET, "k": K,
             "width": scale.width, "model_kwargs": {"width": scale.width}}
@@ -202,7 +201,7 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
     part = SurrogatePartitioner.from_surrogate(models["surrogate"], NUM_CLASSES, K)
     xv_test = te.x[te.y == VICTIM]
     out: dict[str, Any] = {
-        "clean_ba": float((models["clean"].eval()(te.x).argmax(1) == te.y).float().mean()),
+        "clean_ba": benign_accuracy(models["clean"], te.x, te.y),
         "agreement": infos["surrogate"]["agreement"],
         "cluster_ari": infos["surrogate"]["cluster_ari_vs_style"],
         "test_partition_ari": float(adjusted_rand_score(te.style[te.y == VICTIM].numpy(),

@@ -130,8 +130,6 @@ class TriggerSet:
         Explicit top-left corners (length K); required for non-square images.
     size : int, optional
         Patch side when ``positions`` is given (default ``image_size // 5``).
-    channels : int
-        Image channels (3).
 
     Examples
     --------
@@ -142,8 +140,7 @@ class TriggerSet:
     """
 
     def __init__(self, k: int, image_size: int | tuple[int, int], *,
-                 positions: Sequence[tuple[int, int]] | None = None, size: int | None = None,
-                 channels: int = 3):
+                 positions: Sequence[tuple[int, int]] | None = None, size: int | None = None):
         _check_k(k)
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if positions is None:
@@ -157,22 +154,23 @@ class TriggerSet:
             for r, c in pos:
                 if not (0 <= r <= h - side and 0 <= c <= w - side):
                     raise ValueError(f"positions: patch at ({r}, {c}) of side {side} leaves the {h}x{w} image")
-        self.k, self.height, self.width, self.side, self.channels = k, h, w, side, channels
-        self.triggers = [PatchTrigger(PATCH_COLORS[j][:channels] if channels <= 3 else PATCH_COLORS[j],
-                                      r, c, side) for j, (r, c) in enumerate(pos)]
+        self.k, self.height, self.width, self.side = k, h, w, side
+        self.triggers = [PatchTrigger(PATCH_COLORS[j], r, c, side) for j, (r, c) in enumerate(pos)]
         masks = torch.stack([t.mask(h, w) for t in self.triggers])                   # (K, H, W)
         if (masks.sum(0) > 1).any():
             raise ValueError("positions: trigger patches must not overlap (stamping must commute)")
         self.masks = masks
-        self.colors = torch.tensor([t.color for t in self.triggers])[:, :channels]  # (K, C)
+        self.colors = torch.tensor([t.color for t in self.triggers])                # (K, 3)
         self._flat_masks = masks.flatten(1).float()                                 # (K, H·W)
-        self._paint = torch.einsum("khw,kc->chw", masks.float(), self.colors)      # (C, H, W)
+        self._paint = torch.einsum("khw,kc->chw", masks.float(), self.colors)      # (3, H, W)
 
     def __len__(self) -> int:
         return self.k
 
     def _check(self, x: torch.Tensor) -> None:
         check_images(x)
+        if x.shape[1] != 3:
+            raise ValueError(f"x must be RGB images (N, 3, H, W), got {x.shape[1]} channels")
         if x.shape[-2:] != (self.height, self.width):
             raise ValueError(f"x must be {self.height}x{self.width} images for this TriggerSet, "
                              f"got {tuple(x.shape[-2:])}")
