@@ -116,11 +116,11 @@ def test_timeout_is_retried(script):
     def slow_then_fast(body):
         calls.append(1)
         if len(calls) == 1:
-            time.sleep(0.5)
+            time.sleep(3.0)
         return "ok [[0]]"
 
     with ChatServer(slow_then_fast) as srv:
-        client = ChatClient(srv.url, max_retry=3, backoff=(0.0, 1.0, 0.0), timeout=0.2)
+        client = ChatClient(srv.url, max_retry=3, backoff=(0.0, 1.0, 0.0), timeout=1.0)
         assert client.chat({"messages": []}) == "ok [[0]]"
         assert len(calls) == 2
 

@@ -111,7 +111,7 @@ from cvpr24.egothink.judge import run_judgment
 from cvpr24.egothink.local_judge import LocalJudge
 class Slow(LocalJudge):
     def complete(self, messages):
-        time.sleep(0.05)
+        time.sleep(0.2)
         return super().complete(messages)
 run_judgment(sys.argv[1], Slow(), EgoThinkConfig(parallel=2), show_progress=False)
 """
@@ -122,7 +122,7 @@ def test_resume_after_a_killed_run(answered, synth_ds):
     parts = [judgment_path(answered, d, "local-judge").with_name("local-judge_single.jsonl.part")
              for d in synth_ds.dims]
     deadline = time.time() + 60
-    while time.time() < deadline and sum(p.stat().st_size for p in parts if p.exists()) < 8000:
+    while time.time() < deadline and sum(p.stat().st_size for p in parts if p.exists()) < 4000:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
