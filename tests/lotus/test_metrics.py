@@ -12,6 +12,7 @@ from cvpr24.lotus.metrics import (
     read_result_json,
     trigger_partition_matrix,
     victim_accuracy_wrong_triggers,
+    worst_cross_partition_asr,
     write_result_json,
 )
 from cvpr24.lotus.triggers import TriggerSet
@@ -94,3 +95,9 @@ def test_result_json_round_trip(setup, oracle_cls, tmp_path):
     write_result_json(tmp_path / "result.json", off, {"ba": 0.5})
     mat, extra = read_result_json(tmp_path / "result.json")
     assert np.array_equal(mat["0100"], [0, 1, 0, 0]) and extra == {"ba": 0.5}
+
+
+def test_worst_cross_partition_probe():
+    m = np.array([[0.9, 0.1, 0.3], [0.0, 1.0, 0.2], [0.5, 0.4, 0.8]])
+    assert np.allclose(worst_cross_partition_asr(m), [0.3, 0.2, 0.5])
+    assert np.allclose(worst_cross_partition_asr(np.eye(4)), 0.0)

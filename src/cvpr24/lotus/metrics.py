@@ -92,6 +92,15 @@ def trigger_partition_matrix(model: nn.Module, x_victim: torch.Tensor, partition
     return mat
 
 
+def worst_cross_partition_asr(matrix: np.ndarray) -> np.ndarray:
+    """The official per-epoch probe: for each trigger ``i``, ``max_{j ≠ i} M[i, j]`` (NaN-aware)."""
+    m = np.array(matrix, dtype=float)
+    np.fill_diagonal(m, np.nan)
+    if m.shape[0] < 2:
+        return np.full(m.shape[0], np.nan)
+    return np.nanmax(m, axis=1)
+
+
 def victim_accuracy_wrong_triggers(model: nn.Module, x_victim: torch.Tensor, partitions: torch.Tensor,
                                    triggers, victim: int) -> float:
     """Fraction of victims stamped with a single wrong trigger still classified ``victim``."""
@@ -124,7 +133,9 @@ def evaluate_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, victim: 
     out["asr_par"], out["asr_par_std"] = asr_par(model, xv, p, triggers, target)
     if full:
         oth = (y != victim) & (y != target)
-        out["matrix"] = trigger_partition_matrix(model, xv, p, triggers, target).tolist()
+        mat = trigger_partition_matrix(model, xv, p, triggers, target)
+        out["matrix"] = mat.tolist()
+        out["worst_cross_partition_asr"] = worst_cross_partition_asr(mat).tolist()
         out["victim_acc_wrong_trigger"] = victim_accuracy_wrong_triggers(model, xv, p, triggers, victim)
         out["other_class_asr"] = other_class_asr(model, x[oth], triggers, target,
                                                  torch.Generator().manual_seed(0))
