@@ -68,3 +68,18 @@ def test_missing_key_and_bad_specs(monkeypatch):
         make_vlm("hf:/no/such/folder")
     with pytest.raises(ValueError, match="model id"):
         model_answer_path("/tmp", "existence", "../evil")
+
+
+def test_config_dims_restrict_inference_and_judging(synth_ds, tmp_path):
+    from cvpr24.egothink.data import answer_dims
+    from cvpr24.egothink.judge import run_judgment
+    from cvpr24.egothink.local_judge import LocalJudge
+
+    cfg = EgoThinkConfig(dims=("spatial", "counting"))
+    out = run_inference(CallableVLM(lambda req: "On my left."), synth_ds, tmp_path, "m", cfg, show_progress=False)
+    assert out["answered"] == 4 and answer_dims(tmp_path) == ("spatial", "counting")
+    run = run_judgment(tmp_path, LocalJudge(), EgoThinkConfig(dims=("spatial",)), show_progress=False)
+    assert run.judged == 2
+    with pytest.raises(ValueError, match="selects no item"):
+        run_inference(CallableVLM(lambda req: "x"), synth_ds.__class__(synth_ds.by_dim("existence")), tmp_path,
+                      "m", cfg, show_progress=False)

@@ -79,8 +79,9 @@ class OpenAIJudge:
 
     Parameters
     ----------
-    model : str
-        Judge model name; sent in the request and written into every judgment row.
+    model : str, optional
+        Judge model name, sent in the request and written into every judgment row; default
+        ``config.judge_model`` (``gpt-4``, the paper's judge).
     base_url : str
         Endpoint root, e.g. ``https://api.openai.com/v1``.
     api_key_env : str
@@ -89,11 +90,11 @@ class OpenAIJudge:
         Decoding (``judge_temperature``, ``judge_max_tokens``) and retry settings.
     """
 
-    def __init__(self, model: str = "gpt-4", base_url: str = "https://api.openai.com/v1",
+    def __init__(self, model: str | None = None, base_url: str = "https://api.openai.com/v1",
                  api_key_env: str = "OPENAI_API_KEY", config: EgoThinkConfig | None = None,
                  api_version: str | None = None, **client_kwargs):
         cfg = (config or EgoThinkConfig()).validate()
-        self.model = model
+        self.model = model or cfg.judge_model
         self.config = cfg
         self.client = ChatClient(base_url, api_key_env, max_retry=cfg.api_max_retry,
                                  backoff=cfg.api_retry_backoff, timeout=cfg.request_timeout,
@@ -227,7 +228,7 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
     config : EgoThinkConfig
         ``parallel``, ``parse_attempts``, ``strict_rating``, ``official_retry_nesting``.
     models, dims : optional
-        Restrict to these model ids / dimensions (default: all found).
+        Restrict to these model ids / dimensions (default: all found, within ``config.dims``).
     cache : JudgmentCache, path, "auto" or None
         ``"auto"`` is ``<answers_root>/.judge_cache.jsonl``; ``None`` disables caching.
     overwrite : bool
@@ -240,7 +241,7 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
     cfg = (config or EgoThinkConfig()).validate()
     prompts = prompts or PromptSet()
     root = Path(answers_root)
-    dims = check_dims(dims) if dims is not None else answer_dims(root)
+    dims = check_dims(dims) if dims is not None else tuple(d for d in answer_dims(root) if d in cfg.dims)
     if not dims:
         raise ValueError(f"answers_root: {root} has no <dimension>/question.jsonl; run 'infer' first")
     if cache == "auto":

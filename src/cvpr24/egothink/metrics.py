@@ -322,15 +322,24 @@ class Leaderboard:
 
     @classmethod
     def from_answers(cls, answers_root: str | os.PathLike, judge_name: str, *,
-                     order: Sequence[str] | None = None, failed: str = "drop",
-                     dims: Sequence[str] | None = None) -> Leaderboard:
-        """Score every model judged by ``judge_name`` in an answers folder."""
+                     order: Sequence[str] | None = None, failed: str | None = None,
+                     dims: Sequence[str] | None = None, config=None) -> Leaderboard:
+        """Score every model judged by ``judge_name`` in an answers folder.
+
+        ``failed`` and the score scale default to ``config`` (an ``EgoThinkConfig``; the
+        official rule, failures dropped, x100, when not given).
+        """
+        from cvpr24.egothink.config import EgoThinkConfig
+
+        cfg = (config or EgoThinkConfig()).validate()
+        failed = failed or cfg.failed
         scores, n_items = load_item_scores(answers_root, judge_name, dims)
         models = list(order) if order else sorted(scores)
         unknown = [m for m in models if m not in scores]
         if unknown:
             raise ValueError(f"order: model(s) {unknown} have no judgments (have {sorted(scores)})")
-        rows = [score_model(scores[m], n_items, model=m, judge=judge_name, failed=failed) for m in models]
+        rows = [score_model(scores[m], n_items, model=m, judge=judge_name, failed=failed, scale=cfg.score_scale)
+                for m in models]
         return cls(rows, judge_name, dims=tuple(n_items))
 
     def columns(self) -> list[str]:
@@ -404,7 +413,7 @@ class Leaderboard:
 
 
 def leaderboard(answers_root: str | os.PathLike, judge_name: str, order: Sequence[str] | None = None,
-                failed: str = "drop") -> Leaderboard:
+                failed: str | None = None) -> Leaderboard:
     """The leaderboard of every model judged by ``judge_name`` in an answers folder."""
     return Leaderboard.from_answers(answers_root, judge_name, order=order, failed=failed)
 

@@ -213,6 +213,10 @@ def run_inference(vlm, ds: EgoThinkDataset, answers_root: str | os.PathLike, mod
     cfg = (config or EgoThinkConfig()).validate()
     style = style or getattr(vlm, "style", None) or cfg.prompt_style
     root = Path(answers_root)
+    selected = EgoThinkDataset([it for it in ds if it.dim in cfg.dims], ds.root, ds.layout)
+    if not len(selected):
+        raise ValueError(f"config.dims {list(cfg.dims)} selects no item of the dataset (dims {list(ds.dims)})")
+    ds = selected
     write_questions(ds, root)
     done: dict[tuple[str, int], dict] = {}
     for d in ds.dims:
