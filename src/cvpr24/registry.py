@@ -72,6 +72,7 @@ MODULES: dict[str, ModuleInfo] = {
             "spa",
             "Towards Calibrated Multi-label Deep Neural Networks",
             "Strictly proper asymmetric (SPA) loss and label pair regularizer; calibration metrics.",
+            extra="spa",  # Pillow, for image datasets only: the losses and metrics need nothing
             budget_s=180,
         ),
         ModuleInfo(

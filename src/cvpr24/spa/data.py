@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpr24.common import atomic_path
+from cvpr24.common import atomic_path, optional_import
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -352,11 +352,7 @@ class ImageMultiLabelDataset(torch.utils.data.Dataset):
     mean/std normalisation), random horizontal flip when ``train``. Needs Pillow."""
 
     def __init__(self, records: MultiLabelRecords, size: int = 448, train: bool = False) -> None:
-        try:
-            from PIL import Image
-        except ImportError as e:
-            raise ImportError("image datasets need Pillow: pip install Pillow") from e
-        self._image = Image
+        self._image = optional_import("PIL.Image", "spa")
         self.records, self.size, self.train = records, size, train
 
     def __len__(self) -> int:
