@@ -43,6 +43,10 @@ def test_synth_infer_judge_show_agreement(tmp_path, capsys, script, monkeypatch)
         assert marker in capsys.readouterr().out
     assert run_cli("show", "--answers", answers, "--judge", "local-judge", "--ci", "--out", tmp_path / "t.md") == 0
     assert "95% CI" in (tmp_path / "t.md").read_text()
+    assert run_cli("show", "--answers", answers, "--judge", "local-judge", "--compare", "tiny-vlm", "tiny-vlm") == 0
+    assert "tiny-vlm - tiny-vlm: +0.00 points, p = 1.0000" in capsys.readouterr().out
+    assert run_cli("show", "--answers", answers, "--judge", "local-judge", "--compare", "tiny-vlm", "nobody") == 2
+    assert "no judgments for model 'nobody'" in capsys.readouterr().err
     rows = read_jsonl(judgment_path(answers, "spatial", "local-judge"))
     human = tmp_path / "human.jsonl"
     human.write_text("".join(json.dumps({"model": r["model"], "question_id": r["question_id"],
