@@ -11,7 +11,8 @@ client, retry, parsing, resume and cache code:
 - the official-style loop (sequential, sleeping 10 s after each success) measured on a few
   items with the sleep scaled down and extrapolated to 700.
 
-Also: loader memory, eager RGB decoding (what the HF loading script does) vs lazy handles.
+Also: loader memory, eager RGB decoding (what the HF loading script does) vs lazy handles; and
+the image payload per request (original bytes vs PIL re-encode vs ``max_side=1024``).
 
     python benchmarks/egothink.py [--items 700] [--latency 0.2] [--out benchmarks/results/egothink.json]
 """
@@ -93,23 +94,54 @@ def bench_judge(n_items: int, latency: float, parallel: int, official_items: int
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench_loader(n_images: int) -> dict:
-    """Peak traced memory of eager RGB decoding vs lazy handles, 1920x1440 JPEGs."""
+def make_jpegs(n_images: int) -> list[bytes]:
+    """``n_images`` JPEGs of 1920x1440 (EgoThink's most common size), smooth random content."""
     import numpy as np
     from PIL import Image
 
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n_images):
+        arr = (rng.random((45, 60, 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).resize((1920, 1440), Image.BILINEAR).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_payload(jpegs: list[bytes]) -> dict:
+    """Bytes per request and encode time: original bytes (official) vs PIL re-encode vs max_side=1024."""
+    import base64
+
+    from PIL import Image
+
+    from cvpr24.egothink.vlm import downscale
+
+    def reencode(b: bytes) -> bytes:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(b)).convert("RGB").save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+
+    out = {}
+    for name, fn in (("original", lambda b: b), ("pil_reencode", reencode),
+                     ("max_side_1024", lambda b: downscale(b, 1024))):
+        start = time.perf_counter()
+        sizes = [len(base64.b64encode(fn(b))) for b in jpegs]
+        out[name] = {"kb_per_request": sum(sizes) / len(sizes) / 1024,
+                     "ms_per_image": 1000 * (time.perf_counter() - start) / len(jpegs)}
+    return out
+
+
+def bench_loader(jpegs: list[bytes]) -> dict:
+    """Peak traced memory of eager RGB decoding vs lazy handles."""
+    import numpy as np
+
     from cvpr24.egothink.data import EgoThinkDataset, EgoThinkItem, write_github
 
+    n_images = len(jpegs)
     work = Path(tempfile.mkdtemp(prefix="egothink_load_"))
     try:
-        rng = np.random.default_rng(0)
-        items = []
-        for i in range(n_images):
-            arr = (rng.random((45, 60, 3)) * 255).astype(np.uint8)  # smooth-ish content, upsampled
-            img = Image.fromarray(arr).resize((1920, 1440), Image.BILINEAR)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=90)
-            items.append(EgoThinkItem("existence", i, "Q?", "A.", image_data=buf.getvalue()))
+        items = [EgoThinkItem("existence", i, "Q?", "A.", image_data=b) for i, b in enumerate(jpegs)]
         root = write_github(EgoThinkDataset(items), work)
         out = {"images": n_images}
         for mode in ("lazy", "eager"):
@@ -151,15 +183,23 @@ def main() -> None:
           f"({'met' if j['speedup_parallel'] >= 10 else 'NOT met'}); cached < 2 s -> {j['cached_s']:.2f} s "
           f"({'met' if j['cached_s'] < 2 else 'NOT met'})")
 
-    ld = bench_loader(args.images)
+    jpegs = make_jpegs(args.images)
+    ld = bench_loader(jpegs)
     print(f"\nLoader: {ld['images']} JPEGs of 1920x1440")
     print(f"{'mode':<10} {'wall s':>8} {'peak MB':>9}")
     for mode in ("lazy", "eager"):
         print(f"{mode:<10} {ld[mode + '_s']:>8.2f} {ld[mode + '_peak_mb']:>9.1f}")
     print(f"per image: eager {ld['eager_mb_per_image']:.1f} MB, lazy {ld['lazy_kb_per_image']:.1f} KB")
 
+    pay = bench_payload(jpegs)
+    print("\nImage payload per request (base64), 1920x1440 JPEGs")
+    print(f"{'encoding':<16} {'KB':>8} {'ms/image':>9} {'vs original':>12}")
+    for name, v in pay.items():
+        print(f"{name:<16} {v['kb_per_request']:>8.0f} {v['ms_per_image']:>9.1f} "
+              f"{v['kb_per_request'] / pay['original']['kb_per_request']:>11.2f}x")
+
     with atomic_write(args.out) as f:
-        json.dump({"judge": j, "loader": ld}, f, indent=2)
+        json.dump({"judge": j, "loader": ld, "payload": pay}, f, indent=2)
     print(f"\nwrote {args.out}")
 
 

@@ -83,3 +83,17 @@ def test_config_dims_restrict_inference_and_judging(synth_ds, tmp_path):
     with pytest.raises(ValueError, match="selects no item"):
         run_inference(CallableVLM(lambda req: "x"), synth_ds.__class__(synth_ds.by_dim("existence")), tmp_path,
                       "m", cfg, show_progress=False)
+
+
+def test_max_side_downscale(synth_ds):
+    import io
+
+    from PIL import Image
+
+    item = synth_ds.by_dim("existence")[0]  # 32x32 synthetic image
+    assert make_request(item, EgoThinkConfig(), "short").image == item.image_bytes()  # off by default
+    assert make_request(item, EgoThinkConfig(max_side=64), "short").image == item.image_bytes()  # small: kept
+    small = make_request(item, EgoThinkConfig(max_side=16), "short").image
+    assert Image.open(io.BytesIO(small)).size == (16, 16)
+    with pytest.raises(ValueError, match="max_side"):
+        EgoThinkConfig(max_side=3).validate()

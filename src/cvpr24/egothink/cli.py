@@ -34,6 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="answer decoding temperature (0 = greedy)")
     p.add_argument("--no-resume", action="store_true", help="answer everything again")
     p.add_argument("--no-last-line-rule", action="store_true", help="keep multi-line persona answers whole")
+    p.add_argument("--max-side", type=int, default=None, help="downscale images to this longer side (off)")
     p.add_argument("--device", default="cpu", help="device for hf: models")
     p.add_argument("--dtype", default="float32", help="weights dtype for hf: models")
     _prompt_args(p)
@@ -126,7 +127,8 @@ def cmd_infer(args) -> int:
     from cvpr24.egothink.data import load_egothink
     from cvpr24.egothink.vlm import make_vlm, run_inference
 
-    cfg = EgoThinkConfig(vlm_temperature=args.temperature, last_line_rule=not args.no_last_line_rule).validate()
+    cfg = EgoThinkConfig(vlm_temperature=args.temperature, last_line_rule=not args.no_last_line_rule,
+                         max_side=args.max_side).validate()
     ds = load_egothink(args.data, dims=args.dims)
     kind, _, name = args.model.partition(":")
     extra = ({"device": args.device, "dtype": args.dtype} if kind == "hf"

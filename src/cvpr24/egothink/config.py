@@ -84,6 +84,9 @@ class EgoThinkConfig:
         Answer budgets: 30 tokens, 300 for the two Planning dimensions.
     last_line_rule : bool
         Keep only the last line of non-planning answers (paper-era LLaVA post-processing).
+    max_side : int, optional
+        Downscale images whose longer side exceeds this before sending them (re-encoded as
+        JPEG). Off by default: the official path sends the original file bytes.
     judge_model : str
         The judge's model name. ``gpt-4`` was the paper's judge; it is part of the score.
     judge_temperature, judge_max_tokens : float, int
@@ -117,6 +120,7 @@ class EgoThinkConfig:
     max_new_tokens: int = 30
     max_new_tokens_planning: int = 300
     last_line_rule: bool = True
+    max_side: int | None = None
     judge_model: str = "gpt-4"
     judge_temperature: float = 0.0
     judge_max_tokens: int = 2048
@@ -146,6 +150,8 @@ class EgoThinkConfig:
         for name in ("vlm_temperature", "judge_temperature", "sleep_after_success"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
+            raise ValueError(f"max_side must be None or an integer >= 16, got {self.max_side!r}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout!r}")
         if len(self.api_retry_backoff) != 3 or min(self.api_retry_backoff) < 0:

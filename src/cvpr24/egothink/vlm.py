@@ -174,13 +174,31 @@ class HFVLM:
         return self.processor.decode(new, skip_special_tokens=True)
 
 
+def downscale(image: bytes, max_side: int, quality: int = 95) -> bytes:
+    """JPEG bytes of ``image`` with its longer side at most ``max_side`` (unchanged if smaller)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image))
+    if max(img.size) <= max_side:
+        return image
+    scale = max_side / max(img.size)
+    img = img.convert("RGB").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                    Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def make_request(item: EgoThinkItem, config: EgoThinkConfig, style: str | None = None,
                  prompts: PromptSet | None = None) -> VLMRequest:
-    """The request for one item under a config (prompt style, budget, temperature)."""
+    """The request for one item under a config (prompt style, budget, temperature, image size)."""
     style = style or config.prompt_style
     planning = BY_KEY[item.dim].planning
     p = build_vlm_prompt(item.question, planning, style, prompts)
-    return VLMRequest(p.system, p.text, item.image_bytes(), p.image_first, config.budget(item.dim),
+    image = item.image_bytes()
+    if config.max_side is not None:
+        image = downscale(image, config.max_side)
+    return VLMRequest(p.system, p.text, image, p.image_first, config.budget(item.dim),
                       config.vlm_temperature, item.dim)
 
 
