@@ -24,6 +24,7 @@ from cvpr24.lidar.theory import check_background, check_positive
 
 Array = np.ndarray
 MAX_PROB_PER_CYCLE = 0.05  # above this, pile-up biases the histogram (TCSPC 5 % rule)
+TAU_BLOCK = 2**15  # photons per evaluation of the scene's tau in the sampler
 
 
 @dataclass
@@ -211,11 +212,11 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
     t0, t1 = t_window
     if scene.dims == 1:
         pix, x = _sample_positions_1d(scene, n, alpha0, n_repeats, rng, fine)
-        tau = scene.tau(x)
+        tau = _tau_at(scene, x)
         shape: tuple[int, ...] = (n,)
     else:
         pix, x, y = _sample_positions_2d(n, alpha0, n_repeats, rng)
-        tau = scene.tau(x, y)
+        tau = _tau_at(scene, x, y)
         shape = (n, n)
     t = rng.standard_normal(pix.size)
     t *= sigma_t
@@ -229,6 +230,15 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
     if np.any(out):  # rare (< 6e-7 per photon): wrap into the window, as a periodic laser does
         t[out] = t0 + np.mod(t[out] - t0, t1 - t0)
     return PhotonData(pix, t, shape, n_repeats, (t0, t1))
+
+
+def _tau_at(scene: Scene1D | Scene2D, *coords: Array) -> Array:
+    """tau at the photons' positions, in blocks of TAU_BLOCK photons so that the scene's
+    temporaries stay in cache (tau is a pointwise function: the result is the same)."""
+    out = np.empty(coords[0].size)
+    for s in range(0, out.size, TAU_BLOCK):
+        out[s: s + TAU_BLOCK] = scene.tau(*(c[s: s + TAU_BLOCK] for c in coords))
+    return out
 
 
 def _sample_positions_1d(scene: Scene1D, n: int, alpha0: float, n_repeats: int,
