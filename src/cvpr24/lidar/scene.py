@@ -116,19 +116,13 @@ class AnalyticProfile:
 
     def tau(self, x: Array) -> Array:
         """tau(x), vectorised."""
-        shape = np.shape(x)
-        x = np.atleast_1d(np.asarray(x, dtype=float))
-        out = self.offset + self.slope * x if self.slope else np.full_like(x, self.offset)
+        x = np.asarray(x, dtype=float)
+        out = self.offset + self.slope * x if self.slope else self.offset
         for a, w, p in zip(self.amp, self.omega, self.phase, strict=True):
-            term = w * x
-            if p:
-                term += p
-            np.sin(term, out=term)
-            term *= a
-            out += term
+            out = out + a * np.sin(w * x + p if p else w * x)
         for e, h in zip(self.edges, self.heights, strict=True):
-            out += h * (x >= e)
-        return out.reshape(shape)
+            out = out + h * (x >= e)
+        return np.full_like(x, out) if isinstance(out, float) else out
 
     def dtau(self, x: Array) -> Array:
         """tau'(x) away from the jumps."""
