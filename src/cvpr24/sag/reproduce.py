@@ -383,8 +383,7 @@ DEVIATIONS = [
     "The probe is trained with light Gaussian noise (std 0.05) so that it tolerates sampler noise.",
     "The subject token s is layer-normalised to the word-embedding scale and the ||s||^2 penalty is off "
     "(lambda_s = 0): in our first run, Adam with lambda_s = 1e-3 collapsed s to norm 0.05 (word embeddings ~7.7) "
-    "after 2200 steps and the model ignored the subject entirely. Training is 1500 steps at batch 32 (spec: "
-    "1.5-3k at 48-64) to fit the shared CPU.",
+    "after 2200 steps and the model ignored the subject entirely.",
     "Quick mode trims the sweep to T in {1, 0.7, 0.4, 0} and constant mixing to m = -0.5 (as the spec allows), "
     "uses 16 samples per (subject, target) (192 per seed), 20 DDIM steps, and the committed checkpoint of one "
     "training seed.",
