@@ -57,11 +57,13 @@ def test_reproduction_smoke_tiny(tmp_path):
 
 def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8, agreement=1.0):
     return {"agreement": agreement, "clean_ba": 0.99,
+            "nc_sanity": {"badnets": {"anomaly_index": 4.0}, "clean": {"anomaly_index": 1.0}},
             "lotus": {"asr": asr, "ba": 0.985, "asr_par": par,
                       "nc": {"target_index": nc_lot, "norms": {"9": 20.0}, "flagged_label": 3},
                       "ft": {"asr": ft_asr, "ba": 0.98}},
             "nofocus": {"asr_par": abl},
-            "badnets": {"nc": {"target_index": nc_bad, "norms": {"9": 4.0}, "flagged_label": 9},
+            "badnets": {"nc": {"target_index": nc_bad, "norms": {"9": 4.0}, "flagged_label": 9,
+                               "ceiling": 5.0},
                         "ft": {"asr": 0.9}}}
 
 
@@ -71,8 +73,19 @@ def test_judge_verdicts_follow_the_criteria():
     # the ablation leaks as little as LOTUS: focusing did not matter, C2 must fail
     vacuous = reproduce.judge([_seed_record(par=0.05, abl=0.06) for _ in range(3)])
     assert vacuous[1].status == "failed"
-    # NC cannot catch BadNets: the comparison is void, C3 fails
+    # NC cannot catch BadNets: the comparison is void, C3 is not tested (never passed)
     blind = reproduce.judge([_seed_record(nc_bad=1.0) for _ in range(3)])
-    assert blind[2].status == "failed"
+    assert blind[2].status == "not tested" and "precondition" in blind[2].notes
+    # NC catches BadNets but also LOTUS: C3 fails
+    caught = reproduce.judge([_seed_record(nc_lot=2.5) for _ in range(3)])
+    assert caught[2].status == "failed"
     low = reproduce.judge([_seed_record(agreement=0.7)] + [_seed_record()] * 2)
     assert all(c.status == "not tested" for c in low)
+
+
+def test_nc_ceiling_is_the_index_of_a_zero_pixel_trigger():
+    norms = {"1": 48, "2": 49, "3": 50, "4": 51, "5": 52, "6": 53, "7": 47, "8": 46, "9": 10}
+    # target 9 -> 0: median 49, MAD 1.4826 * 2
+    assert reproduce.nc_ceiling(norms, target=9) == pytest.approx(49 / (1.4826 * 2))
+    spread = {"1": 10, "2": 25, "3": 22, "4": 17, "5": 12, "6": 7.5, "7": 8, "8": 14, "9": 4}
+    assert reproduce.nc_ceiling(spread, target=9) < 2          # SyntheticShapes-like: blind rule

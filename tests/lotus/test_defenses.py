@@ -6,7 +6,7 @@ from torch import nn
 
 from cvpr24.lotus.attack import LotusConfig, train_clean
 from cvpr24.lotus.baselines import label_specific_badnets
-from cvpr24.lotus.data import synthetic_shapes
+from cvpr24.lotus.data import synthetic_gratings, synthetic_shapes
 from cvpr24.lotus.defenses import (
     anomaly_index,
     anp,
@@ -132,6 +132,27 @@ def test_nc_singles_out_the_badnets_target(badnets):
     ref = neural_cleanse(clean, xv, labels=labels, steps=80, seed=0)
     assert rep.details["flagged_label"] == 9, rep.details["norms"]
     assert rep.details["norms"]["9"] < 0.5 * ref.details["norms"]["9"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nc_flags_badnets_by_its_own_rule_on_gratings(seed):
+    # The case where NC must succeed: full-image gratings have no small natural trigger, so a
+    # plain label-specific BadNets patch (victim 0 -> target 9) is the outlier of the mask norms
+    # and the published rule (anomaly index > 2) must fire on the target label.
+    torch.manual_seed(seed)
+    (xtr, ytr), (xte, yte) = synthetic_gratings(40, seed=seed), synthetic_gratings(20, seed=seed + 100)
+    cfg = LotusConfig.cpu(clean_epochs=10, steps=120, batch_size=32, min_victim=8, eval_every=None,
+                          flip=False, seed=seed)
+    clean = train_clean(SmallCNN(width=8), xtr, ytr, cfg)
+    art = label_specific_badnets(clean, xtr, ytr, 0, 9, cfg)
+    assert attack_evaluator(xte, yte, 0, 9, art.triggers, art.partitioner)(art.model)["asr"] >= 0.9
+    xv = xte[yte == 0]
+    rep = neural_cleanse(art.model, xv, exclude=0, steps=150, seed=seed)
+    assert rep.detected and rep.score > 2, rep.details["norms"]
+    assert rep.details["flagged_label"] == 9, rep.details["norms"]
+    # the flag comes from the backdoor, not from a natural feature of label 9
+    ref = neural_cleanse(clean, xv, labels=[1, 9], steps=150, seed=seed)
+    assert rep.details["norms"]["9"] * 3 < ref.details["norms"]["9"], ref.details["norms"]
 
 
 def test_strip_detects_badnets(badnets):

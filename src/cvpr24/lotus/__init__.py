@@ -24,6 +24,7 @@ from cvpr24.lotus.data import (
     load_image_folder,
     load_npz,
     random_crop_flip,
+    synthetic_gratings,
     synthetic_shapes,
 )
 from cvpr24.lotus.io import load_model, load_official_state_dict, save_model
@@ -45,5 +46,5 @@ __all__ = [
     "build_model", "codes", "defenses", "load_cifar10", "load_dataset", "load_image_folder",
     "load_model", "load_npz", "load_official_state_dict", "lotus_loss", "metrics", "poison_batch",
     "poison_train", "pooled_pixels", "random_crop_flip", "reference_trigger_focus_batch",
-    "replace_head", "save_model", "synthetic_shapes", "train_clean", "trigger_focus_batch",
+    "replace_head", "save_model", "synthetic_gratings", "synthetic_shapes", "train_clean", "trigger_focus_batch",
 ]

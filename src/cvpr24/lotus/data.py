@@ -125,6 +125,35 @@ def synthetic_shapes(n_per_class: int, image_size: int = 16, seed: int = 0,
     return ShapesData(x[perm], torch.from_numpy(y)[perm].long(), torch.from_numpy(style)[perm].long())
 
 
+def synthetic_gratings(n_per_class: int, image_size: int = 16, seed: int = 0,
+                       num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oriented sinusoidal gratings: the textbook case where Neural Cleanse must flag a patch.
+
+    Class ``c`` is a full-image grating at orientation ``π c / num_classes`` (σ 0.03 rad jitter),
+    random spatial frequency 0.22-0.30 cycles/px and phase, a two-tone palette drawn per image
+    (dark 0.05-0.3, light 0.7-0.95 per channel) and pixel noise σ 0.05. The class evidence is
+    spread over the whole image, so a clean model has no small natural trigger (NC masks of
+    ~20-60 pixels at 16x16) while a 3x3 BadNets patch stays an outlier. Orientation is not
+    mirror-invariant: train with ``flip=False``. Returns ``(x, y)``.
+    """
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes), n_per_class)
+    n, h = len(y), image_size
+    theta = np.pi * y / num_classes + rng.normal(0, 0.03, n)
+    freq, phase = rng.uniform(0.22, 0.30, n), rng.uniform(0, 2 * np.pi, n)
+    yy, xx = np.mgrid[0:h, 0:h].astype(float)
+    proj = np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy     # (N, H, W)
+    wave = (np.sin(2 * np.pi * freq[:, None, None] * proj + phase[:, None, None]) + 1) / 2
+    dark, light = rng.uniform(0.05, 0.3, (n, 3, 1, 1)), rng.uniform(0.7, 0.95, (n, 3, 1, 1))
+    img = dark + (light - dark) * wave[:, None] + rng.normal(0, 0.05, (n, 3, h, h))
+    perm = rng.permutation(n)
+    return (torch.from_numpy(np.clip(img, 0, 1)[perm]).float(), torch.from_numpy(y[perm]).long())
+
+
 # --- real formats ---------------------------------------------------------------------------
 
 def _u8_to_float(a: np.ndarray) -> torch.Tensor:

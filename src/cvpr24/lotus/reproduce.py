@@ -8,6 +8,13 @@ Lab notebook (spec section 5):
 - **Arms** (same clean model, same poisoning schedule, same seed): (A) LOTUS; (B) label-specific
   BadNets (K = 1, no focusing); (C) LOTUS without focusing (n_indi = n_comb = 0). ``--full``
   adds (D) WaNet and the FT / FP / NAD / ANP / STRIP table for every arm.
+- **NC sanity** (precondition of C3): NC must flag a plain BadNets model by its own rule (anomaly
+  index > 2). On SyntheticShapes it cannot: a victim disc becomes a ring, diamond or x by
+  repainting 7-10 pixels, so the clean labels' mask norms spread over 7-27 pixels and the
+  median/MAD rule caps the index near 1.3-1.9 *even for a zero-pixel trigger* (the ``ceiling``
+  recorded per seed). Each seed therefore also trains clean + BadNets on SyntheticGratings
+  (full-image textures, no small natural trigger), where the same NC code must flag BadNets;
+  C3 is "not tested" (not failed, not passed) when NC cannot catch BadNets on the shapes.
 - **Schedule**: poisoning is budgeted in optimisation steps; model selection on a held-out
   split of victims (never on the test set).
 - Quick mode evaluates the checkpoints ``cvpr24 lotus train`` wrote into ``checkpoints/``
@@ -30,8 +37,9 @@ from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.result import Claim, Measurement, Result
 from cvpr24.lotus.attack import AttackFailedError, LotusAttack, LotusConfig, train_clean
 from cvpr24.lotus.baselines import label_specific_badnets, lotus_without_focusing, wanet
-from cvpr24.lotus.data import synthetic_shapes
+from cvpr24.lotus.data import synthetic_gratings, synthetic_shapes
 from cvpr24.lotus.defenses import (
+    anomaly_index,
     anp,
     attack_evaluator,
     balanced_subset,
@@ -92,6 +100,19 @@ class Scale:
 QUICK = Scale()
 FULL = Scale(n_train=1000, n_test=300, n_val=60, steps=3000, nc_steps=1000, nc_images=200,
              ft_epochs=10, seeds=5, defense_table=True, wanet=True)
+@dataclass(frozen=True)
+class SanityScale:
+    """Sizes of the NC sanity case (clean + BadNets on SyntheticGratings, width-8 SmallCNN)."""
+
+    n_train: int = 40
+    n_test: int = 20
+    clean_epochs: int = 10
+    steps: int = 120
+    nc_steps: int = 150
+
+
+SANITY = SanityScale()
+TINY_SANITY = SanityScale(n_train=16, n_test=4, clean_epochs=1, steps=4, nc_steps=4)
 TINY = Scale(n_train=24, n_test=10, n_val=10, steps=12, clean_epochs=1, surrogate_epochs=1,
              batch_size=32, width=4, nc_steps=4, nc_images=10, ft_epochs=1, seeds=1,
              defense_table=True, wanet=True)
@@ -194,7 +215,38 @@ def triggers_for(arm: str, image_size: int, seed: int):
     return TriggerSet(K, image_size)
 
 
-def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[str, Any]:
+def nc_sanity(seed: int, sanity: SanityScale = SANITY) -> dict[str, Any]:
+    """NC on a plain BadNets model where it must succeed (SyntheticGratings, victim 0 -> 9).
+
+    Also runs NC on the clean model it was poisoned from (its false-positive reading).
+    """
+    torch.manual_seed(seed)
+    xtr, ytr = synthetic_gratings(sanity.n_train, seed=seed)
+    xte, yte = synthetic_gratings(sanity.n_test, seed=seed + 100)
+    cfg = LotusConfig.cpu(clean_epochs=sanity.clean_epochs, steps=sanity.steps, batch_size=32,
+                          min_victim=8, eval_every=None, flip=False, seed=seed)
+    clean = train_clean(SmallCNN(NUM_CLASSES, width=8), xtr, ytr, cfg)
+    art = label_specific_badnets(clean, xtr, ytr, VICTIM, TARGET, cfg)
+    xv = xte[yte == VICTIM]
+    out: dict[str, Any] = {"badnets_asr": attack_evaluator(xte, yte, VICTIM, TARGET, art.triggers,
+                                                           art.partitioner)(art.model)["asr"]}
+    for name, m in (("badnets", art.model), ("clean", clean)):
+        nc = neural_cleanse(m, xv, exclude=VICTIM, steps=sanity.nc_steps, seed=seed)
+        out[name] = {"anomaly_index": nc.score, "flagged_label": nc.details["flagged_label"],
+                     "target_norm": nc.details["norms"][str(TARGET)]}
+    return out
+
+
+def nc_ceiling(norms: dict[str, float], target: int = TARGET) -> float:
+    """The anomaly index the target would get with a zero-pixel trigger, the other norms fixed.
+
+    Below 2 the clean labels' norms spread too much for the median/MAD rule to flag anything.
+    """
+    return anomaly_index([0.0 if int(t) == target else v for t, v in norms.items()])
+
+
+def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms,
+                 sanity: SanityScale = SANITY) -> dict[str, Any]:
     """Every measurement of one seed: attack metrics, NC on LOTUS and BadNets, FT on every arm."""
     tr, _, te = make_data(seed, scale)
     models, infos = loaded["models"], loaded["infos"]
@@ -224,10 +276,12 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
                                 seed=seed)
             rec["nc"] = {"target_index": nc.details["per_label_index"][str(TARGET)],
                          "anomaly_index": nc.score, "flagged_label": nc.details["flagged_label"],
-                         "norms": nc.details["norms"], "seconds": nc.seconds}
+                         "norms": nc.details["norms"], "ceiling": nc_ceiling(nc.details["norms"]),
+                         "seconds": nc.seconds}
         if scale.defense_table:
             rec["defenses"] = defense_table(m, tr, te, ft_idx, trig, p, scale, seed)
         out[arm] = rec
+    out["nc_sanity"] = nc_sanity(seed, sanity)
     return out
 
 
@@ -298,19 +352,35 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
     norms_lot = [round(r["lotus"]["nc"]["norms"][str(TARGET)], 2) for r in per_seed]
     flag_bad = [r["badnets"]["nc"]["flagged_label"] for r in per_seed]
     flag_lot = [r["lotus"]["nc"]["flagged_label"] for r in per_seed]
+    ceiling = col("badnets", "nc", "ceiling")
+    sane_bad, sane_clean = col("nc_sanity", "badnets", "anomaly_index"), col("nc_sanity", "clean", "anomaly_index")
     frac_bad = float(np.mean(nc_bad > NC_THRESHOLD))
     frac_lot = float(np.mean(nc_lot <= NC_THRESHOLD))
-    ok3 = frac_bad >= SEED_MAJORITY - 1e-9 and frac_lot >= SEED_MAJORITY - 1e-9
-    c3 = Claim.verdict(
-        "C3", CLAIMS[2], bool(ok3), measured=Measurement.of(nc_lot),
-        paper_value="LOTUS anomaly index < 2 (issue #3); BadNets > 2",
-        criterion=f"NC target anomaly index > {NC_THRESHOLD} for BadNets in >= 2/3 of seeds (sanity: "
-                  f"NC must catch the baseline) and <= {NC_THRESHOLD} for LOTUS in >= 2/3 of seeds",
-        comparison=f"BadNets indices {nc_bad.round(2).tolist()} flagged in {frac_bad:.2f}; LOTUS indices "
-                   f"{nc_lot.round(2).tolist()} unflagged in {frac_lot:.2f}",
-        notes="NC on victim-class test images only (label-specific, defender-favourable setting). "
-              f"Target-label mask L1 norms: BadNets {norms_bad}, LOTUS {norms_lot}; smallest-norm "
-              f"label: BadNets {flag_bad}, LOTUS {flag_lot}.")
+    nc_evidence = (f"NC on label-specific BadNets (SyntheticShapes): target indices {nc_bad.round(2).tolist()}, "
+                   f"target mask L1 {norms_bad}, smallest-norm label {flag_bad}; ceiling (index of a "
+                   f"zero-pixel trigger given the clean labels' norms) {ceiling.round(2).tolist()}. "
+                   f"LOTUS: target indices {nc_lot.round(2).tolist()}, target mask L1 {norms_lot}, "
+                   f"smallest-norm label {flag_lot}. NC sanity on SyntheticGratings: BadNets indices "
+                   f"{sane_bad.round(2).tolist()}, clean-model indices {sane_clean.round(2).tolist()}.")
+    if frac_bad < SEED_MAJORITY - 1e-9:
+        # The baseline half is the precondition: when NC cannot catch even a universal patch on this
+        # data, "LOTUS is not flagged" carries no information, so the claim is neither passed nor
+        # failed. The ceiling says whether the data (not the trigger) is what blinds the rule.
+        c3 = Claim.not_tested(
+            "C3", CLAIMS[2], paper_value="LOTUS anomaly index < 2 (issue #3); BadNets > 2",
+            reason=f"precondition failed: NC flags label-specific BadNets in {frac_bad:.2f} of seeds "
+                   f"(< 2/3), so not flagging LOTUS proves nothing. {nc_evidence}")
+    else:
+        ok3 = frac_lot >= SEED_MAJORITY - 1e-9
+        c3 = Claim.verdict(
+            "C3", CLAIMS[2], bool(ok3), measured=Measurement.of(nc_lot),
+            paper_value="LOTUS anomaly index < 2 (issue #3); BadNets > 2",
+            criterion=f"precondition: NC target anomaly index > {NC_THRESHOLD} for BadNets in >= 2/3 of "
+                      f"seeds; claim: <= {NC_THRESHOLD} for LOTUS in >= 2/3 of seeds",
+            comparison=f"BadNets flagged in {frac_bad:.2f}; LOTUS indices {nc_lot.round(2).tolist()} "
+                       f"unflagged in {frac_lot:.2f}",
+            notes="NC on victim-class test images only (label-specific, defender-favourable setting). "
+                  + nc_evidence)
 
     ft_asr, ft_ba = col("lotus", "ft", "asr"), col("lotus", "ft", "ba")
     ba_change = np.abs(ba - ft_ba)
@@ -383,7 +453,8 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny:
     d = Path(checkpoints) if checkpoints is not None else CHECKPOINTS
     if not (quick and not tiny and _checkpoints_match(d, n_seeds, scale, arms)):
         d = train(out / "checkpoints", seeds=n_seeds, scale=scale)
-    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms) for s in range(n_seeds)]
+    sanity = TINY_SANITY if tiny else SANITY
+    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms, sanity) for s in range(n_seeds)]
     with atomic_write(out / "measurements.json") as f:
         json.dump(per_seed, f, indent=2, default=float)
     figures = [plot_focusing_curve(d, n_seeds, out)]
