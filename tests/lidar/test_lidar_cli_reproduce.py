@@ -12,6 +12,7 @@ from cvpr24.lidar import (
     continuous_mse,
     estimate_delay,
     mse_exact,
+    optimal_pixels,
     pixel_moments,
     reproduce,
     save_histogram_cube,
@@ -54,6 +55,14 @@ def test_cli_optimal_n(capsys, tmp_path):
     assert "182.26" in capsys.readouterr().out
     assert main(["lidar", "optimal-n", "--scene", "ramp", "--alpha0", "1e4", "--sigma-t", "0.01"]) == 0
     assert "exact theory (integer scan):           180" in capsys.readouterr().out
+    # a step has S = 0: no closed-form optimum, the exact scan still answers
+    out_step = tmp_path / "step.json"
+    assert main(["lidar", "optimal-n", "--scene", "step", "--alpha0", "1e4", "--sigma-t", "0.01",
+                 "--out", str(out_step)]) == 0
+    printed = capsys.readouterr().out
+    assert "closed form (L14, L15) has no optimum" in printed and "exact theory (integer scan)" in printed
+    res = json.loads(out_step.read_text())
+    assert "cubic" not in res and res["exact"] == optimal_pixels(Scene1D.step(), 1e4, 0.01, method="exact")
     assert main(["lidar", "optimal-n", "--slope-energy", "0.36", "--alpha0", "-1",
                  "--sigma-t", "0.01"]) == 2
     assert "alpha0" in capsys.readouterr().err

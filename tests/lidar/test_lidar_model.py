@@ -166,3 +166,21 @@ def test_same_seed_same_photons():
     b = simulate_photons(Scene1D.sine(), 30, 2e3, SIGMA, background=100, rng=9)
     np.testing.assert_array_equal(a.pix, b.pix)
     np.testing.assert_array_equal(a.t, b.t)
+
+
+def test_blocked_tau_and_cached_window_check_change_nothing(monkeypatch):
+    from cvpr24.lidar import model
+
+    plane = Scene2D.plane_ripple()
+    whole = [simulate_photons(Scene1D.sine(), 64, 5e3, SIGMA, rng=3), simulate_photons(plane, 8, 2e3, SIGMA, rng=4)]
+    monkeypatch.setattr(model, "TAU_BLOCK", 97)  # many ragged blocks
+    blocked = [simulate_photons(Scene1D.sine(), 64, 5e3, SIGMA, rng=3), simulate_photons(plane, 8, 2e3, SIGMA, rng=4)]
+    for w, b in zip(whole, blocked, strict=True):
+        assert w.t.size > 10 * 97
+        np.testing.assert_array_equal(w.t, b.t)
+    scene = Scene1D.sine()  # the delay range is cached, the window is checked on every call
+    simulate_photons(scene, 16, 1e3, SIGMA, rng=0)
+    with pytest.raises(ValueError, match="t_window"):
+        simulate_photons(scene, 16, 1e3, SIGMA, t_window=(0.0, 0.7), rng=0)
+    with pytest.raises(ValueError, match="t_window"):
+        simulate_photons(plane, 8, 1e3, 0.1, rng=0)

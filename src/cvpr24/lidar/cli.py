@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -196,25 +197,31 @@ def cmd_optimal_n(args: argparse.Namespace) -> int:
     from cvpr24.lidar import C_LIGHT, mse_closed_form, mse_exact, optimal_pixels, slope_energy
 
     scene = _scene(args.scene, args.dims) if args.scene else None
-    S = slope_energy(scene) if scene is not None else args.slope_energy
+    with warnings.catch_warnings():  # a scene with jumps: said below, once
+        warnings.simplefilter("ignore", UserWarning)
+        S = slope_energy(scene) if scene is not None else args.slope_energy
     dims = scene.dims if scene is not None else args.dims
-    res = {"slope_energy": S, "alpha0": args.alpha0, "sigma_t": args.sigma_t, "dims": dims,
-           "approx": optimal_pixels(S, args.alpha0, args.sigma_t, dims=dims, method="approx"),
-           "cubic": optimal_pixels(S, args.alpha0, args.sigma_t, dims=dims, method="cubic")}
-    n_int = max(1, int(round(res["cubic"])))
-    res["mse_closed_form"] = float(mse_closed_form(S, n_int, args.alpha0, args.sigma_t, dims=dims))
+    res = {"slope_energy": S, "alpha0": args.alpha0, "sigma_t": args.sigma_t, "dims": dims}
+    if scene is None or S > 0:
+        res["approx"] = optimal_pixels(S, args.alpha0, args.sigma_t, dims=dims, method="approx")
+        res["cubic"] = optimal_pixels(S, args.alpha0, args.sigma_t, dims=dims, method="cubic")
+        n_int = max(1, int(round(res["cubic"])))
+        res["mse_closed_form"] = float(mse_closed_form(S, n_int, args.alpha0, args.sigma_t, dims=dims))
     if scene is not None:
         res["exact"] = optimal_pixels(scene, args.alpha0, args.sigma_t, method="exact")
         res["mse_exact"] = mse_exact(scene, res["exact"], args.alpha0, args.sigma_t).total
     side = " per side" if dims == 2 else ""
-    if dims == 1:
+    if "cubic" not in res:
+        print("slope energy 0 (the scene is flat between its jumps): the closed form (L14, L15) "
+              "has no optimum; exact theory only")
+    elif dims == 1:
         print(f"N* approx (S alpha0 / 6 sigma_t^2)^(1/3): {res['approx']:.2f}")
         print(f"N* cubic root of L15:                     {res['cubic']:.2f}")
     else:
         print(f"N* (S2 alpha0 / 12 sigma_t^2)^(1/4) (L16): {res['cubic']:.2f}{side}")
     if "exact" in res:
         print(f"N* exact theory (integer scan):           {res['exact']}{side}")
-    rmse = float(np.sqrt(res.get("mse_exact", res["mse_closed_form"])))
+    rmse = float(np.sqrt(res["mse_exact"] if "mse_exact" in res else res["mse_closed_form"]))
     print(f"predicted RMSE at N*: {rmse:.4g} (delay unit)")
     if args.seconds:
         res["rmse_depth_m"] = C_LIGHT / 2 * rmse
