@@ -235,6 +235,62 @@ def test_gradcheck(make):
     assert torch.autograd.gradcheck(lambda t: loss(t, y), (v,), eps=1e-6, atol=1e-6)
 
 
+
+def _spa_plain_formula(v, y, p):
+    """(S7, S8) typed directly from the spec: y softplus(-k+(v - b+))/zeta+ + (1 - y) softplus(k-(v - b-))/zeta-.
+
+    ``threshold=50``: torch's softplus returns its input (gradient 1) above 20 by default, an
+    approximation of relative size e^-20 that would hide in the comparison below.
+    """
+    sp = lambda t: F.softplus(t, threshold=50)
+    return y * sp(-p.k_pos * (v - p.b_pos)) / p.zeta_pos + (1 - y) * sp(p.k_neg * (v - p.b_neg)) / p.zeta_neg
+
+
+@pytest.mark.parametrize("params", [SPAParams(), SPAParams(0.5, 2.0, 0.3, 3.0, 1.5, -0.5),
+                                    SPAParams(2.0, 0.7, -1.0, 0.25, 4.0, 2.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_spa_custom_backward_matches_autograd_of_the_plain_formula(params, reduction):
+    g = torch.Generator().manual_seed(3)
+    v = (4 * torch.randn(16, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = (torch.rand(16, 7, generator=g) < 0.3).double()
+    grad_out = torch.randn(16, 7, generator=g, dtype=torch.float64) if reduction == "none" else None
+    ours = spa_loss(v, y, params, reduction=reduction)
+    plain = _spa_plain_formula(v, y, params)
+    plain = {"mean": plain.mean(), "sum": plain.sum(), "none": plain}[reduction]
+    torch.testing.assert_close(ours, plain, atol=1e-13, rtol=1e-9)  # our softplus: threshold 20
+    g_ours, = torch.autograd.grad(ours, v, grad_out)
+    g_plain, = torch.autograd.grad(plain, v, grad_out)
+    torch.testing.assert_close(g_ours, g_plain, atol=1e-14, rtol=1e-12)
+    # float32, the training dtype: same values and gradients to float32 rounding
+    v32 = v.detach().float().requires_grad_(True)
+    out32 = spa_loss(v32, y.float(), params, reduction=reduction)
+    g32, = torch.autograd.grad(out32, v32, None if grad_out is None else grad_out.float())
+    torch.testing.assert_close(out32.double(), plain.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g32.double(), g_plain, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: SPALoss(0.5, 2.0, 0.3, 3.0, 1.5, -0.5),
+                                  lambda: SPALoss(reduction="none"),
+                                  lambda: SPALoss(ignore_index=-1)])
+def test_spa_second_derivatives(make):
+    loss = make()
+    v, y = _vy(missing=loss.ignore_index is not None)
+    assert torch.autograd.gradgradcheck(lambda t: loss(t, y), (v,), eps=1e-6, atol=1e-6)
+
+
+def test_spa_validate_false_skips_only_the_target_check():
+    v, y = _vy(5, 6, seed=4)
+    torch.testing.assert_close(SPALoss(validate=False)(v, y), SPALoss()(v, y), atol=0, rtol=0)
+    bad = torch.full_like(y, 0.5)
+    with pytest.raises(ValueError, match="targets must hold 0 or 1"):
+        SPALoss()(v, bad)
+    assert torch.isfinite(SPALoss(validate=False)(v, bad))  # no check, no error: the caller's promise
+    with pytest.raises(ValueError, match="logits and targets must have the same shape"):
+        SPALoss(validate=False)(v, y.T)
+    with pytest.raises(ValueError, match="logits contains NaN"):
+        SPALoss(validate=False)(torch.full_like(v, float("nan")), y)
+
+
 # ---------------------------------------------------------------- LPR ---------------------
 
 def _expected_total(lam, norm, etas):

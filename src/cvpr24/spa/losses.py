@@ -25,6 +25,7 @@ computed in float32 at least (float16/bfloat16 inputs are upcast; float64 stays 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -47,12 +48,14 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None
+def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None, validate: bool = True
              ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Validate ``logits``/``targets``; return ``(v, y, known)`` in the compute dtype.
 
     ``known`` is None when no label can be missing; otherwise a bool mask, and ``y`` has its
-    missing entries replaced by 0. NaN logits are caught on the loss value (:func:`_reduce`),
+    missing entries replaced by 0. ``validate=False`` skips the one data-dependent pass over the
+    targets (``max |y - y^2| = 0`` iff every target is 0 or 1; NaN fails it too); shapes and
+    dtypes are always checked. NaN logits are caught on the loss value (:func:`_check_nan`),
     which costs nothing extra in the common case.
     """
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
@@ -67,11 +70,11 @@ def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None
     v, y = logits.to(dtype), targets.to(dtype)
     if ignore_index is None:
         known = None
-        if torch.count_nonzero(torch.addcmul(y, y, y, value=-1)):  # y - y^2 = 0 iff y in {0, 1}
+        if validate and y.numel() and torch.addcmul(y, y, y, value=-1).abs_().amax():
             _raise_bad_targets(y, torch.ones_like(y, dtype=torch.bool), ignore_index)
     else:
         known = ~(torch.isnan(y) | (y == ignore_index))
-        if (known & (y != 0) & (y != 1)).any():
+        if validate and (known & (y != 0) & (y != 1)).any():
             _raise_bad_targets(y, known, ignore_index)
         y = torch.where(known, y, torch.zeros((), dtype=dtype, device=y.device))
     return v, y, known
@@ -94,6 +97,10 @@ def _reduce(loss: Tensor, known: Tensor | None, reduction: str) -> Tensor:
         out = loss.sum()
     else:
         out = loss.mean() if known is None else loss.sum() / known.sum().clamp(min=1)
+    return _check_nan(out)
+
+
+def _check_nan(out: Tensor) -> Tensor:
     if torch.isnan(out.detach()).any():  # targets are checked, so NaN came from the logits
         raise ValueError("logits contains NaN (check the network output / learning rate)")
     return out
@@ -136,7 +143,8 @@ class SPAParams:
 
 
 def spa_loss(logits: Tensor, targets: Tensor, params: SPAParams | None = None, *,
-             reduction: Reduction = "mean", ignore_index: float | None = None) -> Tensor:
+             reduction: Reduction = "mean", ignore_index: float | None = None,
+             validate: bool = True) -> Tensor:
     """The SPA loss (S7, S8): ``y L1(v) + (1 - y) L0(v)``.
 
     Parameters
@@ -151,6 +159,9 @@ def spa_loss(logits: Tensor, targets: Tensor, params: SPAParams | None = None, *
         ``mean`` averages over the known entries.
     ignore_index : float, optional
         Target value marking a missing label (e.g. ``-1``).
+    validate : bool
+        Check that the targets are 0 or 1 (one extra pass over them). ``False`` skips the check:
+        targets outside {0, 1} then give a meaningless loss instead of an error.
 
     Returns
     -------
@@ -159,20 +170,76 @@ def spa_loss(logits: Tensor, targets: Tensor, params: SPAParams | None = None, *
     """
     _check_reduction(reduction)
     p = params or SPAParams()
-    v, y, known = _prepare(logits, targets, ignore_index)
-    # (S7) = softplus(-u) with u = k+(v - b+) and (S8) = softplus(u) with u = k-(v - b-) are
-    # BCE-with-logits of u against y = 1 and y = 0: build u = k_y v - k_y b_y with per-label
-    # coefficients (affine in y in {0, 1}, no gradient), put 1/zeta+ : 1/zeta- into pos_weight,
-    # and let one fused BCE kernel do the rest.
-    k = y.mul(p.k_pos - p.k_neg).add_(p.k_neg)  # k_y
-    minus_kb = y.mul(p.k_neg * p.b_neg - p.k_pos * p.b_pos).sub_(p.k_neg * p.b_neg)  # -k_y b_y
-    u = torch.addcmul(minus_kb, k, v)  # (N, C)
-    pos_weight = v.new_full((v.shape[-1],), p.zeta_neg / p.zeta_pos)
-    if known is None and reduction != "none":
-        loss = F.binary_cross_entropy_with_logits(u, y, pos_weight=pos_weight, reduction=reduction)
-        return _reduce(loss / p.zeta_neg, None, "sum")
-    loss = F.binary_cross_entropy_with_logits(u, y, pos_weight=pos_weight, reduction="none")
-    return _reduce(loss / p.zeta_neg, known, reduction)
+    v, y, known = _prepare(logits, targets, ignore_index, validate)
+    if known is not None:  # missing labels: elementwise, then masked and reduced over known entries
+        return _reduce(_SPAFunction.apply(v, y, p, None), known, reduction)
+    scale = {"none": None, "sum": 1.0, "mean": 1.0 / max(v.numel(), 1)}[reduction]
+    return _check_nan(_SPAFunction.apply(v, y, p, scale))
+
+
+class _PerLabel(NamedTuple):
+    """A per-label constant ``t_y = t_0 + slope y`` (``slope = t_1 - t_0``) for targets y in {0, 1}."""
+
+    t_0: float
+    slope: float
+    t_0_tensor: Tensor  # 0-d, so that one ``torch.add`` builds the (N, C) tensor in one pass
+
+    def __call__(self, y: Tensor) -> Tensor:
+        return torch.add(self.t_0_tensor, y, alpha=self.slope)
+
+
+class _SPACoefficients(NamedTuple):
+    """(S7, S8) as ``L = w_y softplus(z)``, ``z = a_y v + c_y``, with gradient (S11)
+    ``dL/dv = (a w)_y sigmoid(z)``; cached per parameters, dtype and device."""
+
+    a: _PerLabel
+    c: _PerLabel
+    w: _PerLabel
+    aw: _PerLabel
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(p: SPAParams, dtype: torch.dtype, device: torch.device) -> _SPACoefficients:
+        at_0 = (p.k_neg, -p.k_neg * p.b_neg, 1 / p.zeta_neg, p.k_neg / p.zeta_neg)  # y = 0: (S8)
+        at_1 = (-p.k_pos, p.k_pos * p.b_pos, 1 / p.zeta_pos, -p.k_pos / p.zeta_pos)  # y = 1: (S7)
+        return _SPACoefficients(*(_PerLabel(t0, t1 - t0, torch.tensor(t0, dtype=dtype, device=device))
+                                  for t0, t1 in zip(at_0, at_1, strict=True)))
+
+
+class _SPAFunction(torch.autograd.Function):
+    """``scale * sum(L)`` (or the elementwise ``L`` when ``scale`` is None) for ``L`` of
+    :class:`_SPACoefficients`, with the closed-form gradient (S11).
+
+    Written for few passes over (N, C) memory: forward builds ``z`` in one buffer (``c_y``, then
+    ``+= a_y v``), takes ``softplus`` and reduces ``sum_y w_y softplus(z)`` as
+    ``w_0 sum(softplus) + (w_1 - w_0) <y, softplus>``; backward scales ``sigmoid(z)`` in place by
+    ``g (a w)_0 (1 + r y)`` with ``r = (a w)_1 / (a w)_0 - 1`` (``(a w)_0 = k-/zeta- > 0``). With
+    ``create_graph=True`` the backward recomputes ``z`` from ``v`` with differentiable ops, so
+    second derivatives are exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, y: Tensor, p: SPAParams, scale: float | None) -> Tensor:
+        k = _SPACoefficients.of(p, v.dtype, v.device)
+        z = k.c(y).addcmul_(k.a(y), v)  # (N, C): a_y v + c_y
+        loss = F.softplus(z)
+        if scale is None:
+            loss = loss.mul_(k.w(y))
+        else:
+            loss = (k.w.t_0 * loss.sum() + k.w.slope * torch.dot(y.reshape(-1), loss.reshape(-1))) * scale
+        ctx.save_for_backward(v, y, z)
+        ctx.k, ctx.scale = k, scale
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        v, y, z = ctx.saved_tensors
+        k, g = ctx.k, grad_out if ctx.scale is None else grad_out * ctx.scale
+        if torch.is_grad_enabled():  # create_graph: the same expression, differentiable in v
+            z = torch.addcmul(k.c(y), k.a(y), v)
+            return torch.sigmoid(z) * k.aw(y) * g, None, None, None
+        grad = torch.sigmoid(z).mul_(g * k.aw.t_0)
+        return grad.addcmul_(grad, y, value=k.aw.slope / k.aw.t_0), None, None, None
 
 
 def spa_log_odds(logits: Tensor, params: SPAParams | None = None) -> Tensor:
@@ -423,6 +490,9 @@ class SPALoss(_MultiLabelLoss):
     reduction : {"mean", "sum", "none"}
     ignore_index : float, optional
         Target value marking a missing label (NaN targets are missing too when set).
+    validate : bool
+        Check every call that the targets are 0 or 1 (default; one pass over the targets).
+        Not part of :meth:`config`: it changes no value, only whether bad targets raise.
 
     Examples
     --------
@@ -439,13 +509,15 @@ class SPALoss(_MultiLabelLoss):
 
     def __init__(self, zeta_pos: float = 1.0, k_pos: float = 1.0, b_pos: float = 0.0,
                  zeta_neg: float = 5.0, k_neg: float = 3.0, b_neg: float = 1.0, *,
-                 reduction: Reduction = "mean", ignore_index: float | None = None) -> None:
+                 reduction: Reduction = "mean", ignore_index: float | None = None,
+                 validate: bool = True) -> None:
         super().__init__(reduction, ignore_index)
         self.params = SPAParams(zeta_pos, k_pos, b_pos, zeta_neg, k_neg, b_neg)
+        self.validate = validate
 
     def _call(self, logits: Tensor, targets: Tensor, reduction: str) -> Tensor:
         return spa_loss(logits, targets, self.params, reduction=reduction,
-                        ignore_index=self.ignore_index)
+                        ignore_index=self.ignore_index, validate=self.validate)
 
     def log_odds(self, logits: Tensor) -> Tensor:
         """``l(v)`` (S10)."""
