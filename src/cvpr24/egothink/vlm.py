@@ -139,7 +139,7 @@ class HFVLM:
 
         from cvpr24.common import get_device
 
-        tr = optional_import("transformers", "sag")
+        tr = optional_import("transformers", "egothink")
         self.style = style
         self.device = get_device(device)
         if model is None or processor is None:
