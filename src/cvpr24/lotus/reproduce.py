@@ -11,7 +11,7 @@ Lab notebook (spec section 5):
 - **NC sanity** (precondition of C3): NC must flag a plain BadNets model by its own rule (anomaly
   index > 2). On SyntheticShapes it cannot: a victim disc becomes a ring, diamond or x by
   repainting 7-10 pixels, so the clean labels' mask norms spread over 7-27 pixels and the
-  median/MAD rule caps the index near 1.3-1.9 *even for a zero-pixel trigger* (the ``ceiling``
+  median/MAD rule caps the index at 1.6-2.2 *even for a zero-pixel trigger* (the ``ceiling``
   recorded per seed). Each seed therefore also trains clean + BadNets on SyntheticGratings
   (full-image textures, no small natural trigger), where the same NC code must flag BadNets;
   C3 is "not tested" (not failed, not passed) when NC cannot catch BadNets on the shapes.
@@ -435,6 +435,9 @@ DEVIATIONS = [
     "the test set.",
     "Neural Cleanse: 100 steps per label on 50 victim test images (official: 1000 steps, 1000 images).",
     "Fine-tuning: 5% of train, 5 epochs (official 10) in quick mode.",
+    "C3 is 'not tested' (spec: 'fails') when NC cannot flag label-specific BadNets on the shapes; "
+    "the NC ceiling and an NC sanity run on SyntheticGratings (plain BadNets, where NC must fire) "
+    "are recorded beside it.",
     "Quick mode evaluates committed checkpoints trained by `cvpr24 lotus train` with the same code.",
 ]
 
