@@ -101,7 +101,7 @@ def _reduce(loss: Tensor, known: Tensor | None, reduction: str) -> Tensor:
 
 
 def _check_nan(out: Tensor) -> Tensor:
-    if torch.isnan(out.detach()).any():  # targets are checked, so NaN came from the logits
+    if torch.isnan(out).any():  # targets are checked, so NaN came from the logits
         raise ValueError("logits contains NaN (check the network output / learning rate)")
     return out
 
@@ -226,7 +226,7 @@ class _SPAFunction(torch.autograd.Function):
         if scale is None:
             loss = loss.mul_(k.w(y))
         else:
-            loss = (k.w.t_0 * loss.sum() + k.w.slope * torch.dot(y.reshape(-1), loss.reshape(-1))) * scale
+            loss = (k.w.t_0 * scale) * loss.sum() + (k.w.slope * scale) * torch.dot(y.reshape(-1), loss.reshape(-1))
         ctx.save_for_backward(v, y, z)
         ctx.k, ctx.scale = k, scale
         return loss
