@@ -400,17 +400,17 @@ class _MomentTable:
 
     def _panel_integrals(self, a: Array, b: Array) -> Array:
         half = (b - a) / 2
-        x = (a + b) / 2 + half * _GL_X[:, None]  # (4, P): contiguous rows for the weighted sums
+        x = (a + b)[:, None] / 2 + half[:, None] * _GL_X  # (P, 4)
         tau = self.scene.tau(x) - self.tau_ref
-        one = 2.0 * half  # int 1 over [a, b]; every rule below is half * (GL weights @ f)
-        t1, t2 = half * (_GL_W @ tau), half * (_GL_W @ (tau * tau))
+        one = 2.0 * half  # int 1 over [a, b]; every rule below is half * (f @ GL weights)
+        t1, t2 = half * (tau @ _GL_W), half * ((tau * tau) @ _GL_W)
         if self.scene.alpha is None:  # uniform flux: the alpha-weighted moments are the plain ones
             return np.stack([one, t1, t2])
         alpha = np.asarray(self.scene.alpha(x), float)
         if np.any(alpha < 0) or not np.all(np.isfinite(alpha)):
             raise ValueError("alpha must be finite and non-negative")
-        return np.stack([one, half * (_GL_W @ alpha), half * (_GL_W @ (alpha * tau)),
-                         half * (_GL_W @ (alpha * tau * tau)), t1, t2])
+        return np.stack([one, half * (alpha @ _GL_W), half * ((alpha * tau) @ _GL_W),
+                         half * ((alpha * tau * tau) @ _GL_W), t1, t2])
 
     def increments(self, e: Array) -> Array:
         """Integrals over [e_i, e_{i+1}] for increasing points e in [0, 1]: (6, len(e) - 1), or
