@@ -235,6 +235,8 @@ def simulate_photons(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: f
 def _tau_at(scene: Scene1D | Scene2D, *coords: Array) -> Array:
     """tau at the photons' positions, in blocks of TAU_BLOCK photons so that the scene's
     temporaries stay in cache (tau is a pointwise function: the result is the same)."""
+    if coords[0].size <= TAU_BLOCK:
+        return scene.tau(*coords)
     out = np.empty(coords[0].size)
     for s in range(0, out.size, TAU_BLOCK):
         out[s: s + TAU_BLOCK] = scene.tau(*(c[s: s + TAU_BLOCK] for c in coords))
