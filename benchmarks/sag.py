@@ -129,18 +129,22 @@ def bench_diffusers(repeats: int, steps: int = 25, n: int = 4) -> dict:
 
 
 def condition_memory(unet) -> dict:
-    """Peak memory of one UNet step with 3 conditions, batched vs one at a time: the
-    high-water mark of RSS in a fresh child process that rebuilds the UNet from its config."""
+    """Peak memory of one UNet step with 3 conditions, batched vs one at a time: the rise of
+    the RSS high-water mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) in a fresh
+    child process that rebuilds the UNet from its config."""
     import subprocess
 
     code = (
-        "import json,resource,sys,torch,diffusers\n"
+        "import json,sys,torch,diffusers\n"
+        "def kib(key):\n"
+        "  return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
         "unet=diffusers.UNet2DConditionModel.from_config(json.load(sys.stdin)).eval()\n"
         "x=torch.randn({rows},4,32,32);e=torch.randn({rows},77,unet.config.cross_attention_dim)\n"
-        "r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs','w').write('5')\n"  # reset the peak RSS (VmHWM) to the current RSS
+        "r0=kib('VmRSS:')\n"
         "with torch.no_grad():\n"
         "  for k in range({calls}): unet(x,500,encoder_hidden_states=e)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-r0)"
+        "print(kib('VmHWM:')-r0)"
     )
     config = json.dumps({k: v for k, v in dict(unet.config).items() if not k.startswith("_")})
     res = {}
