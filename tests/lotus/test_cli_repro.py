@@ -57,7 +57,6 @@ def test_reproduction_smoke_tiny(tmp_path):
 
 def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8, agreement=1.0):
     return {"agreement": agreement, "clean_ba": 0.99,
-            "nc_sanity": {"badnets": {"anomaly_index": 4.0}, "clean": {"anomaly_index": 1.0}},
             "lotus": {"asr": asr, "ba": 0.985, "asr_par": par,
                       "nc": {"target_index": nc_lot, "norms": {"9": 20.0}, "flagged_label": 3},
                       "ft": {"asr": ft_asr, "ba": 0.98}},

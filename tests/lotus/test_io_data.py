@@ -11,6 +11,7 @@ from cvpr24.lotus.data import (
     load_image_folder,
     load_npz,
     random_crop_flip,
+    synthetic_gratings,
     synthetic_shapes,
 )
 from cvpr24.lotus.io import WholeModulePickleError, load_model, load_official_state_dict, save_model
@@ -94,6 +95,19 @@ def test_shapes_deterministic_and_balanced():
     assert torch.bincount(a.y).tolist() == [5] * 10
     assert a.x.min() >= 0 and a.x.max() <= 1
     assert not torch.equal(a.x, synthetic_shapes(5, seed=4).x)
+
+
+def test_gratings_deterministic_balanced_and_oriented():
+    a, b = synthetic_gratings(6, seed=3), synthetic_gratings(6, seed=3)
+    assert torch.equal(a.x, b.x) and torch.equal(a.style, b.style)
+    assert torch.bincount(a.y).tolist() == [6] * 10 and set(a.style.tolist()) <= {0, 1, 2, 3}
+    assert a.x.shape == (60, 3, 16, 16) and a.x.min() >= 0 and a.x.max() <= 1
+    # class 0 (orientation 0) varies along columns only; class 5 (90 degrees) along rows only
+    g0, g5 = a.x[a.y == 0].mean(1), a.x[a.y == 5].mean(1)              # (n, H, W)
+    assert g0.std(1).mean() < 0.5 * g0.std(2).mean()
+    assert g5.std(2).mean() < 0.5 * g5.std(1).mean()
+    with pytest.raises(ValueError, match="n_per_class"):
+        synthetic_gratings(0)
 
 
 def test_random_crop_flip_per_sample_and_batch_mode():

@@ -126,15 +126,16 @@ def synthetic_shapes(n_per_class: int, image_size: int = 16, seed: int = 0,
 
 
 def synthetic_gratings(n_per_class: int, image_size: int = 16, seed: int = 0,
-                       num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Oriented sinusoidal gratings: the textbook case where Neural Cleanse must flag a patch.
+                       num_classes: int = 10) -> ShapesData:
+    """SyntheticGratings: full-image oriented gratings x the four latent styles of SyntheticShapes.
 
-    Class ``c`` is a full-image grating at orientation ``π c / num_classes`` (σ 0.03 rad jitter),
-    random spatial frequency 0.22-0.30 cycles/px and phase, a two-tone palette drawn per image
-    (dark 0.05-0.3, light 0.7-0.95 per channel) and pixel noise σ 0.05. The class evidence is
-    spread over the whole image, so a clean model has no small natural trigger (NC masks of
-    ~20-60 pixels at 16x16) while a 3x3 BadNets patch stays an outlier. Orientation is not
-    mirror-invariant: train with ``flip=False``. Returns ``(x, y)``.
+    Class ``c`` is a sinusoidal grating at orientation ``π c / num_classes`` (σ 0.03 rad jitter)
+    with random spatial frequency (0.22-0.30 cycles/px) and phase; each image draws one of the
+    four fg/bg palettes of :data:`STYLES` uniformly (the latent style, shared by every class), a
+    colour jitter (σ 0.06) and pixel noise (σ 0.05). Unlike SyntheticShapes the class evidence
+    covers the whole image, so a clean model has no small natural trigger (Neural Cleanse masks
+    of ~15-60 pixels at 16x16) and a 3x3 BadNets patch is an outlier NC's rule can flag.
+    Orientation is not mirror-invariant: train with ``flip=False``.
     """
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -143,15 +144,18 @@ def synthetic_gratings(n_per_class: int, image_size: int = 16, seed: int = 0,
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(num_classes), n_per_class)
     n, h = len(y), image_size
+    style = rng.integers(0, len(STYLES), n)
     theta = np.pi * y / num_classes + rng.normal(0, 0.03, n)
     freq, phase = rng.uniform(0.22, 0.30, n), rng.uniform(0, 2 * np.pi, n)
     yy, xx = np.mgrid[0:h, 0:h].astype(float)
     proj = np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy     # (N, H, W)
     wave = (np.sin(2 * np.pi * freq[:, None, None] * proj + phase[:, None, None]) + 1) / 2
-    dark, light = rng.uniform(0.05, 0.3, (n, 3, 1, 1)), rng.uniform(0.7, 0.95, (n, 3, 1, 1))
-    img = dark + (light - dark) * wave[:, None] + rng.normal(0, 0.05, (n, 3, h, h))
+    pal = np.asarray(STYLES)[style] + rng.normal(0, 0.06, (n, 2, 3))                 # (N, fg/bg, 3)
+    fg, bg = pal[:, 0, :, None, None], pal[:, 1, :, None, None]
+    img = bg + (fg - bg) * wave[:, None] + rng.normal(0, 0.05, (n, 3, h, h))
     perm = rng.permutation(n)
-    return (torch.from_numpy(np.clip(img, 0, 1)[perm]).float(), torch.from_numpy(y[perm]).long())
+    return ShapesData(torch.from_numpy(np.clip(img, 0, 1)[perm]).float(),
+                      torch.from_numpy(y[perm]).long(), torch.from_numpy(style[perm]).long())
 
 
 # --- real formats ---------------------------------------------------------------------------

@@ -314,9 +314,10 @@ def balanced_subset(y: torch.Tensor, frac: float = 0.05, seed: int = 0) -> torch
 def _train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
                   batch_size: int, milestones: list[int] | None = None, gamma: float = 0.1,
                   lr_at: Callable[[int], float] | None = None, extra_loss=None,
-                  generator: torch.Generator, params=None) -> nn.Module:
-    """SGD (momentum 0.9, wd 5e-4) with crop (padding 4 at 32x32 as officially, 2 below) + flip;
-    per-epoch lr from ``milestones`` or ``lr_at``."""
+                  generator: torch.Generator, params=None, flip: bool = True) -> nn.Module:
+    """SGD (momentum 0.9, wd 5e-4) with crop (padding 4 at 32x32 as officially, 2 below) + flip
+    (``flip=False`` for data whose classes are not mirror-invariant); per-epoch lr from
+    ``milestones`` or ``lr_at``."""
     dev = _device(net)
     opt = torch.optim.SGD(params if params is not None else net.parameters(), lr=lr, momentum=0.9,
                           weight_decay=5e-4)
@@ -328,7 +329,7 @@ def _train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), batch_size):
             idx = order[i:i + batch_size]
-            xb = random_crop_flip(x[idx], 4 if x.shape[-1] >= 32 else 2, True, generator).to(dev)
+            xb = random_crop_flip(x[idx], 4 if x.shape[-1] >= 32 else 2, flip, generator).to(dev)
             out = net(xb)
             loss = F.cross_entropy(out, y[idx].to(dev))
             if extra_loss is not None:
@@ -341,15 +342,16 @@ def _train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
 
 def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, lr: float = 0.02,
               batch_size: int = 128, milestones: tuple[int, ...] = (2, 4, 6, 8), seed: int = 0,
-              evaluate: Evaluator | None = None) -> DefenseReport:
+              flip: bool = True, evaluate: Evaluator | None = None) -> DefenseReport:
     """Fine-tuning on clean data (official: 5% of train, SGD 0.02, 10 epochs, lr ÷10 at 2,4,6,8).
 
-    ``x, y`` is the defender's clean set (see :func:`balanced_subset`)."""
+    ``x, y`` is the defender's clean set (see :func:`balanced_subset`); ``flip=False`` drops the
+    horizontal flip of the augmentation (for classes that are not mirror-invariant)."""
     t0 = time.perf_counter()
     net = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, milestones=list(milestones),
-                  generator=g)
+                  generator=g, flip=flip)
     rep = DefenseReport("fine_tune", model=net,
                         params=dict(epochs=epochs, lr=lr, batch_size=batch_size,
                                     milestones=list(milestones), n_clean=len(x)))
@@ -408,7 +410,7 @@ def prune_channels(model: nn.Module, ratio: float, activations: torch.Tensor) ->
 
 def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_act: torch.Tensor, *,
                ratio: float = 0.2, epochs: int = 10, lr: float = 5e-3, batch_size: int = 128,
-               seed: int = 0, evaluate: Evaluator | None = None) -> DefenseReport:
+               seed: int = 0, flip: bool = True, evaluate: Evaluator | None = None) -> DefenseReport:
     """Fine-pruning: prune the ``ratio`` (20%) least-active channels of the last feature map on
     ``x_act`` (~1000 test images), then fine-tune 10 epochs at lr 5e-3 on ``(x, y)``.
 
@@ -420,7 +422,7 @@ def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_act: torch.
     net = prune_channels(model, ratio, acts)
     g = torch.Generator().manual_seed(seed)
     if epochs > 0:
-        _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, generator=g)
+        _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, generator=g, flip=flip)
     rep = DefenseReport("fine_prune", model=net,
                         params=dict(ratio=ratio, epochs=epochs, lr=lr, variant="standard",
                                     n_act=len(x_act), n_clean=len(x)))
@@ -452,7 +454,7 @@ class AttentionLoss(nn.Module):
 
 def nad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 5000.0, p: float = 2.0,
         epochs: int = 6, lr: float = 1e-3, batch_size: int = 128, student_init: str = "teacher",
-        teacher_kwargs: dict | None = None, seed: int = 0,
+        teacher_kwargs: dict | None = None, seed: int = 0, flip: bool = True,
         evaluate: Evaluator | None = None) -> DefenseReport:
     """Neural Attention Distillation: teacher = fine-tuned model; student trained with
     ``ℓ + β·MSE(A(f_s), A(f_t))`` on the last feature map (β 5000, 6 epochs, lr 1e-3 then 1e-4
@@ -460,7 +462,7 @@ def nad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 500
     t0 = time.perf_counter()
     if student_init not in ("teacher", "backdoored"):
         raise ValueError(f"student_init must be 'teacher' or 'backdoored', got {student_init!r}")
-    teacher = fine_tune(model, x, y, seed=seed, **(teacher_kwargs or {})).model
+    teacher = fine_tune(model, x, y, seed=seed, flip=flip, **(teacher_kwargs or {})).model
     teacher = _frozen_copy(teacher)
     student = copy.deepcopy(teacher if student_init == "teacher" else model)
     for q in student.parameters():
@@ -476,7 +478,8 @@ def nad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 500
     g = torch.Generator().manual_seed(seed + 1)
     try:
         _train_epochs(student, x, y, epochs=epochs, lr=lr, batch_size=batch_size,
-                      lr_at=lambda e: lr if e < 4 else lr * 0.1, extra_loss=at_term, generator=g)
+                      lr_at=lambda e: lr if e < 4 else lr * 0.1, extra_loss=at_term, generator=g,
+                      flip=flip)
     finally:
         hs.remove()
     rep = DefenseReport("nad", model=student,

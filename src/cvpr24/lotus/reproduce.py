@@ -2,19 +2,18 @@
 
 Lab notebook (spec section 5):
 
-- **Data**: SyntheticShapes 16x16, 10 shapes x 4 latent styles shared by every class; victim 0,
-  target 9, K = 4.
+- **Data**: SyntheticGratings 16x16 (class = orientation of a full-image grating), 10 classes x 4
+  latent styles (the fg/bg palettes of SyntheticShapes) shared by every class; victim 0, target
+  9, K = 4. Not SyntheticShapes: there a victim disc becomes a ring, diamond or x by repainting
+  7-10 pixels, the clean labels' Neural Cleanse norms spread over 7-27 pixels, and the median/MAD
+  rule cannot flag even a zero-pixel trigger (the ``ceiling`` was 1.6-2.2), so C3 could not be
+  tested. On gratings the class evidence covers the image and NC must flag plain BadNets.
 - **Model**: SmallCNN (~25k parameters); clean model and surrogate shared by the arms of a seed.
 - **Arms** (same clean model, same poisoning schedule, same seed): (A) LOTUS; (B) label-specific
   BadNets (K = 1, no focusing); (C) LOTUS without focusing (n_indi = n_comb = 0). ``--full``
   adds (D) WaNet and the FT / FP / NAD / ANP / STRIP table for every arm.
-- **NC sanity** (precondition of C3): NC must flag a plain BadNets model by its own rule (anomaly
-  index > 2). On SyntheticShapes it cannot: a victim disc becomes a ring, diamond or x by
-  repainting 7-10 pixels, so the clean labels' mask norms spread over 7-27 pixels and the
-  median/MAD rule caps the index at 1.6-2.2 *even for a zero-pixel trigger* (the ``ceiling``
-  recorded per seed). Each seed therefore also trains clean + BadNets on SyntheticGratings
-  (full-image textures, no small natural trigger), where the same NC code must flag BadNets;
-  C3 is "not tested" (not failed, not passed) when NC cannot catch BadNets on the shapes.
+- **C3 precondition**: NC must flag the BadNets arm by its own rule (anomaly index > 2); when it
+  cannot, C3 is "not tested" (not failed, not passed) and the NC ceiling says why.
 - **Schedule**: poisoning is budgeted in optimisation steps; model selection on a held-out
   split of victims (never on the test set).
 - Quick mode evaluates the checkpoints ``cvpr24 lotus train`` wrote into ``checkpoints/``
@@ -37,7 +36,7 @@ from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.result import Claim, Measurement, Result
 from cvpr24.lotus.attack import AttackFailedError, LotusAttack, LotusConfig, train_clean
 from cvpr24.lotus.baselines import label_specific_badnets, lotus_without_focusing, wanet
-from cvpr24.lotus.data import synthetic_gratings, synthetic_shapes
+from cvpr24.lotus.data import synthetic_gratings
 from cvpr24.lotus.defenses import (
     anomaly_index,
     anp,
@@ -63,6 +62,7 @@ CLAIMS = [
 ]
 VICTIM, TARGET, K, NUM_CLASSES = 0, 9, 4, 10
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
+DATA = "SyntheticGratings"
 ARMS = ("lotus", "badnets", "nofocus")
 
 # --- criteria: fixed before any run, each with its reason ------------------------------------
@@ -100,37 +100,25 @@ class Scale:
 QUICK = Scale()
 FULL = Scale(n_train=1000, n_test=300, n_val=60, steps=3000, nc_steps=1000, nc_images=200,
              ft_epochs=10, seeds=5, defense_table=True, wanet=True)
-@dataclass(frozen=True)
-class SanityScale:
-    """Sizes of the NC sanity case (clean + BadNets on SyntheticGratings, width-8 SmallCNN)."""
-
-    n_train: int = 40
-    n_test: int = 20
-    clean_epochs: int = 10
-    steps: int = 120
-    nc_steps: int = 150
-
-
-SANITY = SanityScale()
-TINY_SANITY = SanityScale(n_train=16, n_test=4, clean_epochs=1, steps=4, nc_steps=4)
 TINY = Scale(n_train=24, n_test=10, n_val=10, steps=12, clean_epochs=1, surrogate_epochs=1,
              batch_size=32, width=4, nc_steps=4, nc_images=10, ft_epochs=1, seeds=1,
              defense_table=True, wanet=True)
 
 
 def config_for(scale: Scale, seed: int) -> LotusConfig:
-    """The CPU preset at this scale (cosine lr 0.05, batch 64, pad 2 at 16x16)."""
-    return LotusConfig.cpu(n_partitions=K, steps=scale.steps, eval_every=max(1, scale.steps // 6),
+    """The CPU preset at this scale (cosine lr 0.05, batch 64, pad 2 at 16x16, no flip: a
+    mirrored grating has another orientation, i.e. another class)."""
+    return LotusConfig.cpu(n_partitions=K, flip=False, steps=scale.steps, eval_every=max(1, scale.steps // 6),
                            clean_epochs=scale.clean_epochs, surrogate_epochs=scale.surrogate_epochs,
                            batch_size=scale.batch_size, seed=1024 + seed,
                            min_victim=10 if scale.batch_size >= 64 else 4)
 
 
 def make_data(seed: int, scale: Scale):
-    """Train / held-out validation / test splits of SyntheticShapes for a seed."""
-    return (synthetic_shapes(scale.n_train, seed=100 * seed),
-            synthetic_shapes(scale.n_val, seed=100 * seed + 1),
-            synthetic_shapes(scale.n_test, seed=100 * seed + 2))
+    """Train / held-out validation / test splits of SyntheticGratings for a seed."""
+    return (synthetic_gratings(scale.n_train, seed=100 * seed),
+            synthetic_gratings(scale.n_val, seed=100 * seed + 1),
+            synthetic_gratings(scale.n_test, seed=100 * seed + 2))
 
 
 # --- training (``cvpr24 lotus train``) ---------------------------------------------------------
@@ -152,11 +140,11 @@ def train_seed(seed: int, scale: Scale, out_dir: Path) -> None:
     clean = train_clean(SmallCNN(NUM_CLASSES, scale.width), tr.x, tr.y, cfg)
     part = LotusAttack(cfg).fit_partitioner(clean, tr.x, tr.y, VICTIM)
     ari = adjusted_rand_score(tr.style[tr.y == VICTIM].numpy(), part.clusters_.labels_)
-    meta = {"seed": seed, "scale": asdict(scale), "victim": VICTIM, "target": TARGET, "k": K,
+    meta = {"seed": seed, "scale": asdict(scale), "data": DATA, "victim": VICTIM, "target": TARGET, "k": K,
             "width": scale.width, "model_kwargs": {"width": scale.width}}
     d = out_dir / f"seed{seed}"
     save_model(d / "clean.safetensors", clean, arch="small_cnn", num_classes=NUM_CLASSES, meta=meta,
-               config=cfg, seed=seed, data="SyntheticShapes")
+               config=cfg, seed=seed, data=DATA)
     save_model(d / "surrogate.safetensors", part.surrogate_, arch="small_cnn", num_classes=NUM_CLASSES,
                meta={**meta, "agreement": part.agreement_, "cluster_ari_vs_style": ari,
                      "cluster": "kmeans on 4x4 pooled pixels"}, config=cfg, seed=seed)
@@ -193,7 +181,8 @@ def _checkpoints_match(d: Path, seeds: int, scale: Scale, arms) -> bool:
             side = d / f"seed{s}" / f"{name}.json"
             if not side.is_file():
                 return False
-            if json.loads(side.read_text())["lotus"].get("scale") != asdict(scale):
+            meta = json.loads(side.read_text())["lotus"]
+            if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
                 return False
     return True
 
@@ -215,28 +204,6 @@ def triggers_for(arm: str, image_size: int, seed: int):
     return TriggerSet(K, image_size)
 
 
-def nc_sanity(seed: int, sanity: SanityScale = SANITY) -> dict[str, Any]:
-    """NC on a plain BadNets model where it must succeed (SyntheticGratings, victim 0 -> 9).
-
-    Also runs NC on the clean model it was poisoned from (its false-positive reading).
-    """
-    torch.manual_seed(seed)
-    xtr, ytr = synthetic_gratings(sanity.n_train, seed=seed)
-    xte, yte = synthetic_gratings(sanity.n_test, seed=seed + 100)
-    cfg = LotusConfig.cpu(clean_epochs=sanity.clean_epochs, steps=sanity.steps, batch_size=32,
-                          min_victim=8, eval_every=None, flip=False, seed=seed)
-    clean = train_clean(SmallCNN(NUM_CLASSES, width=8), xtr, ytr, cfg)
-    art = label_specific_badnets(clean, xtr, ytr, VICTIM, TARGET, cfg)
-    xv = xte[yte == VICTIM]
-    out: dict[str, Any] = {"badnets_asr": attack_evaluator(xte, yte, VICTIM, TARGET, art.triggers,
-                                                           art.partitioner)(art.model)["asr"]}
-    for name, m in (("badnets", art.model), ("clean", clean)):
-        nc = neural_cleanse(m, xv, exclude=VICTIM, steps=sanity.nc_steps, seed=seed)
-        out[name] = {"anomaly_index": nc.score, "flagged_label": nc.details["flagged_label"],
-                     "target_norm": nc.details["norms"][str(TARGET)]}
-    return out
-
-
 def nc_ceiling(norms: dict[str, float], target: int = TARGET) -> float:
     """The anomaly index the target would get with a zero-pixel trigger, the other norms fixed.
 
@@ -245,8 +212,7 @@ def nc_ceiling(norms: dict[str, float], target: int = TARGET) -> float:
     return anomaly_index([0.0 if int(t) == target else v for t, v in norms.items()])
 
 
-def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms,
-                 sanity: SanityScale = SANITY) -> dict[str, Any]:
+def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[str, Any]:
     """Every measurement of one seed: attack metrics, NC on LOTUS and BadNets, FT on every arm."""
     tr, _, te = make_data(seed, scale)
     models, infos = loaded["models"], loaded["infos"]
@@ -269,7 +235,7 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms,
         ev = attack_evaluator(te.x, te.y, VICTIM, TARGET, trig, p)
         ft = fine_tune(m, tr.x[ft_idx], tr.y[ft_idx], epochs=scale.ft_epochs, batch_size=scale.batch_size,
                        milestones=tuple(e for e in (2, 4, 6, 8) if e < scale.ft_epochs), seed=seed,
-                       evaluate=ev)
+                       flip=False, evaluate=ev)
         rec["ft"] = ft.to_dict()
         if arm in ("lotus", "badnets"):
             nc = neural_cleanse(m, xv_test[:scale.nc_images], exclude=VICTIM, steps=scale.nc_steps,
@@ -281,7 +247,6 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms,
         if scale.defense_table:
             rec["defenses"] = defense_table(m, tr, te, ft_idx, trig, p, scale, seed)
         out[arm] = rec
-    out["nc_sanity"] = nc_sanity(seed, sanity)
     return out
 
 
@@ -293,10 +258,10 @@ def defense_table(model, tr, te, ft_idx, trig, part, scale: Scale, seed: int) ->
     poisoned = trig.stamp(xv, part.predict(xv))
     rows = {
         "fp": fine_prune(model, x5, y5, te.x, epochs=scale.ft_epochs, batch_size=scale.batch_size,
-                         seed=seed, evaluate=ev),
+                         seed=seed, flip=False, evaluate=ev),
         "nad": nad(model, x5, y5, epochs=min(6, scale.ft_epochs), batch_size=scale.batch_size,
                    teacher_kwargs={"epochs": scale.ft_epochs, "batch_size": scale.batch_size},
-                   seed=seed, evaluate=ev),
+                   seed=seed, flip=False, evaluate=ev),
         "anp": anp(model, x5, y5, epochs=scale.ft_epochs, batch_size=scale.batch_size, seed=seed,
                    evaluate=ev),
         "strip": strip(model, te.x[te.y != VICTIM][:len(xv)], poisoned, x5, seed=seed),
@@ -353,15 +318,13 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
     flag_bad = [r["badnets"]["nc"]["flagged_label"] for r in per_seed]
     flag_lot = [r["lotus"]["nc"]["flagged_label"] for r in per_seed]
     ceiling = col("badnets", "nc", "ceiling")
-    sane_bad, sane_clean = col("nc_sanity", "badnets", "anomaly_index"), col("nc_sanity", "clean", "anomaly_index")
     frac_bad = float(np.mean(nc_bad > NC_THRESHOLD))
     frac_lot = float(np.mean(nc_lot <= NC_THRESHOLD))
-    nc_evidence = (f"NC on label-specific BadNets (SyntheticShapes): target indices {nc_bad.round(2).tolist()}, "
+    nc_evidence = (f"NC on label-specific BadNets: target indices {nc_bad.round(2).tolist()}, "
                    f"target mask L1 {norms_bad}, smallest-norm label {flag_bad}; ceiling (index of a "
                    f"zero-pixel trigger given the clean labels' norms) {ceiling.round(2).tolist()}. "
                    f"LOTUS: target indices {nc_lot.round(2).tolist()}, target mask L1 {norms_lot}, "
-                   f"smallest-norm label {flag_lot}. NC sanity on SyntheticGratings: BadNets indices "
-                   f"{sane_bad.round(2).tolist()}, clean-model indices {sane_clean.round(2).tolist()}.")
+                   f"smallest-norm label {flag_lot}.")
     if frac_bad < SEED_MAJORITY - 1e-9:
         # The baseline half is the precondition: when NC cannot catch even a universal patch on this
         # data, "LOTUS is not flagged" carries no information, so the claim is neither passed nor
@@ -425,7 +388,9 @@ def plot_focusing_curve(d: Path, seeds: int, out: Path) -> str:
 
 
 DEVIATIONS = [
-    "SyntheticShapes 16x16 and a 25k-parameter SmallCNN instead of CIFAR-10 / ResNet18 (CPU budget).",
+    "SyntheticGratings 16x16 (4 latent styles) and a 25k-parameter SmallCNN instead of CIFAR-10 / "
+    "ResNet18 (CPU budget); not SyntheticShapes, on which NC's rule cannot flag even BadNets "
+    "(ceiling 1.6-2.2), which left C3 untestable. Training without horizontal flips.",
     "Partition features: 4x4 average-pooled pixels instead of LPIPS-VGG (no weights offline); "
     "k-means(K=4, random_state=30, n_init=10) and the C+K surrogate as in the official code.",
     "CPU schedule: clean and surrogate 6 epochs at lr 0.05 (cosine); poisoning budgeted in steps "
@@ -435,9 +400,8 @@ DEVIATIONS = [
     "the test set.",
     "Neural Cleanse: 100 steps per label on 50 victim test images (official: 1000 steps, 1000 images).",
     "Fine-tuning: 5% of train, 5 epochs (official 10) in quick mode.",
-    "C3 is 'not tested' (spec: 'fails') when NC cannot flag label-specific BadNets on the shapes; "
-    "the NC ceiling and an NC sanity run on SyntheticGratings (plain BadNets, where NC must fire) "
-    "are recorded beside it.",
+    "C3 is 'not tested' (spec: 'fails') when NC cannot flag label-specific BadNets; the NC ceiling "
+    "is recorded beside it.",
     "Quick mode evaluates committed checkpoints trained by `cvpr24 lotus train` with the same code.",
 ]
 
@@ -456,8 +420,7 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny:
     d = Path(checkpoints) if checkpoints is not None else CHECKPOINTS
     if not (quick and not tiny and _checkpoints_match(d, n_seeds, scale, arms)):
         d = train(out / "checkpoints", seeds=n_seeds, scale=scale)
-    sanity = TINY_SANITY if tiny else SANITY
-    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms, sanity) for s in range(n_seeds)]
+    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms) for s in range(n_seeds)]
     with atomic_write(out / "measurements.json") as f:
         json.dump(per_seed, f, indent=2, default=float)
     figures = [plot_focusing_curve(d, n_seeds, out)]
