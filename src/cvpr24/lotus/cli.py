@@ -60,6 +60,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--nc-steps", type=int, default=1000)
     p.add_argument("--nc-samples", type=int, default=1000)
     p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
+    p.add_argument("--no-flip", action="store_true",
+                   help="ft / fp / nad: no horizontal flips (classes that are not mirror-invariant)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-model", help="write the mitigated model here (.safetensors)")
     p.add_argument("--out", required=True, help="report .json path")
@@ -234,11 +236,11 @@ def cmd_defend(args: argparse.Namespace) -> int:
         poisoned = trig.stamp(xv, part.predict(xv))
         rep = D.strip(model, xt[yt != args.victim][:len(xv)], poisoned, xc, seed=args.seed)
     elif args.method == "ft":
-        rep = D.fine_tune(model, xc, yc, seed=args.seed, evaluate=ev)
+        rep = D.fine_tune(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     elif args.method == "fp":
-        rep = D.fine_prune(model, xc, yc, xt[:1000], seed=args.seed, evaluate=ev)
+        rep = D.fine_prune(model, xc, yc, xt[:1000], seed=args.seed, flip=not args.no_flip, evaluate=ev)
     elif args.method == "nad":
-        rep = D.nad(model, xc, yc, seed=args.seed, evaluate=ev)
+        rep = D.nad(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     else:
         rep = D.anp(model, xc, yc, seed=args.seed, evaluate=ev)
         rep.details.pop("masks")
