@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from cvpr24 import __version__
+from cvpr24.common.argtypes import positive_float, positive_int
 from cvpr24.registry import MODULES, ModuleInfo
 
 
@@ -57,39 +58,19 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="number of seeds (module default if unset)",
     )
     p.add_argument("--out", default="reports", help="report folder (default: reports)")
-    p.add_argument("--jobs", type=_positive_int, default=1, help="modules run at once (default: 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="modules run at once (default: 1)")
     p.add_argument(
         "--budget",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="time budget per module in seconds (default: the module's quick budget; none for --full)",
     )
     p.set_defaults(func=_cmd_reproduce)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser(load: str | None = None) -> Parser:

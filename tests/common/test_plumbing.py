@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,24 @@ def test_optional_import_names_the_extra():
     assert optional_import("json", "sag").dumps([]) == "[]"
     with pytest.raises(ImportError, match=r"pip install 'cvpr24\[sag\]'"):
         optional_import("surely_not_a_module_xyz", "sag")
+
+
+def test_argtypes_accept_the_interval_and_name_what_was_expected():
+    import argparse
+
+    from cvpr24.common.argtypes import number_in, positive_float, positive_int, unit_interval
+
+    assert positive_int("3") == 3 and positive_float("0.5") == 0.5 and unit_interval("1") == 1.0
+    at_least = number_in(float, -1, hint="why")
+    assert at_least("-1") == -1.0
+    cases = [
+        (positive_int, "0", "a positive integer"),
+        (positive_int, "1.5", "a positive integer"),
+        (positive_float, "0", "a positive number"),
+        (unit_interval, "1.01", "a number in [0, 1]"),
+        (unit_interval, "nan", "a number in [0, 1]"),
+        (at_least, "-1.5", "a number >= -1 (why)"),
+    ]
+    for parse, text, expected in cases:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"expected {expected}, got")):
+            parse(text)

@@ -1,33 +1,38 @@
 """Plumbing shared by the modules: records, report, seeding, checkpoints, atomic I/O.
 
-No method lives here. Heavy imports (safetensors, tqdm) happen inside the functions that need
-them, so importing ``cvpr24.common`` stays cheap.
+No method lives here. Names are imported on first use (PEP 562), so ``import cvpr24.common``
+and its light submodules (``argtypes``, ``io``) do not pull in torch: ``cvpr24 --help`` stays fast.
 """
 
-from cvpr24.common.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    load_training_state,
-    save_checkpoint,
-    save_training_state,
-)
-from cvpr24.common.extras import optional_import
-from cvpr24.common.io import atomic_path, atomic_write
-from cvpr24.common.result import Claim, Measurement, Result
-from cvpr24.common.seed import get_device, seed_everything
+import importlib
 
-__all__ = [
-    "Checkpoint",
-    "Claim",
-    "Measurement",
-    "Result",
-    "atomic_path",
-    "atomic_write",
-    "get_device",
-    "load_checkpoint",
-    "load_training_state",
-    "optional_import",
-    "save_checkpoint",
-    "save_training_state",
-    "seed_everything",
-]
+_EXPORTS = {
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_training_state": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "save_training_state": "checkpoint",
+    "optional_import": "extras",
+    "atomic_path": "io",
+    "atomic_write": "io",
+    "progress": "progress",
+    "Claim": "result",
+    "Measurement": "result",
+    "Result": "result",
+    "get_device": "seed",
+    "seed_everything": "seed",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cvpr24.common' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cvpr24.common.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

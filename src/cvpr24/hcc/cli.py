@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvpr24.common.argtypes import positive_int
+
 FORMATS = ("auto", "npy", "npz", "matrix-csv", "snap", "csv", "features")
 
 
@@ -46,7 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                                    "tree's levels (tpe) or the minimax dissimilarities (minimax).")
     _add_input(p)
     p.add_argument("--method", default="tpe", choices=["tpe", "minimax"])
-    p.add_argument("--dim", type=_positive_int, default=20, help="embedding dimension (default 20)")
+    p.add_argument("--dim", type=positive_int, default=20, help="embedding dimension (default 20)")
     p.add_argument("--linkage", default="sum", choices=["sum", "avg", "max", "min"],
                    help="tree for --method tpe (default sum)")
     p.add_argument("--tree-distance", default="level", choices=["level", "depth", "height"])
@@ -78,18 +80,8 @@ def _add_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def _n_clusters(text: str):
-    return text if text in ("cc", "first_positive") else _positive_int(text)
+    return text if text in ("cc", "first_positive") else positive_int(text)
 
 
 def _shift(text: str):

@@ -15,37 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cvpr24.common import atomic_path, atomic_write
+from cvpr24.common.argtypes import number_in, positive_int, unit_interval
 
-
-def _unit_interval(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return v
-
-
-def _r_value(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= -1, got {text!r}") from None
-    if not v >= -1:
-        raise argparse.ArgumentTypeError(f"expected a number >= -1 (r < -1 extrapolates away from the subject), "
-                                         f"got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_r_value = number_in(float, -1, hint="r < -1 extrapolates away from the subject")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,10 +31,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", default=None, help="pytorch_lora_weights.safetensors (DreamBooth-LoRA) to load")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guidance-scale", type=float, default=7.5, help="diffusers scale s = 1 + w (default 7.5)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--time-mode", choices=("diffusion_time", "step_fraction"), default="diffusion_time")
-    p.add_argument("--height", type=_positive_int, default=None)
-    p.add_argument("--width", type=_positive_int, default=None)
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     p.add_argument("--out", required=True, help="output folder")
@@ -74,15 +46,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("generate", help="generate with subject-agnostic guidance (PNGs + JSON sidecar)",
                        description="Generate with Subject-Agnostic Guidance on a local SD checkpoint.")
     _add_model_args(p)
-    p.add_argument("--T", type=_unit_interval, default=0.9, help="guidance timing T in [0, 1] (default 0.9)")
+    p.add_argument("--T", type=unit_interval, default=0.9, help="guidance timing T in [0, 1] (default 0.9)")
     p.add_argument("--r", type=_r_value, default=0.0, help="late guidance weight r >= -1 (default 0)")
-    p.add_argument("--n", type=_positive_int, default=4, help="images (default 4)")
+    p.add_argument("--n", type=positive_int, default=4, help="images (default 4)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sweep", help="a T x r grid into one contact sheet",
                        description="Generate a T x r grid from the same noise into one contact sheet.")
     _add_model_args(p)
-    p.add_argument("--T-values", type=_unit_interval, nargs="+", default=[1.0, 0.9, 0.8, 0.6, 0.4, 0.0])
+    p.add_argument("--T-values", type=unit_interval, nargs="+", default=[1.0, 0.9, 0.8, 0.6, 0.4, 0.0])
     p.add_argument("--r-values", type=_r_value, nargs="+", default=[0.0])
     p.set_defaults(func=cmd_sweep)
 
@@ -101,13 +73,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", help="train the tiny ShapesWorld model of the reproduction",
                        description="Train the tiny ELITE-like model and its probe (spec section 5).")
     p.add_argument("--size", choices=("cpu", "full"), default="cpu", help="cpu: 16 px (committed); full: 32 px")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--probe-steps", type=_positive_int, default=None, help="probe training steps (default 300)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--probe-steps", type=positive_int, default=None, help="probe training steps (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="checkpoint path (.safetensors); default: the packaged one")
     p.add_argument("--state", default=None, help="training state file (default: beside --out)")
     p.add_argument("--resume", action="store_true", help="continue from --state")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     p.set_defaults(func=cmd_train)
 
 
