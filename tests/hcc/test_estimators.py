@@ -55,7 +55,7 @@ def _expected_failed(est):
     MinimaxCorrelationClustering(metric="euclidean", shift="median"),
 ], expected_failed_checks=_expected_failed)
 def test_sklearn_compatible(estimator, check):
-    check(estimator)
+    check(estimator)  # each scikit-learn check raises (AssertionError, ValueError...) on failure
 
 
 def test_hcc_attributes_on_hand_example():

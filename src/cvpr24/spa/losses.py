@@ -458,7 +458,7 @@ class _MultiLabelLoss(nn.Module):
         return self._call(logits, targets, "none")
 
     def _call(self, logits: Tensor, targets: Tensor, reduction: str) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _call (each loss subclass does)")
 
     def log_odds(self, logits: Tensor) -> Tensor:
         """The model's log-odds estimate; ``v`` itself for losses that use the logistic link."""
