@@ -18,3 +18,16 @@ def hand_example() -> np.ndarray:
     D[3, 4] = D[4, 3] = -1.8
     return D
 
+
+
+def all_partitions(n: int):
+    """Every set partition of 0..n-1 as restricted-growth label vectors (Bell(n) of them)."""
+
+    def rec(prefix, k):
+        if len(prefix) == n:
+            yield list(prefix)
+            return
+        for c in range(k + 1):
+            yield from rec(prefix + [c], max(k, c + 1))
+
+    yield from rec([0], 1)

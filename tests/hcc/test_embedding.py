@@ -5,7 +5,7 @@ import itertools
 import networkx as nx
 import numpy as np
 import pytest
-from hcc_helpers import hand_example, random_signed
+from hcc_helpers import all_partitions, hand_example, random_signed
 from scipy.cluster.hierarchy import cophenet
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import pdist, squareform
@@ -118,19 +118,9 @@ def test_shifted_minimax_is_psd_after_centring():
         minimax_embedding_matrix(M, -1.0)
 
 
-def _all_partitions(n):
-    def rec(prefix, k):
-        if len(prefix) == n:
-            yield list(prefix)
-            return
-        for c in range(k + 1):
-            yield from rec(prefix + [c], max(k, c + 1))
-    yield from rec([0], 1)
-
-
 def test_theorem1_brute_force():
     """On D^MM the CC optimum is 0 and the negative-edge components reach it (N = 7)."""
-    partitions = [np.array(p) for p in _all_partitions(7)]
+    partitions = [np.array(p) for p in all_partitions(7)]
     assert len(partitions) == 877
     raw_positive = 0
     for seed in range(10):

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hcc_helpers import hand_example, random_signed
+from hcc_helpers import all_partitions, hand_example, random_signed
 from scipy.cluster.hierarchy import cophenet
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
@@ -228,21 +228,10 @@ def test_brute_force_cc_optimum_small_graph():
     from cvpr24.hcc import make_signed_partition
 
     D, y = make_signed_partition([3, 3, 2], p_flip=0.0, seed=0)
-    best = min(cc_cost(D, labels) for labels in _all_partitions(8))
+    best = min(cc_cost(D, labels) for labels in all_partitions(8))
     Z = hcc_linkage(D)
     assert cc_cost(D, cut_level(Z, cc_cut(Z, cc_path(D, Z)))) == pytest.approx(best)
     assert cc_cost(D, y) == pytest.approx(best)
-
-
-def _all_partitions(n):
-    """Every set partition of 0..n-1 as restricted-growth label vectors."""
-    def rec(prefix, k):
-        if len(prefix) == n:
-            yield list(prefix)
-            return
-        for c in range(k + 1):
-            yield from rec(prefix + [c], max(k, c + 1))
-    yield from rec([0], 1)
 
 
 # 5. invariances ----------------------------------------------------------------------------
