@@ -20,6 +20,7 @@ from cvpr24.sag.train import (
     DEFAULT_CHECKPOINT,
     fit_placeholder_embedding,
     load_tiny,
+    pretrain_backbone,
     probe_accuracy,
     save_tiny,
     train_model,
@@ -60,6 +61,19 @@ def test_training_reduces_the_loss():
     cfg = dataclasses.replace(TinyConfig.tiny(), steps=100, batch_size=8)
     _, metrics = train_model(cfg, seed=0, show_progress=False)
     assert metrics["loss_final"] < 0.6 * metrics["loss_initial"]
+
+
+def test_encoder_backbone_is_pretrained_then_frozen():
+    cfg = dataclasses.replace(TinyConfig.tiny(), steps=5, backbone_steps=5)
+    torch.manual_seed(0)
+    pretrained = ShapesELITE(cfg)
+    mse = pretrain_backbone(pretrained, cfg, seed=0)
+    model, metrics = train_model(cfg, seed=0, show_progress=False)
+    assert metrics["backbone_mse"] == mse
+    for (k, a), b in zip(pretrained.encoder.backbone.state_dict().items(),
+                         model.encoder.backbone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert not torch.equal(pretrained.encoder.mlp[0].weight, model.encoder.mlp[0].weight)  # the mapping trains
 
 
 class _Interrupted(Exception):

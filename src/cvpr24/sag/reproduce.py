@@ -378,8 +378,15 @@ DEVIATIONS = [
     "Tiny pixel-space ELITE analog on procedural ShapesWorld (16x16 in quick mode) instead of SD + a CLIP "
     "encoder on real subjects; CLIP-T and DINO are replaced by an exact background probe and a "
     "(shape, colour, texture) classifier.",
-    "Object colour 'black' of the spec is 'grey' (a 0.2x darker texture half of black would be invisible); "
-    "textures use 2-px bands (4-px period) at 16 px, the coarser identity the spec's prototype asked for.",
+    "ShapesWorld identity and shapes differ from the spec's first draft (fix (i) of its prototype): the "
+    "unnamed identity detail is a second colour on the object's lower half (none, black, pink, brown) instead "
+    "of 1-px textures, the shapes are square/triangle/cross (not square/circle/diamond, which differ in a few "
+    "corner pixels), and the fill colour 'black' is 'grey'. With stripes/splits or circle/diamond, the tiny "
+    "model never reproduced the subject (baseline identity <= 0.19).",
+    "The subject token S* takes the noun (shape) slot, [null, S*, bg], as in 'a photo of S*'; the class-only "
+    "caption puts the shape word in the same slot.",
+    "The subject encoder's backbone is pretrained without labels as an autoencoder and frozen (the analog of "
+    "ELITE's frozen CLIP image encoder); only the 3-layer mapping MLP is trained with the diffusion loss.",
     "The probe is trained with light Gaussian noise (std 0.05) so that it tolerates sampler noise.",
     "The subject token s is layer-normalised to the word-embedding scale and the ||s||^2 penalty is off "
     "(lambda_s = 0): in our first run, Adam with lambda_s = 1e-3 collapsed s to norm 0.05 (word embeddings ~7.7) "

@@ -3,7 +3,8 @@
 An image holds one object on a flat background. The object has a *shape* (the "class",
 nameable), a fill *colour* (nameable) and a *texture* (the identity detail that no word
 can request). Captions are three token slots ``[colour, shape, background]``; a subject
-caption puts the encoder's subject token ``S*`` in slot 0.
+caption ``[null, S*, bg]`` puts the encoder's subject token in the noun slot, as ``S*`` is the
+noun of "a photo of S*"; the class-only caption puts the shape word there.
 
 Everything is deterministic given a seed (a ``torch.Generator`` or an int). Images are
 ``float32`` in ``[-1, 1]``, shape ``(N, 3, H, W)``.
@@ -17,8 +18,8 @@ import torch
 
 BACKGROUNDS: tuple[str, ...] = ("white", "blue", "green", "red", "yellow")
 COLOURS: tuple[str, ...] = ("grey", "orange", "purple", "cyan")
-SHAPES: tuple[str, ...] = ("square", "circle", "diamond")
-TEXTURES: tuple[str, ...] = ("solid", "hstripes", "vstripes", "checker")
+SHAPES: tuple[str, ...] = ("square", "triangle", "cross")
+TEXTURES: tuple[str, ...] = ("plain", "black-base", "pink-base", "brown-base")  # the unnamed identity
 
 # RGB in [0, 1].
 BACKGROUND_RGB = torch.tensor([
@@ -29,12 +30,18 @@ BACKGROUND_RGB = torch.tensor([
     [0.95, 0.90, 0.10],  # yellow
 ])
 COLOUR_RGB = torch.tensor([
-    [0.55, 0.55, 0.55],  # grey (the spec's black: 0.2 x black is black, so texture would vanish)
+    [0.55, 0.55, 0.55],  # grey (the spec's black would vanish against the black base)
     [1.00, 0.55, 0.00],  # orange
     [0.55, 0.10, 0.75],  # purple
     [0.00, 0.85, 0.85],  # cyan
 ])
-DARK_FACTOR = 0.2  # the darker half of a texture is 0.2 x the fill colour
+# The identity detail (the "texture"): the lower half of the object in a second colour that no
+# word names (spec 5, fix (i)); "plain" has none.
+BASE_RGB = torch.tensor([
+    [0.05, 0.05, 0.05],  # black
+    [1.00, 0.60, 0.80],  # pink
+    [0.50, 0.30, 0.10],  # brown
+])
 
 # Vocabulary: 0 is the null token, then colours, shapes, backgrounds.
 NULL = 0
@@ -43,6 +50,7 @@ SHAPE_TOKENS = tuple(range(COLOUR_TOKENS[-1] + 1, COLOUR_TOKENS[-1] + 1 + len(SH
 BACKGROUND_TOKENS = tuple(range(SHAPE_TOKENS[-1] + 1, SHAPE_TOKENS[-1] + 1 + len(BACKGROUNDS)))
 VOCAB_SIZE = BACKGROUND_TOKENS[-1] + 1
 N_SLOTS = 3  # [colour, shape, background]
+SUBJECT_SLOT = 1  # S* takes the noun's (shape's) slot
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ def render(shape: torch.Tensor, colour: torch.Tensor, texture: torch.Tensor, bac
     jitter : LongTensor of shape (N, 2)
         Integer (dy, dx) offsets of the object's centre, in ``[-2, 2]`` at 16 px.
     size : int
-        Image side (16 or 32). The object scales with it; textures have a 4-px period at 16 px.
+        Image side (16 or 32). The object scales with it.
 
     Returns
     -------
@@ -94,17 +102,17 @@ def render(shape: torch.Tensor, colour: torch.Tensor, texture: torch.Tensor, bac
     cy = (size / 2 - 0.5) + jitter[:, 0].float().view(n, 1, 1) * scale
     cx = (size / 2 - 0.5) + jitter[:, 1].float().view(n, 1, 1) * scale
     dy, dx = (y - cy) / scale, (x - cx) / scale
+    # Shapes that differ in many pixels (square 81, triangle 45, cross 56 px at 16 px), so that
+    # the class is not a matter of a few corner pixels.
     square = (dy.abs() <= 4) & (dx.abs() <= 4)
-    circle = dy**2 + dx**2 <= 4.5**2
-    diamond = dy.abs() + dx.abs() <= 5
-    masks = torch.stack([square, circle, diamond], 1)  # (N, 3 shapes, H, W)
+    triangle = (dy.abs() <= 4) & (dx.abs() <= (dy + 4.5) / 2)
+    cross = ((dy.abs() <= 4) & (dx.abs() <= 1.5)) | ((dx.abs() <= 4) & (dy.abs() <= 1.5))
+    masks = torch.stack([square, triangle, cross], 1)  # (N, 3 shapes, H, W)
     inside = masks[torch.arange(n), shape]  # (N, H, W)
-    # Texture phase is tied to the object (2-px bands at 16 px, i.e. a 4-px period).
-    band_y = (torch.floor((dy + 8) / 2).long() % 2).expand(n, size, size)
-    band_x = (torch.floor((dx + 8) / 2).long() % 2).expand(n, size, size)
-    dark = torch.stack([torch.zeros_like(band_y, dtype=torch.bool), band_y == 1, band_x == 1,
-                        (band_y + band_x) % 2 == 1], 1)[torch.arange(n), texture]  # (N, H, W)
-    fill = COLOUR_RGB[colour].view(n, 3, 1, 1) * torch.where(dark, DARK_FACTOR, 1.0).unsqueeze(1)
+    lower = (dy > 0).expand(n, size, size)
+    has_base = (lower & (texture > 0).view(n, 1, 1)).unsqueeze(1)  # (N, 1, H, W)
+    base = BASE_RGB[(texture - 1).clamp(min=0)].view(n, 3, 1, 1)
+    fill = torch.where(has_base, base, COLOUR_RGB[colour].view(n, 3, 1, 1))  # (N, 3, H, W)
     bg = BACKGROUND_RGB[background].view(n, 3, 1, 1).expand(n, 3, size, size)
     img = torch.where(inside.unsqueeze(1), fill, bg)
     return img * 2 - 1
@@ -146,7 +154,7 @@ def training_batch(batch_size: int, generator: torch.Generator, size: int = 16,
                    p_subject_bg: float = 0.5) -> dict[str, torch.Tensor]:
     """One training batch of the ELITE-like model, with the reconstruction leak.
 
-    Half the rows (``p_subject``) are subject rows: caption ``[S*, null, bg-or-null]`` and a
+    Half the rows (``p_subject``) are subject rows: caption ``[null, S*, bg-or-null]`` and a
     reference image of the *same* object and texture on the *same* background at a new
     jitter. The other rows are word captions ``[colour, shape, bg]``, each word dropped with
     ``p_word`` and the whole caption with ``p_caption`` (the null condition of CFG).
@@ -154,7 +162,7 @@ def training_batch(batch_size: int, generator: torch.Generator, size: int = 16,
     Returns
     -------
     dict with ``image`` (B, 3, H, W), ``ref`` (B, 3, H, W), ``tokens`` (B, 3) and
-    ``use_subject`` (B,) bool: slot 0 of those rows is replaced by the subject token.
+    ``use_subject`` (B,) bool: slot ``SUBJECT_SLOT`` of those rows is replaced by the subject token.
     """
     g = generator
     a = random_attributes(batch_size, g)

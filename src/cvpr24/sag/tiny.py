@@ -3,7 +3,7 @@
 - :class:`TinyUNet`: an epsilon-prediction pixel-space UNet laid out like Stable Diffusion's
   (residual blocks, cross-attention on the 8x8 and 4x4 levels, sinusoidal time embedding).
 - :class:`SubjectEncoder`: the ELITE analog, a 3-conv CNN and a 3-layer MLP mapping a
-  reference image to one subject token ``s`` placed at ``S*`` (caption slot 0).
+  reference image to one subject token ``s`` placed at ``S*`` (the noun slot of the caption).
 - :class:`ShapesELITE`: both, plus the word embeddings of the caption tokens.
 - :func:`sample_sag`: DDIM (eta = 0, x0 clipping) with dual classifier-free guidance.
 - :class:`ProbeClassifier`: the evaluation probe (shape, colour, texture).
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvpr24.sag.guidance import SAGSchedule, conditions_needed, dual_cfg
-from cvpr24.sag.shapes import N_SLOTS, NULL, VOCAB_SIZE
+from cvpr24.sag.shapes import N_SLOTS, NULL, SUBJECT_SLOT, VOCAB_SIZE
 
 
 @dataclass
@@ -35,6 +35,7 @@ class TinyConfig:
     context_dim: int = 64
     heads: int = 4
     encoder_channels: int = 32
+    backbone_steps: int = 1000  # autoencoder pretraining of the encoder backbone (then frozen)
     # training
     steps: int = 3000
     batch_size: int = 64
@@ -42,6 +43,7 @@ class TinyConfig:
     weight_decay: float = 1e-4
     lambda_s: float = 0.0  # weight of the ||s||^2 penalty (paper's ELITE; constant here since s is normalised)
     p_subject: float = 0.5
+    text_steps: int = 0  # first steps on word captions only (the text-to-image pretraining of SD)
     probe_steps: int = 300
     probe_lr: float = 3e-3
 
@@ -54,7 +56,7 @@ class TinyConfig:
     def tiny(cls) -> TinyConfig:
         """Test-size preset (seconds on a CPU)."""
         return cls(image_size=16, channels=(8, 16, 16), context_dim=16, heads=2, encoder_channels=8,
-                   steps=20, batch_size=8, probe_steps=20)
+                   steps=20, batch_size=8, probe_steps=20, backbone_steps=10)
 
 
 # --- diffusion schedule ------------------------------------------------------------------
@@ -161,33 +163,60 @@ class TinyUNet(nn.Module):
 
 
 class SubjectEncoder(nn.Module):
-    """The ELITE analog: 3 strided convs, global average pool, 3-layer MLP -> one token ``s``."""
+    """The ELITE analog: an image backbone (3 convs, flattened 4x4 map) and a 3-layer MLP, the
+    mapping network, giving one token ``s``.
+
+    As ELITE maps the features of a frozen, pretrained CLIP image encoder, the backbone is
+    pretrained without labels (an autoencoder, :func:`cvpr24.sag.train.pretrain_backbone`) and
+    frozen; the mapping is trained with the diffusion loss. The map is flattened rather than
+    pooled: shape and texture are spatial layouts, and a global pool over a
+    background-dominated map keeps mostly the colours."""
 
     def __init__(self, channels: int = 32, context_dim: int = 64):
         super().__init__()
         c = channels
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # (B, 2c * 16) at any image size
         )
-        self.mlp = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.SiLU(), nn.Linear(2 * c, 2 * c), nn.SiLU(),
-                                 nn.Linear(2 * c, context_dim))
+        self.mlp = nn.Sequential(nn.Linear(32 * c, 4 * c), nn.SiLU(), nn.Linear(4 * c, 4 * c), nn.SiLU(),
+                                 nn.Linear(4 * c, context_dim))
         # s lives at the scale of the word embeddings (N(0, 1) rows, norm ~ sqrt(D)). Without this,
         # Adam plus the ||s||^2 penalty collapsed s to ~0 before the UNet learned to read it.
         self.norm = nn.LayerNorm(context_dim, elementwise_affine=False)
 
     def forward(self, ref: torch.Tensor) -> torch.Tensor:
         """``ref`` (B, 3, H, W) -> ``s`` (B, D), layer-normalised."""
-        return self.norm(self.mlp(self.convs(ref).mean(dim=(2, 3))))
+        return self.norm(self.mlp(self.backbone(ref)))
+
+
+class BackboneDecoder(nn.Module):
+    """Decoder of the backbone's autoencoder pretraining: the flattened (2c, 4, 4) map back to
+    an image. Used only to pretrain :class:`SubjectEncoder`'s backbone; not part of the model."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (2 * c, 4, 4)),
+            nn.Upsample(scale_factor=2), nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.SiLU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(2 * c, c, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(c, 3, 3, padding=1),
+        )
+
+    def forward(self, features: torch.Tensor, size: int) -> torch.Tensor:
+        """``features`` (B, 32c) -> image (B, 3, size, size)."""
+        return F.interpolate(self.net(features), size=(size, size), mode="bilinear", align_corners=False)
 
 
 class ShapesELITE(nn.Module):
     """The tiny subject-driven model: word embeddings, the subject encoder and the UNet.
 
     A context is three slots ``[colour, shape, background]`` of word embeddings plus a
-    learned position embedding per slot; a subject condition replaces slot 0's word
-    embedding with ``s = encoder(ref)``.
+    learned position embedding per slot; a subject condition replaces the noun slot's
+    (``SUBJECT_SLOT``) word embedding with ``s = encoder(ref)``.
     """
 
     def __init__(self, config: TinyConfig):
@@ -201,14 +230,15 @@ class ShapesELITE(nn.Module):
 
     def context(self, tokens: torch.Tensor, subject: torch.Tensor | None = None,
                 use_subject: torch.Tensor | None = None) -> torch.Tensor:
-        """Context (B, 3, D) from token ids (B, 3); rows where ``use_subject`` get ``subject``
-        (B, D) in slot 0 (the ``S*`` position)."""
+        """Context (B, 3, D) from token ids (B, 3); rows where ``use_subject`` (all rows when
+        not given) get ``subject`` (B, D) at ``S*``, slot ``SUBJECT_SLOT``."""
         emb = self.words(tokens)
         if subject is not None:
-            mask = torch.ones(len(tokens), dtype=torch.bool, device=tokens.device) if use_subject is None \
+            rows = torch.ones(len(tokens), dtype=torch.bool, device=tokens.device) if use_subject is None \
                 else use_subject
-            slot0 = torch.where(mask.unsqueeze(1), subject, emb[:, 0])
-            emb = torch.cat([slot0.unsqueeze(1), emb[:, 1:]], 1)
+            is_subject = torch.zeros_like(emb[..., :1], dtype=torch.bool)  # (B, 3, 1)
+            is_subject[rows, SUBJECT_SLOT] = True
+            emb = torch.where(is_subject, subject.unsqueeze(1), emb)
         return emb + self.slots
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ import torch
 
 from cvpr24.common import load_checkpoint, load_training_state, save_checkpoint, save_training_state
 from cvpr24.common.progress import progress
-from cvpr24.sag.shapes import probe_batch, training_batch
+from cvpr24.sag.shapes import SUBJECT_SLOT, probe_batch, training_batch
 from cvpr24.sag.tiny import (
+    BackboneDecoder,
     ProbeClassifier,
     ShapesELITE,
     TinyConfig,
@@ -32,7 +33,7 @@ from cvpr24.sag.tiny import (
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "shapes_elite.safetensors"
 DATA_DESCRIPTION = ("ShapesWorld (cvpr24.sag.shapes), generated on the fly from the training seed: "
                     "50% word captions [colour, shape, bg] (word dropout 0.3, caption dropout 0.1), "
-                    "50% subject captions [S*, null, bg-or-null] with a same-background reference")
+                    "50% subject captions [null, S*, bg-or-null] with a same-background reference")
 
 
 def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None = None,
@@ -54,11 +55,15 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
     -------
     model, metrics
         ``metrics`` holds ``loss_initial`` and ``loss_final`` (means over the first and last
-        50 steps, or a fifth of the run when shorter).
+        50 steps, or a fifth of the run when shorter) and the backbone's reconstruction MSE.
     """
     torch.manual_seed(seed)
     model = ShapesELITE(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # On resume, the training state holds the pretrained backbone.
+    backbone_mse = float("nan") if resume else pretrain_backbone(model, config, seed)
+    model.encoder.backbone.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed + 1)
     start, history = 0, []
@@ -69,16 +74,18 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
         start = st["step"]
         gen.set_state(st["extra"]["generator"])
         history = list(st["extra"]["history"].tolist())
+        backbone_mse = float(st["extra"]["backbone_mse"])
     model.train()
     bar = progress(range(start, config.steps), desc="train sag", total=config.steps - start, disable=show_progress
                    if show_progress is None else not show_progress)
     t0 = time.time()
     for step in bar:
-        batch = training_batch(config.batch_size, gen, config.image_size, p_subject=config.p_subject)
+        p_subject = 0.0 if step < config.text_steps else config.p_subject
+        batch = training_batch(config.batch_size, gen, config.image_size, p_subject=p_subject)
         loss, parts = denoising_loss(model, batch, gen, config.lambda_s)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         history.append(parts["loss_d"])
@@ -86,13 +93,39 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
         done = step + 1
         if state_path is not None and (done % save_every == 0 or done == config.steps):
             save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=done,
-                                extra={"generator": gen.get_state(), "history": torch.tensor(history)})
+                                extra={"generator": gen.get_state(), "history": torch.tensor(history),
+                                       "backbone_mse": torch.tensor(backbone_mse)})
         if log is not None and done % 100 == 0:
             log(f"step {done}/{config.steps} loss_d {sum(history[-100:]) / len(history[-100:]):.4f} "
                 f"({time.time() - t0:.0f} s)")
     model.eval()
     k = max(1, min(50, len(history) // 5))
-    return model, {"loss_initial": sum(history[:k]) / k, "loss_final": sum(history[-k:]) / k}
+    return model, {"loss_initial": sum(history[:k]) / k, "loss_final": sum(history[-k:]) / k,
+                   "backbone_mse": backbone_mse}
+
+
+def pretrain_backbone(model: ShapesELITE, config: TinyConfig, seed: int = 0) -> float:
+    """Pretrain the subject encoder's backbone without labels, as an autoencoder on clean
+    renders (random objects, backgrounds and jitters): the analog of the frozen CLIP image
+    encoder under ELITE's mapping network. Returns the final reconstruction MSE (mean of the
+    last 20 steps)."""
+    backbone = model.encoder.backbone
+    decoder = BackboneDecoder(config.encoder_channels)
+    params = [*backbone.parameters(), *decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(1, config.backbone_steps))
+    gen = torch.Generator().manual_seed(seed + 4)
+    losses = []
+    for _ in range(config.backbone_steps):
+        images, _ = probe_batch(config.batch_size, gen, config.image_size, noise_std=0.0)
+        loss = torch.nn.functional.mse_loss(decoder(backbone(images), config.image_size), images)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    tail = losses[-20:]
+    return sum(tail) / max(1, len(tail))
 
 
 def train_probe(config: TinyConfig, seed: int = 0, eval_size: int = 1024) -> tuple[ProbeClassifier, dict[str, float]]:
@@ -125,7 +158,7 @@ def probe_accuracy(probe: ProbeClassifier, image_size: int, seed: int, n: int = 
 def fit_placeholder_embedding(model: ShapesELITE, images: torch.Tensor, placeholder: int, steps: int = 10,
                               lr: float = 5e-3, seed: int = 0) -> ShapesELITE:
     """Textual inversion on the tiny model: optimise the word embedding of ``placeholder``
-    (a token id used in slot 0) on ``images``, everything else frozen.
+    (a token id used at ``S*``, the noun slot) on ``images``, everything else frozen.
 
     The gradient of every other embedding row is masked to zero and Adam runs without weight
     decay, so those rows stay bit-identical.
@@ -140,7 +173,7 @@ def fit_placeholder_embedding(model: ShapesELITE, images: torch.Tensor, placehol
     hook = emb.register_hook(lambda g: g * row)
     opt = torch.optim.Adam([emb], lr=lr, weight_decay=0.0)
     tokens = torch.zeros(len(images), 3, dtype=torch.long)
-    tokens[:, 0] = placeholder
+    tokens[:, SUBJECT_SLOT] = placeholder
     try:
         for _ in range(steps):
             t = torch.rand(len(images), generator=gen)
