@@ -43,7 +43,7 @@ class TinyConfig:
     weight_decay: float = 1e-4
     lambda_s: float = 0.0  # weight of the ||s||^2 penalty (paper's ELITE; constant here since s is normalised)
     p_subject: float = 0.5
-    text_steps: int = 0  # first steps on word captions only (the text-to-image pretraining of SD)
+    p_subject_bg: float = 0.5  # subject captions keep the background word with this probability
     probe_steps: int = 300
     probe_lr: float = 3e-3
 

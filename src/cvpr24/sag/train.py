@@ -80,8 +80,8 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
                    if show_progress is None else not show_progress)
     t0 = time.time()
     for step in bar:
-        p_subject = 0.0 if step < config.text_steps else config.p_subject
-        batch = training_batch(config.batch_size, gen, config.image_size, p_subject=p_subject)
+        batch = training_batch(config.batch_size, gen, config.image_size, p_subject=config.p_subject,
+                               p_subject_bg=config.p_subject_bg)
         loss, parts = denoising_loss(model, batch, gen, config.lambda_s)
         opt.zero_grad(set_to_none=True)
         loss.backward()
