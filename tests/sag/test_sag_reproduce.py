@@ -36,9 +36,14 @@ def test_t_star_rule_uses_the_fidelity_constraint():
     assert reproduce.choose_t_star(val, (1.0, 0.8, 0.4, 0.0))[0] == 1.0
 
 
-def test_constant_mixing_interpolation_and_spearman():
-    pts = [(0.2, 0.9), (0.6, 0.5), (1.0, 0.1)]
-    assert reproduce.const_identity_at(0.4, pts) == pytest.approx(0.7)
+def test_constant_mixing_comparison_and_spearman():
+    const = [(0.70, 0.60), (0.90, 0.50), (0.99, 0.30)]
+    assert reproduce.best_const_identity(0.93, const) == 0.60  # runs at 0.70 and 0.90 qualify
+    assert reproduce.best_const_identity(0.96, const) == 0.60  # 0.99 is "equal" within the tolerance too
+    assert reproduce.best_const_identity(0.50, const) == 0.60  # below every run: the closest one
+    assert reproduce.best_const_identity(0.50, [(0.9, 0.5), (0.8, 0.7)]) == 0.7
+    with pytest.raises(ValueError, match="const"):
+        reproduce.best_const_identity(0.5, [])
     assert reproduce.spearman([1, 0.8, 0.6, 0.4], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(-1.0)
     assert reproduce.spearman([1, 0.8, 0.6], [0.5, 0.5, 0.5]) == 0.0
 

@@ -49,8 +49,8 @@ class TinyConfig:
 
     @classmethod
     def cpu(cls) -> TinyConfig:
-        """Quick-mode preset: 16 px, 32-64-64 channels, 3000 steps at batch 48."""
-        return cls(image_size=16, channels=(32, 64, 64), steps=3000, batch_size=48)
+        """Quick-mode preset: 16 px, 32-64-64 channels, 6000 steps at batch 48."""
+        return cls(image_size=16, channels=(32, 64, 64), steps=6000, batch_size=48)
 
     @classmethod
     def tiny(cls) -> TinyConfig:
