@@ -28,7 +28,7 @@ import numpy as np
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import pdist, squareform
 
-from cvpr24.common import atomic_write
+from cvpr24.common import atomic_write, best_time
 from cvpr24.hcc import TreePreservingEmbedding, hcc_linkage, minimax_distances
 from cvpr24.hcc.embedding import explicit_tree_embedding, mds_embed, pca_sparse
 from cvpr24.hcc.linkage import level_distances
@@ -40,16 +40,6 @@ def signed_matrix(n: int, seed: int = 0) -> np.ndarray:
     D = (A + A.T) / 2
     np.fill_diagonal(D, 0)
     return D
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_linkage(sizes: list[int]) -> list[dict]:

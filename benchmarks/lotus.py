@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cvpr24.common.io import atomic_write
+from cvpr24.common.timing import best_time
 from cvpr24.lotus.attack import (
     LotusConfig,
     poison_batch,
@@ -32,17 +32,6 @@ from cvpr24.lotus.metrics import asr_par
 from cvpr24.lotus.models import SmallCNN, replace_head
 from cvpr24.lotus.partition import ConstantPartitioner, SurrogatePartitioner
 from cvpr24.lotus.triggers import TriggerSet
-
-
-def best_of(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls after one warm-up (robust to load from other processes)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def peak_rss_mb() -> float:
@@ -78,9 +67,9 @@ def bench_step(repeats: int, batch: int = 128) -> dict:
         pick = torch.randperm(len(vic), generator=g)[:2 * v]
         train_on(*poison_batch(oth, yo, vic[pick], partitioner, triggers, c, victim=0, target=9, generator=g))
 
-    t_clean = best_of(clean_step, repeats)
-    t_bad = best_of(lambda: lotus_step(ts1, ConstantPartitioner(), 0, 0), repeats)
-    t_lotus = best_of(lambda: lotus_step(ts4, part, 3, 1), repeats)
+    t_clean = best_time(clean_step, repeats, warmup=1)
+    t_bad = best_time(lambda: lotus_step(ts1, ConstantPartitioner(), 0, 0), repeats, warmup=1)
+    t_lotus = best_time(lambda: lotus_step(ts4, part, 3, 1), repeats, warmup=1)
     n_lotus = batch + 2 * v + 3 + 1 + int(0.05 * batch)
     return {"batch": batch, "v": v, "lotus_batch_images": n_lotus, "clean_s": t_clean,
             "badnets_s": t_bad, "lotus_s": t_lotus, "lotus_over_clean": t_lotus / t_clean,
@@ -103,9 +92,9 @@ def bench_focus(repeats: int) -> list[dict]:
             a = trigger_focus_batch(x, p, ts, generator=torch.Generator().manual_seed(1), **kw)
             b = reference_trigger_focus_batch(x, p, ts, generator=torch.Generator().manual_seed(1), **kw)
             same = torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-            tv = best_of(partial(_seeded, trigger_focus_batch, x, p, ts, kw), repeats)
-            tl = best_of(partial(_seeded, reference_trigger_focus_batch, x, p, ts, kw),
-                         max(1, repeats // 2))
+            tv = best_time(partial(_seeded, trigger_focus_batch, x, p, ts, kw), repeats, warmup=1)
+            tl = best_time(partial(_seeded, reference_trigger_focus_batch, x, p, ts, kw),
+                           max(1, repeats // 2), warmup=1)
             rows.append({"k": k, "v": v, "vectorised_s": tv, "loop_s": tl, "speedup": tl / tv,
                          "identical": same})
     return rows
@@ -119,7 +108,7 @@ def bench_codes(repeats: int) -> list[dict]:
     for k in range(2, 8):
         ts = TriggerSet(k, 16)
         p = torch.arange(50) % k
-        t = best_of(partial(asr_par, model, x, p, ts, 9), max(1, repeats // 2))
+        t = best_time(partial(asr_par, model, x, p, ts, 9), max(1, repeats // 2), warmup=1)
         rows.append({"k": k, "codes": 2**k - 1, "seconds": t})
     return rows
 

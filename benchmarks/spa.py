@@ -29,19 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvpr24.common import atomic_write
-
-
-def timeit(fn, reps: int, warmup: int = 3) -> float:
-    """Fastest of ``reps`` calls, in seconds (the least disturbed by other load on the machine)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from cvpr24.common import atomic_write, best_time
 
 
 def targets(n: int, c: int, mean_positives: float = 2.9, seed: int = 0) -> torch.Tensor:
@@ -153,18 +141,18 @@ def bench_metrics(reps: int) -> list[dict]:
     rng = np.random.default_rng(0)
     p = rng.uniform(size=(40_137, 80))
     y = (rng.uniform(size=p.shape) < p**1.3).astype(np.float64)
-    rows = [{"metric": "ECE 40137x80 (ours)", "ms": timeit(lambda: ece(p, y), reps) * 1e3},
-            {"metric": "ACE 40137x80 (ours)", "ms": timeit(lambda: ace(p, y), reps) * 1e3},
-            {"metric": "mAP 40137x80 (ours)", "ms": timeit(lambda: mean_average_precision(p, y), reps) * 1e3},
+    rows = [{"metric": "ECE 40137x80 (ours)", "ms": best_time(lambda: ece(p, y), reps, warmup=3) * 1e3},
+            {"metric": "ACE 40137x80 (ours)", "ms": best_time(lambda: ace(p, y), reps, warmup=3) * 1e3},
+            {"metric": "mAP 40137x80 (ours)", "ms": best_time(lambda: mean_average_precision(p, y), reps, warmup=3) * 1e3},
             {"metric": "mAP 40137x80 (sklearn loop)",
-             "ms": timeit(lambda: np.mean([average_precision_score(y[:, c], p[:, c]) for c in range(80)]),
-                          reps) * 1e3}]
+             "ms": best_time(lambda: np.mean([average_precision_score(y[:, c], p[:, c]) for c in range(80)]),
+                                reps, warmup=3) * 1e3}]
     try:
         from torchmetrics.functional.classification import binary_calibration_error
 
         pt, yt = torch.from_numpy(p.ravel()), torch.from_numpy(y.ravel()).long()
         rows.append({"metric": "ECE 40137x80 (torchmetrics)",
-                     "ms": timeit(lambda: binary_calibration_error(pt, yt, n_bins=15), reps) * 1e3})
+                     "ms": best_time(lambda: binary_calibration_error(pt, yt, n_bins=15), reps, warmup=3) * 1e3})
     except ImportError:
         rows.append({"metric": "ECE 40137x80 (torchmetrics)", "ms": None, "note": "torchmetrics not installed"})
     return rows

@@ -21,6 +21,7 @@ _EXPORTS = {
     "Result": "result",
     "get_device": "seed",
     "seed_everything": "seed",
+    "best_time": "timing",
 }
 
 __all__ = sorted(_EXPORTS)
