@@ -16,6 +16,7 @@ _EXPORTS = {
     "atomic_path": "io",
     "atomic_write": "io",
     "progress": "progress",
+    "report_step": "progress",
     "Claim": "result",
     "Measurement": "result",
     "Result": "result",
