@@ -16,7 +16,6 @@ re-run of the same (judge, prompt, question, reference, answer) free.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -45,8 +44,10 @@ from cvpr24.egothink.data import (
 )
 from cvpr24.egothink.prompts import PromptSet, render_judge_messages, sha256
 
-RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # E3
-RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
+# E3; ASCII digits only (the official ``\d`` also matches e.g. Arabic-Indic digits, which its
+# ``ast.literal_eval`` then rejects with an exception)
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]", re.ASCII)
+RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]", re.ASCII)
 VALID_RATINGS = (0.0, 0.5, 1.0)
 ERROR_SENTINEL = "$ERROR$"  # what the official client returns when the API gives up
 
@@ -54,8 +55,11 @@ ERROR_SENTINEL = "$ERROR$"  # what the official client returns when the API give
 def parse_rating(judgment: str, strict: bool = True) -> float | None:
     """The rating in a judge reply (E3), or ``None`` when there is none.
 
-    ``[[x]]`` is searched first, then ``[x]``; the first match wins. Negative numbers never
-    match. In ``strict`` mode a value outside {0, 0.5, 1} counts as no rating (it is retried);
+    ``[[x]]`` is searched first, then ``[x]``; the first match wins. ``x`` is ASCII digits with
+    at most one decimal point (``1``, ``0.5``, ``1.``, ``05``); negative numbers, exponents and
+    other digit scripts never match. The numeral is read with ``float`` rather than the
+    official ``ast.literal_eval``, which is not safe from worker threads and raised on leading
+    zeros. In ``strict`` mode a value outside {0, 0.5, 1} counts as no rating (it is retried);
     with ``strict=False`` any number is accepted, as in the official code.
 
     Examples
@@ -68,7 +72,7 @@ def parse_rating(judgment: str, strict: bool = True) -> float | None:
     m = RATING.search(judgment) or RATING_FALLBACK.search(judgment)
     if m is None:
         return None
-    value = float(ast.literal_eval(m.group(1)))
+    value = float(m.group(1))  # a plain decimal reading: no ast/compiler, safe in any thread
     if strict and value not in VALID_RATINGS:
         return None
     return value
