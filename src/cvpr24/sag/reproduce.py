@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
+from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write, report_step
 from cvpr24.sag.guidance import SAGSchedule
 from cvpr24.sag.shapes import (
     ALL_SUBJECTS,
@@ -337,7 +337,9 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
     per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in [*arm_schedules, "words", "SAG T*"]}
     models_info, t_stars, grids = [], [], {}
     seed_ids = []
+    n_steps, step = len(cfg.train_seeds) * (1 + cfg.seeds), 0
     for train_seed in cfg.train_seeds:
+        report_step(f"model {train_seed}: load or train, choose T* on validation", step, n_steps)
         model, probe, info = load_or_train(cfg, out_dir, train_seed, size != "full",
                                            Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
         clean_acc = _clean_probe_accuracy(probe, model.config.image_size, seed=777)
@@ -354,8 +356,11 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
         val_mean = {a: {k: float(np.mean(v)) for k, v in d.items()} for a, d in val.items()}
         t_star, why = choose_t_star(val_mean, cfg.t_sweep)
         t_stars.append({"train_seed": train_seed, "T_star": t_star, "rule": why, "validation": val_mean})
+        step += 1
         # Test.
         for s in range(cfg.seeds):
+            report_step(f"model {train_seed}: test seed {s}, {len(arm_schedules) + 1} arms", step, n_steps)
+            step += 1
             seed_ids.append(100 * train_seed + s)
             ep = make_episode(model, test_subjects, cfg.targets, cfg.samples, seed=100 * train_seed + s)
             results = {}
