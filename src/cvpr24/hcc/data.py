@@ -1,6 +1,6 @@
 """Loaders for the formats signed pairwise data comes in, and the planted-partition generator.
 
-Formats (spec section 4):
+Formats (docs/hcc.md, Command line):
 
 - dense ``.npy`` (N x N), condensed ``.npy`` (length N(N-1)/2, as from ``pdist``), dense CSV;
 - ``scipy.sparse`` ``.npz`` (``save_npz``): a missing pair is 0, "no information";
@@ -333,7 +333,7 @@ def make_signed_partition(
     gauss: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Planted signed clusters (spec section 5).
+    """Planted signed clusters (docs/hcc.md, Reproduction).
 
     1. ``y = repeat(arange(K), sizes)``; 2. ``B_ij = -1`` within a cluster, ``+1`` across;
     3. per unordered pair: flip the sign with probability ``p_flip``, multiply by
@@ -371,7 +371,7 @@ def make_signed_partition(
 
 
 def resolve_shift(shift, distances: np.ndarray, n_clusters=None) -> float:
-    """The constant theta subtracted from non-negative distances (spec section 9, item 4).
+    """The constant theta subtracted from non-negative distances (docs/hcc.md, Worked example 2).
 
     Parameters
     ----------

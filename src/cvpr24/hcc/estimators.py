@@ -49,7 +49,7 @@ EMBED_SOLVERS = ("eigh", "explicit")
 
 @dataclass
 class HCCConfig:
-    """The method's settings (spec section 2.6); there is no training and no weights.
+    """The method's settings; there is no training and no weights.
 
     ``HCCConfig().clusterer()`` / ``.embedder()`` build the configured estimators.
     """

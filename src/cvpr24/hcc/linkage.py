@@ -1,6 +1,6 @@
 """Hierarchical correlation clustering (HCC): the sum linkage, cuts, CC cost and tree distances.
 
-Notation (spec section 2): objects ``0..N-1``, signed dissimilarity ``D`` (negative = "same
+Notation (docs/hcc.md, Equations): objects ``0..N-1``, signed dissimilarity ``D`` (negative = "same
 cluster", positive = "different", zero = no information), partition ``c``.
 
 - Eq. 1, CC cost over unordered pairs:

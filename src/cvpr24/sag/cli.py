@@ -71,7 +71,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train the tiny ShapesWorld model of the reproduction",
-                       description="Train the tiny ELITE-like model and its probe (spec section 5).")
+                       description="Train the tiny ELITE-like model and its probe (the reproduction's model).")
     p.add_argument("--size", choices=("cpu", "full"), default="cpu", help="cpu: 16 px (committed); full: 32 px")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--probe-steps", type=positive_int, default=None, help="probe training steps (default 300)")

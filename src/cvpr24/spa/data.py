@@ -1,4 +1,4 @@
-"""Data: the synthetic teacher with known posteriors (spec section 5) and real-format loaders.
+"""Data: the synthetic teacher with known posteriors (docs/spa.md, Reproduction) and real-format loaders.
 
 Internal label convention everywhere: an (N, C) float array with 1 = present, 0 = absent and
 NaN = unknown (missing label). Loaders normalise at the boundary: VOC's 1 / -1 / 0(difficult),
@@ -95,7 +95,7 @@ def make_digit_canvases(seed: int, n: int, p_cell: float = 0.6, drop_positive: f
     A 2x2 grid of 8x8 cells; each cell holds a digit with probability ``p_cell``, drawn from a
     skewed class distribution (weights log-spaced 1 ... 0.1), with its image drawn from that
     class. Labels = the digits present (C = 10). A fraction ``drop_positive`` of the positive
-    labels is marked unknown (NaN) to mimic missing annotations (spec section 5, ``--full``).
+    labels is marked unknown (NaN) to mimic missing annotations (``--full``).
     """
     from sklearn.datasets import load_digits
 

@@ -1,7 +1,7 @@
 """Multi-label losses: SPA (strictly proper asymmetric), the Label Pair Regularizer, and the
 BCE / focal / ASL baselines, each as a plain function plus a thin ``nn.Module`` wrapper.
 
-Notation (spec ``papers/spa.md``; equation numbers (S1)...(S14) are the spec's, the paper's own
+Notation (docs/spa.md, Equations; the labels (S1)...(S14) are ours, the paper's own
 numbering could not be determined). Per label the network output is ``v`` (a "logit", but for
 SPA *not* a log-odds), the label ``y`` in {0, 1} and the true posterior ``eta = P(y=1|x)``.
 
@@ -541,7 +541,7 @@ class BCELoss(_MultiLabelLoss):
 
 
 class FocalLoss(_MultiLabelLoss):
-    """Sigmoid focal loss (S3); ``gamma=2`` without ``alpha`` is the baseline of the spec."""
+    """Sigmoid focal loss (S3); ``gamma=2`` without ``alpha`` is the focal baseline."""
 
     name = "focal"
 

@@ -1,7 +1,7 @@
 """Multi-label classifiers for SPA training, and the module's configuration.
 
 ``MultiLabelClassifier(backbone, num_features, num_classes)`` = backbone (pooled features,
-shape (N, D)) -> optional dropout -> ``Linear(D, C)`` named ``head`` (spec section 2.4). The
+shape (N, D)) -> optional dropout -> ``Linear(D, C)`` named ``head``. The
 backbone is any module; shipped here are a plain-torch ResNet-50/101 whose ``state_dict`` keys
 equal torchvision's (so users load ImageNet weights they already have with
 ``torch.load(path, weights_only=True)``), and an MLP for feature files and the CPU
@@ -25,7 +25,7 @@ ARCHS = ("mlp", "resnet50", "resnet101")
 @dataclass
 class SPAConfig:
     """Everything a training run needs. Defaults are the full-scale recipe (ASL's ``train.py``
-    [ASL] with SPA + LPR [mlcpl]/[choice], spec section 2.4); :meth:`cpu` is the reproduction's.
+    [ASL] with SPA + LPR [mlcpl]/[choice], docs/spa.md); :meth:`cpu` is the reproduction's.
 
     The six SPA parameters, ``lam`` and the LPR switches define the loss *and* the read-out.
     """
@@ -73,7 +73,7 @@ class SPAConfig:
 
     @classmethod
     def cpu(cls, **overrides) -> SPAConfig:
-        """The CPU reproduction setting (spec section 5): MLP 16 -> 128 -> 128 -> 20, AdamW 1e-3,
+        """The CPU reproduction setting: MLP 16 -> 128 -> 128 -> 20, AdamW 1e-3,
         wd 1e-4, batch 256, 20 epochs, constant learning rate, no AMP/EMA."""
         base = dict(arch="mlp", num_classes=20, in_features=16, hidden=(128, 128), optimizer="adamw",
                     lr=1e-3, weight_decay=1e-4, epochs=20, schedule="constant", batch_size=256,

@@ -1,4 +1,4 @@
-"""CPU-scale reproduction of "Towards Calibrated Multi-label DNNs" (spec section 5).
+"""CPU-scale reproduction of "Towards Calibrated Multi-label DNNs" (docs/spa.md, Reproduction).
 
 Lab notebook:
 
@@ -38,7 +38,7 @@ CLAIMS = [
     "D (--full only): on real pixels with missing labels (digit canvases) SPA is better calibrated than ASL",
 ]
 
-# ---- criteria, fixed before running (spec section 5) ---------------------------------------
+# ---- criteria, fixed before running -----------------------------------------------------------
 # A. tolerance = optimiser precision of the float64 bisection; ASL/focal bounds are far from 0
 #    so only a wrong loss or link can flip them (spec table: ASL p*(0.05) = 0.528, focal
 #    p*(0.01) = 0.154).
@@ -54,7 +54,7 @@ B_MAP_MARGIN = 0.01
 #    are scarce; 10 % is >= 5x the seed noise of a prototype. mAP margin as in B.
 C_MAX_ECE_RATIO = 0.9
 C_MAP_MARGIN = 0.01
-# D. real pixels, no known posteriors: the spec's criterion is the plain ordering
+# D. real pixels, no known posteriors: the criterion is the plain ordering
 #    ECE(SPA) < ECE(ASL) in the mean over 3 seeds (no margin: a sanity check off the teacher).
 D_SEEDS = (20, 21, 22)
 D_N_TRAIN, D_N_TEST, D_EPOCHS = 5_000, 5_000, 20
@@ -99,7 +99,7 @@ class Settings:
 # ---- claim A: population minimisers ----------------------------------------------------------
 
 def minimizer_table(etas: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Read-out of the population minimiser ``v*(eta)`` for each loss (spec section 3 table)."""
+    """Read-out of the population minimiser ``v*(eta)`` for each loss."""
     from cvpr24.spa.losses import AsymmetricLoss, FocalLoss, SPALoss, risk_minimizer
 
     etas = np.linspace(0.01, 0.99, 99) if etas is None else np.asarray(etas, float)
@@ -198,7 +198,7 @@ def claim_digits(rows: list[dict]) -> Claim:
     ece_spa, ece_asl = mean("SPA", "ece"), mean("ASL", "ece")
     return Claim.verdict(
         "D", CLAIMS[3], ece_spa < ece_asl,
-        criterion=f"mean ECE(SPA) < mean ECE(ASL) over seeds {D_SEEDS} (the spec's ordering check on real pixels)",
+        criterion=f"mean ECE(SPA) < mean ECE(ASL) over seeds {D_SEEDS} (the ordering check on real pixels)",
         comparison=(f"ECE SPA {ece_spa:.4f} vs ASL {ece_asl:.4f} (BCE {mean('BCE', 'ece'):.4f}); mAP SPA "
                     f"{mean('SPA', 'map'):.4f}, ASL {mean('ASL', 'map'):.4f}, BCE {mean('BCE', 'map'):.4f}"),
         measured=Measurement.of([r["ece"] for r in rows if r["arm"] == "SPA"]),
@@ -365,7 +365,7 @@ def _save(fig, path: Path) -> str:
 DEVIATIONS = [
     "Synthetic teacher data with known posteriors (C=20, d=16) and an MLP instead of COCO/VOC/NUS-WIDE "
     "images and TResNet/ResNet backbones: CPU scale.",
-    "The paper's tables could not be retrieved: no paper_value is filled in; claims follow the spec.",
+    "The paper's tables could not be retrieved: no paper_value is filled in; claims test the mechanisms.",
     "LPR form (log-odds pair logistic loss over positive x negative pairs, Z = number of known labels) is "
     "derived from the paper's description, not checked against the paper's equation.",
     "SPA defaults (1, 1, 0, 5, 3, 1) are mlcpl's, unverified against the paper.",
