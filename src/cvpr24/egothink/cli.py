@@ -51,6 +51,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None)
     p.add_argument("--overwrite", action="store_true", help="judge again what is already judged")
     p.add_argument("--no-cache", action="store_true", help="do not use the content-hash cache")
+    p.add_argument("--refuse-stale", action="store_true",
+                   help="fail instead of re-judging rows graded under another prompt or rating rule")
     p.add_argument("--lenient", action="store_true", help="accept any number as a rating (official parser)")
     p.add_argument("--official-retry-nesting", action="store_true", help="the official 3 x 3 query loop")
     p.add_argument("--max-retry", type=int, default=16, help="HTTP attempts per request")
@@ -59,7 +61,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("show", help="print the leaderboard of judged models")
     p.add_argument("--answers", required=True)
-    p.add_argument("--judge", default="gpt-4", help="judge name used in 'judge' ('local-judge' for --judge local)")
+    p.add_argument("--judge", default="gpt-4", help="judge name used in 'judge' ('local' or 'local-judge' for LocalJudge)")
     p.add_argument("--format", choices=("md", "csv", "json", "html"), default="md")
     p.add_argument("--order", nargs="+", default=None, help="model row order")
     p.add_argument("--failed", choices=FAILED_MODES, default="drop", help="how failed judgments count")
@@ -157,11 +159,16 @@ def cmd_judge(args) -> int:
     try:
         run = run_judgment(args.answers, judge, cfg, models=args.models, dims=args.dims,
                            prompts=_prompts(args), cache=None if args.no_cache else "auto",
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, refuse_stale=args.refuse_stale)
+    except ValueError as e:
+        raise ValueError(str(e).replace("refuse_stale: ", "--refuse-stale: ", 1)) from None
     finally:
         getattr(judge, "close", lambda: None)()
-    print(f"judge {run.judge}: {run.judged} judged ({run.calls} calls), {run.cached} from cache, "
-          f"{run.skipped} already done, {len(run.failures)} failed, {run.wall_time_s:.1f} s")
+    requests = "" if run.requests is None else f", {run.requests} HTTP requests with retries"
+    print(f"judge {run.judge}: {run.judged} judged ({run.calls} judge queries{requests}), {run.cached} from cache, "
+          f"{run.skipped} already done, {run.rejudged} re-judged (graded otherwise before), "
+          f"{len(run.failures)} failed, {run.wall_time_s:.1f} s")
+    print(f"graded with {run.provenance}")
     for f in run.failures[:10]:
         print(f"  failed: {f['dim']} {f['model']} q{f['question_id']}: {f['judgment'][:80]!r}")
     return 0
@@ -172,10 +179,13 @@ def cmd_show(args) -> int:
     from cvpr24.common import atomic_write
     from cvpr24.egothink.metrics import Leaderboard, bootstrap_ci, load_item_scores, paired_test
 
-    board = Leaderboard.from_answers(args.answers, args.judge, order=args.order, failed=args.failed)
+    judge = "local-judge" if args.judge == "local" else args.judge  # the name 'judge --judge local' writes
+    board = Leaderboard.from_answers(args.answers, judge, order=args.order, failed=args.failed)
     text = board.render(args.format)
+    if args.format in ("csv", "html"):  # md and json carry it in the table
+        print(f"judge {judge}: graded with {board.provenance}", file=sys.stderr)
     if args.ci or args.compare:
-        scores, _ = load_item_scores(args.answers, args.judge)
+        scores, _ = load_item_scores(args.answers, judge)
         extra = []
         if args.ci:
             for r in board.rows:
