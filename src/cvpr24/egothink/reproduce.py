@@ -55,6 +55,7 @@ from cvpr24.egothink.synth import (
     HEADS,
     MIRRORED_HEADS,
     QUICK_SIZES,
+    Paraphrases,
     generate_synthetic,
     oracle_score,
     sample_items,
@@ -80,6 +81,29 @@ OTHER_DIMS_MAX_CHANGE = 5.0  # C3: the 9 dimensions without left/right content m
 BLIND_GAP_MIN = 15.0  # C4: the image must matter by a wide margin
 BLIND_OVER_CHANCE_MAX = 10.0  # C4: a leaky generator would let the blind model beat chance by more
 NO_LR_DIMS = tuple(d for d in DIM_KEYS if d not in ("spatial", "navigation", "assistance"))
+
+#: The held-out paraphrase family: the only one the reproduction's answers use, kept here,
+#: out of LocalJudge's sight (a test checks that LocalJudge's word lists share none of its
+#: words that the dev family, the questions and the references do not already use).
+HELDOUT_PARAPHRASES = Paraphrases(
+    templates={
+        "category": ("I am holding a {syn}.", "I think it's a {syn}.", "The person is holding a {syn}."),
+        "yesno": ("{Yes}, {there}.", "{Yes}."),
+        "color": ("It is {col}.", "I think it's {col}."),
+        "material": ("It looks {mat}.", "I'd say it is {mat}."),
+        "use": ("People can {use_l}", "It is used to {use_l}"),
+        "activity": ("I am {verb} {object}.", "The person is {verb} {object}."),
+        "room": ("I am in the {room}.", "It looks like a {room}."),
+        "side": ("It is on my {side}.", "It's on the {side} side."),
+        "hand": ("In my {side} hand.", "I hold it in my {side} hand."),
+        "count": ("There are {num} altogether.", "I count {num}."),
+        "choice": ("The {opt} is closer.", "I think the {opt} is closer to me."),
+        "next": ("I will pick up the {obj}.", "The person will pick up the {obj}."),
+        "route": ("First, look along the corridor. {route}", "{route} Arrived."),
+        "plan": ("First, look at the table. {plan}", "{plan} Done."),
+    },
+    synonyms={"cup": "mug", "phone": "smartphone", "box": "carton"},
+    refusal="Sorry, I cannot determine it from the image.")
 
 ARMS = ("V0", "V1", "V2", "V3", "V2-allo", "blind")
 ARM_DESC = {"V0": "heads only", "V1": "adapter (fusion + heads)", "V2": "full", "V3": "heads, 4x encoder",
@@ -187,7 +211,7 @@ class SlotAnswerer:
             slots = {k: int(pred[k][i]) for k in heads}
             c = min(float(conf[k][i]) for k in heads)
             rng = np.random.default_rng([self.seed, 7, i])  # the same draws for every arm
-            text, refused = verbalize(it.dim, m["qtype"], m["fields"], slots, rng, "heldout", c)
+            text, refused = verbalize(it.dim, m["qtype"], m["fields"], slots, rng, HELDOUT_PARAPHRASES, c)
             table[self.keys[i]] = text
             oracle.append(oracle_score(m["slots"], slots, refused, it.dim, m["qtype"]))
         return table, oracle
