@@ -85,7 +85,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--official-prompts", default=None,
-                   help="FastChat judge_prompts.jsonl from your copy of the official code (hash-checked)")
+                   help="judge_prompts.jsonl at the root of your copy of the official EgoThink repository "
+                        "(its single-math-v2 line, hash-checked; FastChat's own file has no such line)")
     p.add_argument("--official-vlm-prompts", default=None,
                    help="JSON {persona, persona_planning, short} with the official VLM prompts (hash-checked)")
     p.add_argument("--allow-prompt-mismatch", action="store_true", help="warn instead of failing on a hash mismatch")

@@ -109,7 +109,8 @@ class PromptSet:
         Parameters
         ----------
         judge_prompts : path, optional
-            FastChat's ``judge_prompts.jsonl``; the ``single-math-v2`` line is used.
+            ``judge_prompts.jsonl`` from the root of the official EgoThink repository; its
+            ``single-math-v2`` line is used (FastChat's own file of that name has no such line).
         vlm_prompts : path, optional
             A JSON object with any of the keys ``persona``, ``persona_planning``, ``short``
             holding the official strings (copied by the user from the official repository).
@@ -199,7 +200,8 @@ def _read_judge_prompts(path: Path) -> dict[str, str]:
                 row = json.loads(line)
                 if row.get("name") == "single-math-v2":
                     return {"judge": row["prompt_template"]}
-    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2'")
+    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2' (use judge_prompts.jsonl "
+                     "from the root of the official EgoThink repository, not FastChat's)")
 
 
 def _read_vlm_prompts(path: Path) -> dict[str, str]:

