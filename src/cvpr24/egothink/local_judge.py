@@ -51,8 +51,8 @@ NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "fifteen sixteen seventeen eighteen nineteen twenty".split())}
 NUMBER_WORDS["none"] = "0"  # "no" stays a polarity word; "none" is the count 0
 STOP_WORDS = frozenset(
-    "a an the this these those it its is are was were be been being am do does did "
-    "i me my mine myself he she him her his they their we our us of in on at to "
+    "a an the this that these those it its is are was were be been being am do does did "
+    "i me my mine myself you your he she him her his they them their we our us of in on at to "
     "for with by from as into onto about there here what which who whom whose how why when "
     "where will would can could should shall may might must have has had just some any very "
     "so too also and or but if then than thing something one ones up down".split())
@@ -84,7 +84,7 @@ SYNONYMS = {"cellphone": "phone", "mobile": "phone", "telephone": "phone", "gray
             "blade": "knife", "volume": "book", "jug": "bottle", "flask": "bottle", "footpath": "street",
             "road": "street", "lounge": "living", "washroom": "bathroom", "restroom": "bathroom",
             "yard": "garden", "workplace": "office", "study": "office", "see-through": "transparent",
-            "clear": "transparent", "glass": "cup"}
+            "clear": "transparent"}
 CONTRACTIONS = (("n't", " not"), ("'re", " are"), ("'m", " am"), ("'s", " is"), ("'ll", " will"),
                 ("'ve", " have"), ("'d", " would"))
 #: A refusal states an inability to know, or points at the image as the reason.
