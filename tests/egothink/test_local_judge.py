@@ -149,6 +149,7 @@ def test_embedding_judge_bands_and_validation():
     judge = EmbeddingJudge(embed)
     assert judge.scores(["a", "a", "a", "a"], ["a", "b", "c", "d"]) == [1.0, 1.0, 0.5, 0.0]
     assert calls == [["a", "b", "c", "d"]]  # each distinct text embedded once
+    assert judge.scores(["d"], ["a"]) == [0.0] and len(calls) == 1  # and remembered
     with pytest.raises(ValueError, match="differ in length"):
         judge.scores(["a"], [])
     with pytest.raises(ValueError, match="half <= full"):

@@ -9,7 +9,9 @@ FastChat judgment file as the official code does, and visible as coverage < 1 in
 
 Rows are appended to ``<judge>_single.jsonl.part`` as they arrive (append-only, one flushed
 line each), so a killed run loses at most the requests in flight; a re-run skips what is
-done, and the final ``<judge>_single.jsonl`` is written atomically, sorted by
+done under the same provenance (prompt name, prompt hash, rating rule: recorded in every
+row) and judges again what was graded otherwise; the final ``<judge>_single.jsonl`` is
+written atomically, sorted by
 (model, question_id), as FastChat does. A content-hash cache (``.judge_cache.jsonl``) makes a
 re-run of the same (judge, prompt, question, reference, answer) free.
 """

@@ -416,16 +416,16 @@ class EmbeddingJudge:
         if not 0 <= half <= full <= 1:
             raise ValueError(f"need 0 <= half <= full <= 1, got half={half}, full={full}")
         self.embed, self.full, self.half = embed, full, half
+        self._vectors: dict[str, np.ndarray] = {}  # every distinct text is embedded once per judge
 
     def cosines(self, references: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """Cosine of each (reference, answer) pair; every distinct text is embedded once."""
+        """Cosine of each (reference, answer) pair."""
         if len(references) != len(answers):
             raise ValueError(f"references and answers differ in length: {len(references)} vs {len(answers)}")
-        texts = sorted(set(references) | set(answers))
-        index = {t: i for i, t in enumerate(texts)}
-        e = np.asarray(self.embed(texts), dtype=np.float64) if texts else np.zeros((0, 1))
-        r, a = e[[index[t] for t in references]], e[[index[t] for t in answers]]
-        return np.sum(r * a, axis=1)
+        new = sorted((set(references) | set(answers)) - self._vectors.keys())
+        if new:
+            self._vectors.update(zip(new, np.asarray(self.embed(new), dtype=np.float64), strict=True))
+        return np.array([float(self._vectors[r] @ self._vectors[a]) for r, a in zip(references, answers, strict=True)])
 
     def scores(self, references: Sequence[str], answers: Sequence[str]) -> list[float]:
         """Ratings in {0, 0.5, 1} for each (reference, answer) pair."""
