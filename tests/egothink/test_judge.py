@@ -188,3 +188,18 @@ def test_key_sent_as_bearer_and_azure_header(monkeypatch, script):
         assert seen[-1].headers[header] == value
         if version:
             assert seen[-1].url.params["api-version"] == version
+
+
+def test_run_counts_http_requests_with_retries(synth_ds, tmp_path, script):
+    """The summary's request count includes network retries, not only judge queries."""
+    from cvpr24.egothink.data import EgoThinkDataset
+    from cvpr24.egothink.judge import run_judgment
+    from cvpr24.egothink.vlm import CallableVLM, run_inference
+
+    ds = EgoThinkDataset([it for it in synth_ds if it.dim == "existence"])
+    run_inference(CallableVLM(lambda req: "A cup.", style="raw"), ds, tmp_path, "m", show_progress=False)
+    cfg = FAST.replace(parallel=1)
+    with ChatServer(script([(500, "boom"), (503, "later")])) as srv:
+        judge = OpenAIJudge("stub", srv.url, config=cfg)
+        run = run_judgment(tmp_path, judge, cfg, cache=None, show_progress=False)
+        assert run.calls == len(ds) and run.requests == len(ds) + 2 == len(srv.requests)

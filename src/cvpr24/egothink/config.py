@@ -8,6 +8,7 @@ only at the I/O boundaries (``Forecast`` on GitHub vs ``Forecasting`` on the Hub
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 
@@ -148,11 +149,12 @@ class EgoThinkConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("vlm_temperature", "judge_temperature", "sleep_after_success"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
             raise ValueError(f"max_side must be None or an integer >= 16, got {self.max_side!r}")
-        if self.request_timeout <= 0:
+        if not self.request_timeout > 0:  # also rejects NaN
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout!r}")
         if len(self.api_retry_backoff) != 3 or min(self.api_retry_backoff) < 0:
             raise ValueError("api_retry_backoff must be (initial, factor, cap) with non-negative "

@@ -109,7 +109,8 @@ class PromptSet:
         Parameters
         ----------
         judge_prompts : path, optional
-            FastChat's ``judge_prompts.jsonl``; the ``single-math-v2`` line is used.
+            ``judge_prompts.jsonl`` from the root of the official EgoThink repository; its
+            ``single-math-v2`` line is used (FastChat's own file of that name has no such line).
         vlm_prompts : path, optional
             A JSON object with any of the keys ``persona``, ``persona_planning``, ``short``
             holding the official strings (copied by the user from the official repository).
@@ -145,6 +146,51 @@ class PromptSet:
         return replace(ps, official=all_ok and set(found) == set(fields))
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What graded a judgment: the judge prompt (name and SHA-256) and the rating rule.
+
+    Scores are comparable only between rows of one provenance; every judgment row records it
+    (``judge[1]``, ``prompt_sha256``, ``strict_rating``). ``None`` fields mean the row did not
+    record them (e.g. a judgment file written by the official code).
+    """
+
+    prompt: str
+    prompt_sha256: str | None
+    strict: bool | None
+
+    @classmethod
+    def of_run(cls, prompts: PromptSet, strict: bool) -> Provenance:
+        return cls(prompts.judge_name, sha256(prompts.judge_template), bool(strict))
+
+    @classmethod
+    def of_row(cls, row: dict) -> Provenance:
+        judge = row.get("judge")
+        prompt = judge[1] if isinstance(judge, list) and len(judge) > 1 else "unknown"
+        return cls(prompt, row.get("prompt_sha256"), row.get("strict_rating"))
+
+    def row_fields(self) -> dict:
+        """The fields a judgment row stores besides ``judge: [model, prompt name]``."""
+        return {"prompt_sha256": self.prompt_sha256, "strict_rating": self.strict}
+
+    @property
+    def official_prompt(self) -> bool:
+        return self.prompt_sha256 == OFFICIAL_SHA256["judge"][0]
+
+    def describe(self) -> str:
+        """One line for tables and errors, e.g. ``prompt single-math-v2 (sha256 ed38861d0f82,
+        the official prompt), strict ratings {0, 0.5, 1}``."""
+        if self.prompt_sha256 is None:
+            where = "hash not recorded: comparability unknown"
+        elif self.official_prompt:
+            where = f"sha256 {self.prompt_sha256[:12]}, the official prompt"
+        else:
+            where = f"sha256 {self.prompt_sha256[:12]}, not the official prompt: not comparable with the paper"
+        rule = ("rating rule not recorded" if self.strict is None else
+                "strict ratings {0, 0.5, 1}" if self.strict else "lenient ratings (any number, official parser)")
+        return f"prompt {self.prompt} ({where}), {rule}"
+
+
 def _read_judge_prompts(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"judge_prompts: no such file {path}")
@@ -154,7 +200,8 @@ def _read_judge_prompts(path: Path) -> dict[str, str]:
                 row = json.loads(line)
                 if row.get("name") == "single-math-v2":
                     return {"judge": row["prompt_template"]}
-    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2'")
+    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2' (use judge_prompts.jsonl "
+                     "from the root of the official EgoThink repository, not FastChat's)")
 
 
 def _read_vlm_prompts(path: Path) -> dict[str, str]:
