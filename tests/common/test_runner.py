@@ -103,3 +103,21 @@ def test_stale_result_is_not_reported_as_new(tmp_path, fake_env):
     run_jobs([Job("good", "fakerepro.good", 60)], tmp_path, env=fake_env)
     (result,) = run_jobs([Job("good", "fakerepro.dies", 60)], tmp_path, env=fake_env)
     assert result.status == "error"
+
+
+PARTIAL = """
+    import time
+    from cvpr24.common import Claim, Result
+    def run(out_dir, quick=True, seeds=None):
+        done = Claim.compare("A", "s", [1.0], ">=", 0, reason="r")
+        Result("partial", claims=[done]).save(out_dir / "result.json")
+        time.sleep(120)
+"""
+
+
+def test_a_run_stopped_by_its_budget_reports_its_partial_result(tmp_path, fake_env):
+    (tmp_path / "src" / "fakerepro" / "partial.py").write_text(textwrap.dedent(PARTIAL))
+    # no torch import: the child saves its partial result well within the budget
+    (result,) = run_jobs([Job("partial", "fakerepro.partial", 8)], tmp_path / "out", env=fake_env)
+    assert result.error.startswith("PARTIAL RESULT: exceeded its time budget of 8 s")
+    assert [c.name for c in result.claims] == ["A"] and result.claims[0].passed

@@ -1,7 +1,9 @@
 """Run reproductions, each in its own process with a time budget.
 
 A module that crashes, or runs past its budget, becomes a ``Result`` with ``error`` set (the
-traceback, or the budget it exceeded and the tail of its log) while the others go on.
+traceback, or the budget it exceeded and the tail of its log) while the others go on. A
+reproduction may save partial results to ``OUT/result.json`` as it goes: a run stopped by its
+budget then reports those claims, with ``error`` starting "PARTIAL RESULT".
 
 The child process is ``python -m cvpr24.common.runner TARGET OUT MODE [SEEDS]``: it imports
 ``TARGET`` (a dotted module with ``run(out_dir, quick=..., seeds=...)``), runs it, and
@@ -80,12 +82,18 @@ def run_job(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: workers it spawned too
             proc.wait()
+            error = (f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
+                     f"Last lines of {log_path}:\n{_tail(log_path)}")
+            if result_path.is_file():  # a partial result the reproduction saved as it went
+                partial = Result.load(result_path)
+                partial.error = f"PARTIAL RESULT: {error}"
+                partial.wall_time_s = time.monotonic() - start
+                return partial
             return Result(
                 job.module,
                 mode="quick" if quick else "full",
                 wall_time_s=time.monotonic() - start,
-                error=f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
-                f"Last lines of {log_path}:\n{_tail(log_path)}",
+                error=error,
             )
     if result_path.is_file():
         return Result.load(result_path)
