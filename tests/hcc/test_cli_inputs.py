@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from cvpr24.cli import main
 from cvpr24.hcc import HierarchicalCorrelationClustering, cc_cost, cc_path, make_signed_partition
+from cvpr24.hcc.cli import TPE_DIM
 from cvpr24.hcc.data import load_labels, save_labels, save_signed_edgelist
 
 
@@ -170,4 +171,8 @@ def test_embed_default_dimension(planted, capsys):
     tmp, D, _ = planted
     np.save(tmp / "D.npy", D)
     assert _run(capsys, "embed", "--input", str(tmp / "D.npy"), "--out", str(tmp / "y.npy"))[0] == 0
-    assert np.load(tmp / "y.npy").shape == (24, 23)  # N - 1 below the recommended d
+    assert np.load(tmp / "y.npy").shape == (24, TPE_DIM)
+    small = tmp / "small.npy"
+    np.save(small, D[:6, :6])
+    assert _run(capsys, "embed", "--input", str(small), "--out", str(tmp / "y6.npy"))[0] == 0
+    assert np.load(tmp / "y6.npy").shape == (6, 5)  # N - 1 when N <= the recommended d
