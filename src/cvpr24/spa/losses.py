@@ -603,7 +603,9 @@ class LabelPairRegularizer(nn.Module):
     norm : {"classes", "pairs"}
     score : {"log_odds", "raw"}
         ``log_odds`` (default, consistent with the link) scores pairs by ``l_i - l_j``;
-        ``raw`` by ``v_i - v_j`` as the authors' CPC does (identical for BCE).
+        ``raw`` by ``v_i - v_j`` as the authors' CPC does (identical for BCE). With SPA,
+        ``raw`` is **not proper**: the population minimiser reads out (0.0061, 0.357) for
+        posteriors (0.05, 0.30) (docs/spa.md, "Deviations and choices").
     implementation : {"gathered", "dense"}
     reduction : {"mean", "sum", "none"}
     ignore_index : float, optional

@@ -10,7 +10,8 @@ Lab notebook:
   train.py setting, mean reduction), SPA (defaults) and SPA + LPR (lambda 1); probabilities
   read through each loss's link (sigmoid for BCE/focal/ASL, (S9) for SPA).
 * **Claims.** A: strict properness of the population minimisers (no training). B: SPA at
-  least halves ECE and oracle error of ASL/focal at equal mAP (N = 10 000). C: LPR lowers
+  least halves ECE and oracle error of ASL/focal at equal mAP (N = 10 000); B2: the same
+  criterion for SPA + LPR, the paper's full method (same runs). C: LPR lowers
   SPA's ECE by >= 10 % where examples are scarce (N = 2 000, 100 epochs). Thresholds are
   fixed below with their reasons, before any run. Results that do not favour the paper
   (BCE is the best-calibrated and highest-mAP loss here; LPR on BCE) are reported as measured.
