@@ -141,7 +141,10 @@ def detect_format(path: Path) -> str:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except ValueError as e:  # object arrays cannot be mapped (nor unpickled)
+            raise InputError(f"--input {path}: not a numeric .npy array ({e})") from None
         if len(shape) == 1 or (len(shape) == 2 and shape[0] == shape[1]):
             return "npy"
         raise InputError(f"--input {path}: an array of shape {shape} is not a square signed "
@@ -155,8 +158,8 @@ def detect_format(path: Path) -> str:
                          "an edge list or features") from None
     if not rows:
         raise InputError(f"--input {path}: no data rows")
-    comma = "," in rows[0][1]
-    fields = [(r.split(",") if comma else r.split()) for _, r in rows]
+    comma = "," in rows[0]
+    fields = [(r.split(",") if comma else r.split()) for r in rows]
     if len(fields) > 1 and not _numeric(fields[0][-1:]) and _numeric(fields[1][-1:]):
         fields = fields[1:]  # a header row: its last column is a name, the next row's a number
     widths = {len(r) for r in fields}
@@ -181,12 +184,13 @@ def detect_format(path: Path) -> str:
                      "3-column edge list (i j weight) or numeric features; pass --format")
 
 
-def _sample_rows(path: Path, limit: int = 2000) -> list[tuple[int, str]]:
+def _sample_rows(path: Path, limit: int = 200) -> list[str]:
+    """The first ``limit`` data lines (not empty, not a ``#`` comment)."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        for line in f:
             if line.strip() and not line.lstrip().startswith("#"):
-                rows.append((lineno, line.strip()))
+                rows.append(line.strip())
                 if len(rows) >= limit:
                     break
     return rows
