@@ -63,6 +63,13 @@ def test_image_model_trains_with_validation_then_evaluates_and_predicts(images, 
         assert main(["spa", "eval", "--model", model_path, "--csv", csv, "--workers", "0",
                      "--json", str(tmp / "m.json")]) == 0
         assert 0 <= json.loads((tmp / "m.json").read_text())["ece"] <= 1
+        coco = {"images": [{"id": i, "file_name": f"{i}.png"} for i in range(4)],
+                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                "annotations": [{"id": 10 + i, "image_id": i, "category_id": 2} for i in range(4)]
+                + [{"id": 20, "image_id": 1, "category_id": 1}]}
+        (tmp / "instances.json").write_text(json.dumps(coco))
+        assert main(["spa", "eval", "--model", model_path, "--coco", str(tmp / "instances.json"),
+                     "--workers", "0"]) == 0
         assert main(["spa", "predict", "--model", model_path, "--csv", str(tmp / "unlabelled.csv"),
                      "--workers", "0", "--out", str(tmp / "p.csv")]) == 0
         lines = (tmp / "p.csv").read_text().splitlines()

@@ -188,8 +188,8 @@ def _records(args: argparse.Namespace, prefix: str = "", split: str = "test", cl
         raise InputError(f"{flag}: {len(missing)} of {len(records)} images are missing, e.g. {missing[0]} "
                          f"(pass --{prefix}images with the image folder)")
     if class_names is not None and list(records.class_names) != list(class_names):
-        raise InputError(f"{flag}: its classes ({_names(records.class_names)}) are not the model's "
-                         f"({_names(class_names)})")
+        raise InputError(f"{flag}: its classes ({_names(records.class_names)}) differ from the "
+                         f"{'training set' if prefix else 'model'}'s ({_names(class_names)})")
     return records
 
 
