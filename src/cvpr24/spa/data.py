@@ -313,9 +313,9 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list
     """Read a feature file: ``features`` (N, D) float32, ``labels`` (N, C) 1/0/NaN (-1 is read
     as unknown), ``class_names``. Never unpickles (``allow_pickle=False``). Raises
     ``ValueError`` naming the file and what was expected for any other content."""
-    with _open_npz(path, "a feature file") as (path, z):
+    with _open_npz(path, "feature file") as (path, z):
         _require_keys(path, z, ("features", "labels"))
-        x = _numeric_array(path, z, "features", 2, "(N, D)")
+        x = _numeric_array(path, z, "features", "(N, D)", np.float32)
         y = _labels(path, z)
         names = _class_names(path, z, y.shape[1])
     if len(x) != len(y):
@@ -333,10 +333,10 @@ def _open_npz(path: str | os.PathLike, what: str):
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a NumPy .npz archive of numeric arrays; expected {what} "
+        raise ValueError(f"{path}: not a NumPy .npz archive of numeric arrays; expected a {what} "
                          f"({e})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: a single .npy array; expected {what} (an .npz archive, np.savez)")
+        raise ValueError(f"{path}: a single .npy array; expected a {what} (an .npz archive, np.savez)")
     with z:
         yield path, z
 
@@ -347,18 +347,19 @@ def _require_keys(path: Path, z, keys: Sequence[str]) -> None:
             raise ValueError(f"{path} has no {key!r} array (has {sorted(z.files)})")
 
 
-def _numeric_array(path: Path, z, key: str, ndim: int, shape: str) -> np.ndarray:
+def _numeric_array(path: Path, z, key: str, shape: str, dtype=np.float64) -> np.ndarray:
+    """``z[key]`` as a 2-D ``dtype`` array, or a ValueError naming the file and the shape."""
     a = z[key]
-    if a.ndim != ndim:
-        raise ValueError(f"{path}: {key!r} must be a {ndim}-D array {shape}, got shape {a.shape}")
+    if a.ndim != 2:
+        raise ValueError(f"{path}: {key!r} must be a 2-D array {shape}, got shape {a.shape}")
     try:
-        return a.astype(np.float32) if key == "features" else a.astype(np.float64)
+        return a.astype(dtype)
     except (TypeError, ValueError):
         raise ValueError(f"{path}: {key!r} must be numeric, got dtype {a.dtype}") from None
 
 
 def _labels(path: Path, z) -> np.ndarray:
-    raw = _numeric_array(path, z, "labels", 2, "(N, C): one column per class")
+    raw = _numeric_array(path, z, "labels", "(N, C): one column per class")
     try:
         return normalize_labels(raw, "01")
     except ValueError as e:
@@ -391,12 +392,12 @@ def load_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
     with a ``loss`` key; ``None`` when the file holds ``probs`` already. Raises ``ValueError``
     when it holds logits but no loss config: without the link, outputs cannot be read.
     """
-    with _open_npz(path, "a predictions file") as (path, z):
+    with _open_npz(path, "predictions file") as (path, z):
         if "labels" not in z or not ({"logits", "probs"} & set(z.files)):
             raise ValueError(f"{path} must hold 'labels' and 'logits' or 'probs' (has {sorted(z.files)})")
         labels = _labels(path, z)
         has_probs = "probs" in z
-        scores = _numeric_array(path, z, "probs" if has_probs else "logits", 2, "(N, C)")
+        scores = _numeric_array(path, z, "probs" if has_probs else "logits", "(N, C)")
         config = json.loads(str(z["loss_config"])) if "loss_config" in z else None
         names = _class_names(path, z, labels.shape[1])
     if scores.shape != labels.shape:
