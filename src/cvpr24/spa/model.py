@@ -11,15 +11,19 @@ read out (see :mod:`cvpr24.spa.train`).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cvpr24.spa.losses import AsymmetricLoss, BCELoss, FocalLoss, SPALoss, SPALPRLoss
+from cvpr24.spa.losses import AsymmetricLoss, BCELoss, FocalLoss, SPALoss, SPALPRLoss, SPAParams
 
 ARCHS = ("mlp", "resnet50", "resnet101")
+LPR_NORMS = ("classes", "pairs")
+LPR_SCORES = ("log_odds", "raw")
 
 
 @dataclass
@@ -67,7 +71,7 @@ class SPAConfig:
     batch_size: int = 128
     amp: bool = True
     ema_decay: float = 0.9997  # 0 disables the EMA copy
-    num_workers: int = 8
+    num_workers: int = 8  # DataLoader workers for images; the CLI defaults to the CPU count
     seed: int = 0
     checkpoint_every: int = 1  # epochs
 
@@ -97,6 +101,21 @@ class SPAConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
+        # the loss's own settings, checked here so a bad config fails before any data is read
+        SPAParams(self.zeta_pos, self.k_pos, self.b_pos, self.zeta_neg, self.k_neg, self.b_neg)
+        for name, low, high in (("lam", 0, math.inf), ("focal_gamma", 0, math.inf),
+                                ("asl_gamma_neg", 0, math.inf), ("asl_gamma_pos", 0, math.inf)):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and low <= value < high):
+                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+        if not (isinstance(self.asl_clip, numbers.Real) and 0 <= self.asl_clip < 1):
+            raise ValueError(f"asl_clip must be in [0, 1), got {self.asl_clip!r}")
+        if self.lpr_norm not in LPR_NORMS:
+            raise ValueError(f"lpr_norm must be one of {LPR_NORMS}, got {self.lpr_norm!r}")
+        if self.lpr_score not in LPR_SCORES:
+            raise ValueError(f"lpr_score must be one of {LPR_SCORES}, got {self.lpr_score!r}")
+        if not (isinstance(self.num_workers, numbers.Integral) and self.num_workers >= 0):
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
 
 
 def build_loss(cfg: SPAConfig):
