@@ -409,7 +409,8 @@ def em_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, start
     """EM on bin centres weighted by counts (the binned analogue of :func:`_em_timestamps`).
 
     Chunked like :func:`newton_histogram`: each chunk of pixels iterates on the bins within
-    ``reach`` sigma_t (+ one bin) of its start until the chunk has converged. Bins further out
+    ``reach`` sigma_t (+ one bin) of its start, and a pixel stops as soon as its delay moves
+    less than 1e-10 sigma_t. Bins further out
     have a signal responsibility below 1e-7 of the nearest ones, so they only enter w through
     the pixel's total count k: w = 1 - (sum of responsibilities) / k.
     """
@@ -426,18 +427,20 @@ def em_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, start
         valid = (idx >= 0) & (idx < n_bins)
         hw = np.take_along_axis(h, np.clip(idx, 0, n_bins - 1), axis=1) * valid  # (P, 2 half + 1)
         centres = t0 + bin_width * (idx + 0.5)
-        wv = out_w[s: s + chunk]
+        wv = out_w[s: s + chunk].copy()
+        act = np.flatnonzero(k > 0)  # pixels still moving
         for it in range(1, max_iter + 1):
-            r = _responsibility(centres - tau[:, None], wv[:, None], sigma_t, t_range) * hw
-            rs = r.sum(axis=1)
-            new = np.where(rs > 0, np.sum(r * centres, axis=1) / np.maximum(rs, 1e-300), tau)
-            if learn_w:
-                wv = np.where(k > 0, np.clip(1.0 - rs / np.maximum(k, 1.0), 0.0, 1.0 - 1e-9), wv)
-            delta = np.max(np.abs(new - tau), initial=0.0)
-            tau = new
-            iters = max(iters, it)
-            if delta < 1e-10 * sigma_t:
+            if act.size == 0:
                 break
+            c, ta, wa = centres[act], tau[act], wv[act]
+            r = _responsibility(c - ta[:, None], wa[:, None], sigma_t, t_range) * hw[act]
+            rs = r.sum(axis=1)
+            new = np.where(rs > 0, np.sum(r * c, axis=1) / np.maximum(rs, 1e-300), ta)
+            if learn_w:
+                wv[act] = np.clip(1.0 - rs / k[act], 0.0, 1.0 - 1e-9)
+            tau[act] = new
+            iters = max(iters, it)
+            act = act[np.abs(new - ta) >= 1e-10 * sigma_t]
         out_tau[s: s + chunk], out_w[s: s + chunk] = tau, wv
     return out_tau, out_w, iters
 
