@@ -7,9 +7,10 @@ From a native-resolution (H, W, T) cube, or an (N, T) line sensor, :func:`recomm
    depth edges; the same for two independent halves of the photons (binomial thinning), whose
    cross products measure the depth structure without the pilot's own noise;
 2. estimates each pixel's background rate from the counts beyond +-5 sigma_t of the delays
-   of it and its 8 neighbours (a pixel at a depth edge holds both surfaces), shrunk toward the whole array's rate (L20), and its expected signal count (counts minus the
-   expected background, smoothed over ``smooth_px`` pixels: a 2-photon pixel's own count is
-   too noisy to say what the pixel *expects*);
+   of it and its 8 neighbours (a pixel at a depth edge holds both surfaces), shrunk toward
+   the whole array's rate (L20), and its expected signal count (counts minus the expected
+   background, smoothed over ``smooth_px`` pixels: a 2-photon pixel's own count is too noisy
+   to say what the pixel *expects*);
 3. for every factor (fy, fx) predicts the error of the depth map that ``estimate_delay`` would
    give on the binned cube (L21):
 

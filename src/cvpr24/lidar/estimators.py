@@ -233,7 +233,7 @@ W_MAX = 0.99  # the largest background fraction handed to the estimators
 
 
 def background_rates(counts: Array, exposure: Array) -> Array:
-    """Per-pixel background rates, each shrunk toward the whole array's rate (empirical Bayes).
+    """Per-pixel background rates, each shrunk toward the whole array's rate (L20, [X]).
 
     ``counts`` photons were seen in ``exposure`` (time, or bins) outside each pixel's signal
     gate. The prior is a Gamma law fitted by moments across pixels: mean r = sum c / sum e,

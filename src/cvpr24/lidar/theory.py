@@ -1,7 +1,8 @@
 """The resolution limit: exact and closed-form MSE of the per-pixel ML depth map versus N.
 
-Equation labels L8-L17 follow ``papers/lidar.md``; [P-sum] marks the paper's result as quoted,
-[D] our derivation from the paper's model, [X] our extension (background).
+Equation labels are defined in the Equations section of ``docs/lidar.md``; [P-sum] marks the
+paper's result as quoted, [D] our derivation from the paper's model, [X] our extension
+(background, lock-in, the per-pixel error).
 
 - :func:`inv_poisson_moment`   g(Lambda) = E[1/K | K >= 1]                       (L11)
 - :func:`mse_exact`            bias + variance with exact moments                 (L9-L11, [D])
