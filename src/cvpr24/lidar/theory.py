@@ -28,6 +28,7 @@ from cvpr24.lidar.scene import (
     Scene1D,
     Scene2D,
     check_fine,
+    check_grid,
     check_pixels,
     has_closed_form,
     pixel_moments,
@@ -146,8 +147,8 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     Parameters
     ----------
     scene : Scene1D or Scene2D
-    n : int
-        Pixels (per side in 2-D).
+    n : int or (rows, cols)
+        Pixels (per side in 2-D; a pair gives rectangular pixels, as a non-square binning does).
     alpha0 : float
         Total expected signal photons over the whole field of view (L2): fixed as N varies.
     sigma_t : float
@@ -161,7 +162,7 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     moments : PixelMoments, optional
         Precomputed ``pixel_moments(scene, n, fine)``.
     """
-    n = check_pixels(n)
+    n = check_grid(n, scene.dims)
     alpha0 = check_positive(alpha0, "alpha0")
     sigma_t = check_positive(sigma_t, "sigma_t")
     background = check_background(background)
@@ -244,12 +245,28 @@ def mse_closed_form(S: Any, n: Any, alpha0: Any, sigma_t: Any, *, dims: int = 1,
     1-D:  MSE_cf = S/(12 N^2) + (N/alpha0) (sigma_t^2 + S sigma_x^2)
     2-D:  MSE_cf = S2/(12 N^2) + (N^2/alpha0) (sigma_t^2 + S2 sigma_x^2)
 
+    Rectangular 2-D pixels: ``n = (rows, cols)`` and ``S = (S_y, S_x)`` (see
+    ``slope_energy(directional=True)``; a single S is split evenly), with the footprint spread
+    S_y/(12 rows^2) + S_x/(12 cols^2) in both the bias and the variance (L16).
     ``sigma_x="matched"`` is the variance-matched Gaussian footprint sigma_x^2 = 1/(12 N^2)
     (our reading, see the docs); a float is a footprint std in field-of-view units. Works on
     floats, numpy arrays and torch tensors (differentiable in every argument).
     """
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+    if isinstance(n, (tuple, list)):
+        if dims != 2 or len(n) != 2:
+            raise ValueError(f"a (rows, cols) pixel grid needs dims=2, got n={n!r}, dims={dims}")
+        ny, nx = n
+        s_y, s_x = S if isinstance(S, (tuple, list)) else (S / 2, S / 2)
+        for name, v in (("S_y", s_y), ("S_x", s_x), ("rows", ny), ("cols", nx), ("alpha0", alpha0),
+                        ("sigma_t", sigma_t)):
+            if not _all_positive(v):
+                raise ValueError(f"{name} must be positive, got {v!r}")
+        if not isinstance(sigma_x, str):
+            raise ValueError("rectangular pixels take sigma_x='matched' only")
+        spread = s_y / (12.0 * ny**2) + s_x / (12.0 * nx**2)
+        return spread + (ny * nx / alpha0) * (sigma_t**2 + spread)
     for name, v in (("S", S), ("N", n), ("alpha0", alpha0), ("sigma_t", sigma_t)):
         if not _all_positive(v):
             raise ValueError(f"{name} must be positive, got {v!r}")
