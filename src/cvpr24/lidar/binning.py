@@ -38,6 +38,7 @@ from scipy import ndimage
 from cvpr24.lidar.estimators import background_rates, estimate_delay, gate_counts_histogram
 from cvpr24.lidar.scene import C_LIGHT, check_pixels
 from cvpr24.lidar.theory import (
+    LOW_FLUX,
     NEWTON_REACH,
     check_positive,
     check_sigma_t,
@@ -46,7 +47,6 @@ from cvpr24.lidar.theory import (
 )
 
 Array = np.ndarray
-LOW_FLUX = 5.0  # photons per (super-)pixel below which L9-L11 alone no longer predict the error
 MODE_CANDIDATES = 32  # candidate delays per super-pixel for its dominant mode
 MEDIAN_PX = 3  # the pilot's median filter (pixels)
 
@@ -163,9 +163,10 @@ def recommend_binning(cube: Array, sigma_t: float, bin_width: float, *, t0: floa
     size = (1, MEDIAN_PX) if line else MEDIAN_PX
     pilot = ndimage.median_filter(tau_raw, size=size, mode="nearest")
     rng = np.random.default_rng(seed)
-    half = rng.binomial(grid.astype(np.int64), 0.5)  # two independent halves of the photons
+    counts = np.rint(grid).astype(np.int64)
+    half = rng.binomial(counts, 0.5)  # two independent halves of the photons
     halves = tuple(ndimage.median_filter(estimate_delay(c, sigma_t=sigma_t, bin_edges=edges)[0],
-                                         size=size, mode="nearest") for c in (half, grid - half))
+                                         size=size, mode="nearest") for c in (half, counts - half))
 
     # 2. the spread inside a native pixel, from the growth of the block spread with the factor
     floor = _native_spread(pilot, halves, signal, sigma_t, bin_width, line)

@@ -367,7 +367,9 @@ def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> tuple[int,
         smooth = scene.dims == 2 or not scene.breakpoints
         S = slope_energy(scene) if smooth else 0.0
         if S > 0:  # 3x the closed-form optimum brackets the exact one comfortably
-            guess = optimal_pixels(S, alpha0, sigma_t, dims=scene.dims, method="approx")
+            with warnings.catch_warnings():  # the caller warns about its own optimum
+                warnings.simplefilter("ignore", UserWarning)
+                guess = optimal_pixels(S, alpha0, sigma_t, dims=scene.dims, method="approx")
             n_max = max(16, math.ceil(3 * guess))
         else:  # jumps or a flat scene: scan down to 5 photons per pixel
             n_max = max(16, math.ceil((alpha0 / 5) ** (1 / scene.dims)))
