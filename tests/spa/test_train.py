@@ -14,6 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from cvpr24.cli import main
+from cvpr24.common import global_state
 from cvpr24.spa import (
     SPAMultiLabelClassifier,
     cost_sensitive_predict,
@@ -161,8 +162,10 @@ def test_cli_commands(tmp_path, capsys):
 def test_reproduction_smoke(tmp_path):
     from cvpr24.spa.reproduce import run
 
+    before = global_state()
     t0 = time.monotonic()
     result = run(tmp_path, size="tiny", workers=1)
+    assert global_state() == before  # run() sets one thread and seeds torch, then restores
     assert time.monotonic() - t0 < 60
     assert [c.name for c in result.claims] == ["A", "B", "C"]
     assert result.claims[0].passed  # properness needs no training: it must hold at any size
