@@ -236,7 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.func is None:  # ``cvpr24 train`` without a valid module
         _fail(f"train needs a module: one of {', '.join(MODULES)}")
     try:
-        return int(args.func(args) or 0)
+        if name is None:  # list / reproduce: no torch settings to keep
+            return int(args.func(args) or 0)
+        from cvpr24.common.state import preserved_global_state  # imports torch: only here
+
+        with preserved_global_state():  # main() may run in-process (tests, notebooks)
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into ``head`` and closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

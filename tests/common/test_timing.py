@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 
 from cvpr24.common import best_time, timing

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cvpr24.cli import main
+from cvpr24.common import global_state
 from cvpr24.hcc import load_signed_matrix, make_signed_partition, save_signed_edgelist
 from cvpr24.hcc.data import load_labels
 
@@ -73,7 +74,9 @@ def test_cli_errors_are_one_line_with_code_2(tmp_path, capsys):
 def test_reproduce_tiny_smoke(tmp_path):
     from cvpr24.hcc import reproduce
 
+    before = global_state()
     result = reproduce.run(tmp_path, size="tiny")
+    assert global_state() == before  # seeds, warnings filters, environment: as they were
     assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4"]
     assert all(c.status in ("passed", "failed") for c in result.claims)
     assert all(c.measured is not None and np.isfinite(c.measured.mean) for c in result.claims)

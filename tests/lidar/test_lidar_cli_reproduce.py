@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cvpr24.cli import main
+from cvpr24.common import global_state
 from cvpr24.lidar import (
     Scene1D,
     continuous_mse,
@@ -35,8 +36,10 @@ def test_exact_theory_matches_monte_carlo_on_the_sine_scene():
 
 
 def test_reproduction_smoke(tmp_path):
+    before = global_state()
     start = time.process_time()  # CPU time: the budget must not depend on the machine's load
     result = reproduce.run(tmp_path, size="tiny")
+    assert global_state() == before  # threads, seeds, flags, warnings filters: as they were
     assert time.process_time() - start < 10
     assert [c.name for c in result.claims] == ["C1", "C2", "C3", "C4", "C5"]
     assert result.claims[0].status == "passed"  # exact theory vs MC holds even at tiny size

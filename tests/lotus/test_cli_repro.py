@@ -2,19 +2,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cvpr24.cli import main
+from cvpr24.common import global_state
 from cvpr24.lotus import reproduce
 
 
 def test_attack_evaluate_defend_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
+    before = global_state()
     rc = main(["lotus", "attack", "--data", "shapes:24", "--arch", "small_cnn", "--preset", "cpu",
                "--steps", "4", "--clean-epochs", "1", "--surrogate-epochs", "1", "--batch-size", "32",
                "--num-par", "2", "--asr-bound", "0", "--device", "cpu", "--out", str(out)])
     assert rc == 0
+    assert global_state() == before       # in-process main(): the seeding does not leak
     official = json.loads((out / "result.json").read_text())
     assert set(official) == {"10", "01", "cvpr24"}
     assert len(official["10"].split()) == 2
@@ -46,13 +48,14 @@ def test_stamp_and_bad_inputs(tmp_path, capsys):
 
 
 def test_reproduction_smoke_tiny(tmp_path):
+    before = global_state()
     r = reproduce.run(tmp_path, quick=True, seeds=1, tiny=True)
+    assert global_state() == before       # run() turns mkldnn off and seeds torch, then restores
     assert [c.name for c in r.claims] == ["C1", "C2", "C3", "C4"]
     assert (tmp_path / "focusing_curve.png").is_file()
     m = json.loads((tmp_path / "measurements.json").read_text())[0]
     assert {"lotus", "badnets", "nofocus", "wanet"} <= set(m)
     assert "defenses" in m["lotus"] and "nc" in m["badnets"]
-    torch.set_num_threads(1)
 
 
 def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8, agreement=1.0):

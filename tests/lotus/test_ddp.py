@@ -11,8 +11,11 @@ from cvpr24.lotus.models import SmallCNN
 def test_ddp_two_gloo_ranks_stay_in_sync(tmp_path):
     worker = Path(__file__).with_name("_ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), str(worker), str(tmp_path)]
+    # --standalone: the launcher's store listens on a port the kernel picks and the ranks join
+    # it, so two runs at once (xdist workers, other users) never meet on one port; a port
+    # derived from the pid collided whenever two test processes had pids equal modulo 1000
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from cvpr24.common import Result
+from cvpr24.common import Result, global_state
 from cvpr24.sag import reproduce
 
 
 def test_reproduction_tiny_returns_claims_with_numbers(tmp_path):
+    before = global_state()
     result = reproduce.run(tmp_path, size="tiny")
+    assert global_state() == before  # threads, seeds, flags: as they were
     assert isinstance(result, Result) and result.module == "sag" and result.error is None
     assert [c.name for c in result.claims] == ["C1", "C2", "C3"]
     for c in result.claims:

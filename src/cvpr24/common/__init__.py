@@ -23,6 +23,8 @@ _EXPORTS = {
     "get_device": "seed",
     "seed_everything": "seed",
     "best_time": "timing",
+    "global_state": "state",
+    "preserved_global_state": "state",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
+from cvpr24.common.state import preserved_global_state
 from cvpr24.lidar.estimators import estimate_delay
 from cvpr24.lidar.model import LidarConfig, simulate_photons, to_histogram, uniform_bin_edges
 from cvpr24.lidar.scene import Scene1D, Scene2D, pixel_moments, slope_energy
@@ -453,6 +454,7 @@ def claim_histogram(cfg: LidarConfig, seeds: list[int]) -> Claim:
 
 
 # -- entry point ----------------------------------------------------------------------------------
+@preserved_global_state()
 def run(out_dir: str | Path | None = None, quick: bool = True, seeds: int | None = None, *,
         size: str | None = None) -> Result:
     """Run the reproduction; ``size`` is "tiny" (smoke test), "quick" or "full"."""

@@ -36,6 +36,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.result import Claim, Measurement, Result
+from cvpr24.common.state import preserved_global_state
 from cvpr24.lotus.attack import AttackFailedError, LotusAttack, LotusConfig, train_clean
 from cvpr24.lotus.baselines import label_specific_badnets, lotus_without_focusing, wanet
 from cvpr24.lotus.data import synthetic_gratings
@@ -167,6 +168,7 @@ def train_seed(seed: int, scale: Scale, out_dir: Path) -> None:
                    config=cfg, seed=seed, metrics={"history": history})
 
 
+@preserved_global_state()
 def train(out_dir: str | Path = CHECKPOINTS, full: bool = False, seeds: int | None = None,
           scale: Scale | None = None) -> Path:
     """Train every seed's checkpoints (what quick mode evaluates)."""
@@ -408,6 +410,7 @@ DEVIATIONS = [
 ]
 
 
+@preserved_global_state()  # the settings below (and the seeding) end with the run
 def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny: bool = False,
         checkpoints: str | Path | None = None) -> Result:
     """Run the reproduction; returns the :class:`Result` with the four claims."""

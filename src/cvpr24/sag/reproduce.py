@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write, report_step
+from cvpr24.common.state import preserved_global_state
 from cvpr24.sag.guidance import SAGSchedule
 from cvpr24.sag.shapes import (
     ALL_SUBJECTS,
@@ -318,6 +319,7 @@ def save_seed_bars(path: Path, per_seed: dict[str, list[dict[str, float]]], name
 
 # --- the run ---------------------------------------------------------------------------------
 
+@preserved_global_state()
 def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size: str | None = None,
         checkpoint: str | Path | None = None) -> Result:
     """Run the reproduction; ``size`` in {"tiny", "quick", "full"} overrides ``quick``;

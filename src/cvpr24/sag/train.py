@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from cvpr24.common import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from cvpr24.common import (
+    load_checkpoint,
+    load_training_state,
+    preserved_global_state,
+    save_checkpoint,
+    save_training_state,
+)
 from cvpr24.common.progress import progress
 from cvpr24.sag.shapes import SUBJECT_SLOT, probe_batch, training_batch
 from cvpr24.sag.tiny import (
@@ -36,6 +42,7 @@ DATA_DESCRIPTION = ("ShapesWorld (cvpr24.sag.shapes), generated on the fly from 
                     "50% subject captions [null, S*, bg-or-null] with a same-background reference")
 
 
+@preserved_global_state()
 def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None = None,
                 resume: bool = False, save_every: int = 200, show_progress: bool | None = None,
                 log: Callable[[str], None] | None = None) -> tuple[ShapesELITE, dict[str, float]]:
@@ -128,6 +135,7 @@ def pretrain_backbone(model: ShapesELITE, config: TinyConfig, seed: int = 0) -> 
     return sum(tail) / max(1, len(tail))
 
 
+@preserved_global_state()
 def train_probe(config: TinyConfig, seed: int = 0, eval_size: int = 1024) -> tuple[ProbeClassifier, dict[str, float]]:
     """Train the (shape, colour, texture) probe on clean renders with random backgrounds
     (so it is background-invariant). Returns the probe and its held-out accuracy."""

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
+from cvpr24.common.state import preserved_global_state
 
 CLAIMS = [
     "A: focal and ASL are not strictly proper; SPA is (its inverse link recovers eta exactly)",
@@ -138,6 +139,7 @@ def claim_properness(table: dict[str, np.ndarray]) -> Claim:
 
 # ---- training arms ---------------------------------------------------------------------------
 
+@preserved_global_state()
 def train_and_evaluate(arm: str, n_train: int, epochs: int, seed: int, n_test: int,
                        posthoc: bool = False) -> dict:
     """Train one arm on fresh data of ``seed`` and evaluate on the shared test set."""
@@ -177,6 +179,7 @@ def train_and_evaluate(arm: str, n_train: int, epochs: int, seed: int, n_test: i
     return out
 
 
+@preserved_global_state()
 def train_on_digits(arm: str, seed: int, n_train: int = D_N_TRAIN, n_test: int = D_N_TEST,
                     epochs: int = D_EPOCHS) -> dict:
     """Claim D: one arm on digit canvases (30 % of positive training labels missing)."""
@@ -421,6 +424,7 @@ def _pending(names: list[str], reason: str) -> list[Claim]:
     return [Claim.not_tested(n, statements[n], reason=reason) for n in names]
 
 
+@preserved_global_state()
 def run(out_dir: str | os.PathLike, quick: bool = True, seeds: int | None = None,
         size: str | None = None, workers: int | None = None) -> Result:
     """Run claims A-C (and D with ``--full``), logging each finished training job, and write

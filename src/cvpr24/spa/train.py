@@ -26,7 +26,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from cvpr24.common import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from cvpr24.common import (
+    load_checkpoint,
+    load_training_state,
+    preserved_global_state,
+    save_checkpoint,
+    save_training_state,
+)
 from cvpr24.spa.losses import loss_from_config
 from cvpr24.spa.metrics import mean_average_precision
 from cvpr24.spa.model import SPAConfig, build_loss, build_model, load_torchvision_resnet
@@ -98,6 +104,7 @@ def predict_logits(model: nn.Module, data: Data | Tensor, batch_size: int = 1024
     return torch.cat(out)
 
 
+@preserved_global_state()  # seeds torch globally for the model init; restored on return
 def train(cfg: SPAConfig, train_data: Data, *, val_data: Data | None = None,
           out_dir: str | os.PathLike | None = None, resume: bool = False,
           device: str | torch.device | None = None, log: Callable[[str], None] | None = None,
