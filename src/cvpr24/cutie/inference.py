@@ -458,6 +458,8 @@ class VideoSegmenter:
                 if lt is not None and cfg.long_term.count_usage:
                     lt.add_usage(usage[:, :n_lt])
             objs = store.objects
+            # as in the official code, "the other objects" of Eq. 4 are those of this bucket
+            bucket_mask = self.last_mask[:, [self.object_ids.index(o) for o in objs]]
             for sl in _chunks(len(objs), cfg.chunk_size):
                 ids = objs[sl]
                 values = []
@@ -465,8 +467,7 @@ class VideoSegmenter:
                     v = store.values[o]
                     values.append(v if lt is None else torch.cat([lt.values[o], v], -1))
                 r = readout(affinity, torch.stack(values, 1).float()).view(b, len(ids), -1, h, w)
-                ch = [self.object_ids.index(o) for o in ids]
-                r0 = model.pixel_fusion(pix_feat, r, self._sensory(ids, key), self.last_mask[:, ch])
+                r0 = model.pixel_fusion(pix_feat, r, self._sensory(ids, key), bucket_mask, sl)
                 summaries = (
                     torch.stack([self.obj_sums[o] for o in ids], 1).unsqueeze(2)
                     if model.object_transformer_enabled

@@ -861,10 +861,17 @@ class CutieModel(nn.Module):
         )
         return value, sensory, summaries
 
-    def pixel_fusion(self, pix_feat, readout, sensory, last_mask):
-        """Eq. 4; last_mask (B, K, H', W') is area-resized to the sensory grid."""
+    def pixel_fusion(
+        self, pix_feat, readout, sensory, last_mask, objects: slice | list | None = None
+    ):
+        """Eq. 4; last_mask (B, K, H', W') is area-resized to the sensory grid; ``objects``
+        selects the chunk of those K objects that ``readout`` and ``sensory`` hold (the union
+        of the others still counts all K)."""
         last_mask = F.interpolate(last_mask, size=sensory.shape[-2:], mode="area")
-        return self.pixel_fuser(pix_feat, readout, sensory, self.masks_with_others(last_mask))
+        masks_g = self.masks_with_others(last_mask)
+        if objects is not None:
+            masks_g = masks_g[:, objects]
+        return self.pixel_fuser(pix_feat, readout, sensory, masks_g)
 
     def readout_query(self, pixel_readout, obj_summaries, selector=None, need_weights=False):
         """Object transformer (Eqs 8-13); with ``num_blocks = 0`` returns ``R_0`` unchanged."""
