@@ -233,13 +233,14 @@ def train(
     resume: bool = False,
     log: Callable[[int, dict], None] | None = None,
     ddp: bool = False,
+    stop_at: int | None = None,
 ) -> list[float]:
     """Train ``model`` for ``cfg.iterations`` steps; ``batches(step)`` returns the numpy clips
     of a step (so that a resumed run sees the same data). Saves ``out_dir/state.pt`` every
     ``checkpoint_every`` steps and at the end; with ``resume`` continues from it. Returns the
     total loss of each step run by this call. With ``ddp`` the clip forward is wrapped in
     DistributedDataParallel (the caller initialises the process group; every rank passes its
-    own ``batches``)."""
+    own ``batches``). ``stop_at`` ends the call after that step, as an interruption would."""
     from cvpr24.common import load_training_state, save_training_state
 
     opt, sched = make_optimizer(model, cfg)
@@ -253,7 +254,7 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     rank0 = not ddp or torch.distributed.get_rank() == 0
     losses = []
-    for step in range(start, cfg.iterations):
+    for step in range(start, min(cfg.iterations, stop_at or cfg.iterations)):
         rng = np.random.default_rng([cfg.seed, step])
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         f, first, sel, gt, counts = to_training_tensors(*batches(step), cfg.max_objects)
