@@ -57,7 +57,7 @@ def _cfg(**kw):
 def test_overfits_one_batch(tmp_path):
     torch.manual_seed(0)
     losses = train(
-        CutieModel(tiny_config()), _cfg(iterations=30, schedule="constant"), _fixed_batch
+        CutieModel(tiny_config()), _cfg(iterations=50, schedule="constant"), _fixed_batch
     )
     # seeds 0-9 of this setting ended at 0.10-0.35 of the first loss; 0.5 is the spec's bound
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])

@@ -22,7 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images", required=True, help="frames folder (one video) or folder of video folders"
     )
-    p.add_argument("--masks", required=True, help="index-PNG masks folder, same layout as --images")
+    p.add_argument(
+        "--masks", help="index-PNG masks folder, same layout as --images (generic layout only)"
+    )
     p.add_argument("--out", required=True, help="output folder for index PNGs")
     p.add_argument(
         "--layout",
@@ -126,6 +128,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError("--amp: mixed precision needs --device cuda")
     images = _need_dir(args.images, "--images")
     if args.layout == "generic":
+        if args.masks is None:
+            raise ValueError("--masks: required with --layout generic")
         videos = data.generic_videos(images, _need_dir(args.masks, "--masks"))
     elif args.layout == "davis":
         videos = data.davis_videos(images)

@@ -75,7 +75,7 @@ class Scale:
 QUICK = Scale(seeds=3, iterations=200, videos_per_split=48, variants=("pixel", "object"))
 PRELIMINARY = Scale(seeds=2, iterations=300, videos_per_split=48, variants=("pixel", "object"))
 FULL = Scale(seeds=5, iterations=1500, videos_per_split=48, variants=tuple(VARIANTS))
-TINY = Scale(seeds=1, iterations=3, videos_per_split=2, variants=("pixel", "object"), frames=6)
+TINY = Scale(seeds=1, iterations=2, videos_per_split=1, variants=("pixel", "object"), frames=5)
 
 DEVIATIONS = [
     "CPU scale: narrow ResNet-style trunks (16/16/32/64), C_k=16, C_v=C=64, C_h=32, N=8, 4 heads, "
@@ -103,8 +103,9 @@ def train_variant(
     share the initialisation seed and the training clips."""
     from cvpr24.common import save_checkpoint
 
-    torch.manual_seed(seed)
-    model = CutieModel(variant_config(variant))
+    with torch.random.fork_rng():  # seed the initialisation without touching the global RNG
+        torch.manual_seed(seed)
+        model = CutieModel(variant_config(variant))
     cfg = TrainConfig.cpu(iterations=iterations, seed=seed)
     t0 = time.time()
     losses = train(model, cfg, iterate_batches(seed, cfg), out_dir=work_dir, resume=True, log=log)
