@@ -99,3 +99,10 @@ def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     left, right, top, bottom = pad
     h, w = x.shape[-2:]
     return x[..., top : h - bottom, left : w - right]
+
+
+def chunk_slices(n: int, chunk_size: int) -> list[slice]:
+    """Slices covering ``range(n)`` in chunks of ``chunk_size`` (one slice when < 1)."""
+    if chunk_size < 1 or chunk_size >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]

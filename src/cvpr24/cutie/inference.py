@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cvpr24.cutie.functional import (
     aggregate,
+    chunk_slices,
     pad_divide_by,
     readout,
     similarity,
@@ -460,7 +461,7 @@ class VideoSegmenter:
             objs = store.objects
             # as in the official code, "the other objects" of Eq. 4 are those of this bucket
             bucket_mask = self.last_mask[:, [self.object_ids.index(o) for o in objs]]
-            for sl in _chunks(len(objs), cfg.chunk_size):
+            for sl in chunk_slices(len(objs), cfg.chunk_size):
                 ids = objs[sl]
                 values = []
                 for o in ids:
@@ -551,12 +552,6 @@ class VideoSegmenter:
         ps = cand_s @ affinity
         lt.add(pk, ps, None, pv, permanent=False)
         store.keep(torch.arange(n_old, n, device=store.key.device))
-
-
-def _chunks(n: int, chunk_size: int) -> list[slice]:
-    if chunk_size < 1 or chunk_size >= n:
-        return [slice(0, n)]
-    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
 
 
 def segment_video(

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvpr24.cutie.functional import aggregate
+from cvpr24.cutie.functional import aggregate, chunk_slices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -774,12 +774,6 @@ class AuxComputer(nn.Module):
         self.sensory_aux = LinearPredictor(cfg.sensory_dim, cfg.embed_dim)
 
 
-def _chunks(n: int, chunk_size: int) -> list[slice]:
-    if chunk_size < 1 or chunk_size >= n:
-        return [slice(0, n)]
-    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-
-
 # ----------------------------------------------------------------------------------------
 
 
@@ -847,7 +841,7 @@ class CutieModel(nn.Module):
         image = self.normalize(image)
         masks_g = self.masks_with_others(masks)
         values, sensories = [], []
-        for sl in _chunks(masks.shape[1], chunk_size):
+        for sl in chunk_slices(masks.shape[1], chunk_size):
             v = self.mask_encoder(image, pix_feat, masks_g[:, sl])
             values.append(v)
             sensories.append(
@@ -889,7 +883,7 @@ class CutieModel(nn.Module):
             self.mask_decoder(
                 ms_feat[1], ms_feat[2], readout[:, sl], sensory[:, sl], update_sensory
             )
-            for sl in _chunks(readout.shape[1], chunk_size)
+            for sl in chunk_slices(readout.shape[1], chunk_size)
         ]
         sensory = torch.cat([p[0] for p in parts], 1)
         logits = torch.cat([p[1] for p in parts], 1)

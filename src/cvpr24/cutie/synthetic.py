@@ -167,9 +167,6 @@ class SyntheticVOS:
                 masks[f][owner == k] = k + 1
         return frames.transpose(0, 3, 1, 2).copy(), masks, split
 
-    def __len__(self) -> int:  # an endless family; len is for iteration helpers only
-        return 2**31 - 1
-
     # -- pieces --------------------------------------------------------------------------
 
     def _background(self, rng) -> np.ndarray:
