@@ -35,9 +35,12 @@ def test_non_consecutive_ids_added_mid_video_and_deleted(model):
     assert seg.object_ids == [3, 9, 5] and p.shape[0] == 4
     assert len(seg.work) == 2  # object 5 got its own bucket (its values start later)
     assert (seg.prob_to_index_mask(p)[30:40, 2:12] == 5).all()  # the given mask wins
+    # a mask that names only some tracked objects: the others are still propagated
+    p = seg.step(frames[3], torch.where(mask == 3, 3, 0), [3])
+    assert p.shape[0] == 4
     seg.delete_objects([9])
     assert seg.object_ids == [3, 5]
-    p = seg.step(frames[3])
+    p = seg.step(frames[4])
     assert p.shape[0] == 3
     with pytest.raises(ValueError, match="not tracked"):
         seg.delete_objects([42])

@@ -349,9 +349,8 @@ class VideoSegmenter:
 
         since = self.frame_index - self.last_mem_index
         is_mem_frame = (since >= cfg.mem_every or mask is not None) and not end
-        need_segment = mask is None or (
-            self.num_objects > 0 and not set(objects) <= set(self.object_ids)
-        )
+        # segment from memory unless the given mask names every tracked object
+        need_segment = mask is None or not set(self.object_ids) <= set(objects)
         update_sensory = since in self.stagger and not end
 
         amp = cfg.amp and self.device.type == "cuda"
