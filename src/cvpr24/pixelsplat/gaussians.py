@@ -160,7 +160,7 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
 
     n = sh.num_coefficients(degree)
     dc = col("f_dc_0", "f_dc_1", "f_dc_2")[..., None]
-    rest = col(*[f"f_rest_{i}" for i in range(n_rest)]).view(-1, 3, n - 1)
+    rest = col(*[f"f_rest_{i}" for i in range(n_rest)]).view(-1, 3, n - 1) if n_rest else dc[..., :0]
     coeffs = sh.change_basis(torch.cat([dc, rest], dim=-1), "3dgs", "pixelsplat")
     quat_wxyz = col("rot_0", "rot_1", "rot_2", "rot_3")
     rotations = quat_wxyz[:, [1, 2, 3, 0]]

@@ -123,6 +123,34 @@ def _alpha(dx: Tensor, dy: Tensor, conic: Tensor, opacity: Tensor) -> tuple[Tens
     return opacity[..., None] * power.exp(), power
 
 
+class _WindowAlpha(torch.autograd.Function):
+    """``alpha = o exp(-q/2)`` on a ``[g, S*S]`` pixel window, with a hand-written backward.
+
+    Autograd through the dozen elementwise ops of (E13) keeps all their window-sized
+    intermediates; the closed-form gradient needs five products and seven row sums.
+    """
+
+    @staticmethod
+    def forward(ctx, px: Tensor, py: Tensor, means2d: Tensor, conic: Tensor, opacity: Tensor) -> Tensor:
+        dx = px - means2d[:, 0, None]
+        dy = py - means2d[:, 1, None]
+        alpha, _ = _alpha(dx, dy, conic, opacity)
+        ctx.save_for_backward(dx, dy, conic, opacity, alpha)
+        return alpha
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        dx, dy, conic, opacity, alpha = ctx.saved_tensors
+        t = grad * alpha
+        tdx, tdy = t * dx, t * dy
+        s_dx, s_dy = tdx.sum(1), tdy.sum(1)
+        a, b, c = conic.unbind(-1)
+        grad_means = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1)
+        grad_conic = torch.stack([-0.5 * (tdx * dx).sum(1), -(tdx * dy).sum(1), -0.5 * (tdy * dy).sum(1)], -1)
+        grad_opacity = t.sum(1) / opacity
+        return None, None, grad_means, grad_conic, grad_opacity
+
+
 def _pairs_stencil(proj: Projection, opacities: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """All (view, pixel, Gaussian) pairs with alpha >= 1/255 (R1, R2).
 
@@ -141,14 +169,17 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, image_shape: tuple[int, 
         live = proj.valid & (opa >= ALPHA_MIN) & torch.isfinite(u) & torch.isfinite(v)
         live &= (u - 0.5 + half_x >= 0) & (u - 0.5 - half_x <= w - 1)
         live &= (v - 0.5 + half_y >= 0) & (v - 0.5 - half_y <= h - 1)
-        radius = (torch.maximum(half_x, half_y).ceil() + 1).nan_to_num(0)
+        # pixel centres j + 0.5 within h of u lie within floor(h + 0.5) of round(u - 0.5)
+        radius = (torch.maximum(half_x, half_y) + 0.5).floor().nan_to_num(0)
         stencils = torch.tensor(_STENCILS, dtype=radius.dtype)
         cls = torch.searchsorted(stencils, radius.clamp_max(_STENCILS[-1]))
         full = (2 * stencils[cls] + 1 >= max(h, w)) | (radius > _STENCILS[-1])
         cls = torch.where(full, len(_STENCILS), cls)
         cls = torch.where(live, cls, -1).flatten()
-        centre_x = torch.where(live, u - 0.5, 0).round().long().flatten()
-        centre_y = torch.where(live, v - 0.5, 0).round().long().flatten()
+        centre_x = torch.where(live, u - 0.5, 0).round().flatten()
+        centre_y = torch.where(live, v - 0.5, 0).round().flatten()
+        view = torch.arange(n_views, dtype=u.dtype).repeat_interleave(n_gauss)
+        base = view * (h * w) + centre_y * w + centre_x  # flat pixel index of the window centre
     means2d = proj.means2d.flatten(0, 1)
     conics = proj.conics.flatten(0, 1)
     opa_flat = opacities.expand(n_views, n_gauss).flatten()
@@ -158,24 +189,25 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, image_shape: tuple[int, 
             continue
         idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
         if k == len(_STENCILS):  # footprint as large as the image: every pixel
-            py, px = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            px, py = px.flatten()[None], py.flatten()[None]
+            oy, ox = torch.meshgrid(torch.arange(h, dtype=u.dtype), torch.arange(w, dtype=u.dtype), indexing="ij")
+            cx, cy, start = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx]), view[idx] * (h * w)
         else:
-            r = _STENCILS[k]
-            off = torch.arange(-r, r + 1)
+            off = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, dtype=u.dtype)
             oy, ox = torch.meshgrid(off, off, indexing="ij")
-            px = centre_x[idx, None] + ox.flatten()[None]  # [g, S*S]
-            py = centre_y[idx, None] + oy.flatten()[None]
-        mu = means2d[idx]
-        dx = px + 0.5 - mu[:, 0, None]
-        dy = py + 0.5 - mu[:, 1, None]
-        alpha, power = _alpha(dx, dy, conics[idx], opa_flat[idx])
-        mask = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (power <= 0) & (alpha.detach() >= ALPHA_MIN)
-        view = torch.div(idx, n_gauss, rounding_mode="floor")
-        pix = view[:, None] * (h * w) + py * w + px
-        alphas.append(alpha[mask])
-        pixels.append(pix.expand_as(mask)[mask])
-        gaussians.append(idx[:, None].expand_as(mask)[mask])
+            cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
+        ox, oy = ox.flatten(), oy.flatten()
+        px, py = cx[:, None] + ox, cy[:, None] + oy  # [g, S*S] pixel indices (as floats)
+        # the conic is positive definite (E12 adds 0.3 I), so the exponent is never positive
+        alpha = _WindowAlpha.apply(px + 0.5, py + 0.5, means2d[idx], conics[idx], opa_flat[idx])
+        with torch.no_grad():
+            mask = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (alpha >= ALPHA_MIN)
+            flat = mask.view(-1).nonzero().squeeze(1)
+            window = ox.numel()
+            row = torch.div(flat, window, rounding_mode="floor")
+            pix = (start[:, None] + (oy * w + ox)).view(-1)[flat].long()
+        alphas.append(alpha.view(-1)[flat])
+        pixels.append(pix)
+        gaussians.append(idx[row])
     if not alphas:
         empty = torch.zeros(0, dtype=torch.long)
         return opacities.new_zeros(0), empty, empty
