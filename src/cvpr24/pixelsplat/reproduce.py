@@ -157,13 +157,14 @@ def _claim_a_claims(rows: list[dict]) -> tuple[list[Claim], list[str]]:
     return [claim], notes
 
 
-def claim_b(quick: bool, seeds: list[int], figures: Path | None, steps: int = B_STEPS) -> dict:
-    data = build_dataset(B_EVAL_SCENES, 24, EVAL_SEED_BASE)
+def claim_b(quick: bool, seeds: list[int], figures: Path | None, steps: int = B_STEPS,
+            checkpoints: Path = CHECKPOINTS) -> dict:
+    data = None
     per_seed: dict[str, dict] = {}
     histories: dict[str, list] = {"prob": [], "direct": []}
     for seed in seeds:
         for name, cfg in claim_b_configs().items():
-            path = CHECKPOINTS / f"{name}_seed{seed}.safetensors"
+            path = checkpoints / f"{name}_seed{seed}.safetensors"
             if not path.is_file():
                 if quick:
                     continue
@@ -171,6 +172,7 @@ def claim_b(quick: bool, seeds: list[int], figures: Path | None, steps: int = B_
                 train_synthetic(cfg, run_dir, steps=steps, seed=seed)
                 path = run_dir / "model.safetensors"
             model, meta = load_trained(path)
+            data = data if data is not None else build_dataset(B_EVAL_SCENES, 24, EVAL_SEED_BASE)
             histories[name].append(meta.get("history", {}).get("psnr", []))
             res = evaluate(model, data, B_TARGET, seed=seed)
             entry = {k: v.numpy() for k, v in res.items()}
@@ -255,7 +257,7 @@ def _figure_claim_a(out: Path, ex, s, prob, direct, size: int) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(9, 3))
     vmax = float(ex["depths"][0].max())
     for ax, img, title in zip(axes, (ex["depths"][0], dp, dd), ("GT depth", "prob (argmax)", "direct"), strict=True):
-        ax.imshow(img, vmin=0, vmax=vmax, cmap="viridis")
+        ax.imshow(img.numpy(), vmin=0, vmax=vmax, cmap="viridis")
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
@@ -263,14 +265,14 @@ def _figure_claim_a(out: Path, ex, s, prob, direct, size: int) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3))
     for ax, img, title in zip(axes, (ex["images"][5], rp, rd), ("held-out GT", "prob", "direct"), strict=True):
-        ax.imshow(img.clamp(0, 1).permute(1, 2, 0))
+        ax.imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "claim_a_views.png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.imshow(phi.T, aspect="auto", origin="lower", cmap="magma")
+    ax.imshow(phi.T.numpy(), aspect="auto", origin="lower", cmap="magma")
     gt_r = ((1 / ex["depths"][0, size // 2] - 1 / s.far[0]) / (1 / s.near[0] - 1 / s.far[0]))
     ax.plot(np.arange(size), (1 - gt_r.numpy()) * phi.shape[-1] - 0.5, "c.", label="ground-truth bucket")
     ax.set_xlabel("pixel along the middle row")

@@ -55,6 +55,7 @@ def train_synthetic(cfg: PixelSplatConfig, out_dir: str | os.PathLike, *, steps:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else build_dataset(num_scenes, image_size, TRAIN_SEED_BASE)
+    image_size = data["images"].shape[-1]
     torch.manual_seed(seed)
     model = PixelSplat(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
