@@ -5,7 +5,13 @@ import torch
 
 from cvpr24.pixelsplat import reproduce
 from cvpr24.pixelsplat.scenes import render_example
-from cvpr24.pixelsplat.train import build_dataset, claim_b_configs, evaluate, load_trained, train_synthetic
+from cvpr24.pixelsplat.train import (
+    build_dataset,
+    claim_b_configs,
+    evaluate,
+    load_trained,
+    train_synthetic,
+)
 
 
 def test_billboard_scene_is_deterministic_with_depths_in_range():
