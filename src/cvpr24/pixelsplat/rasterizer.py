@@ -249,20 +249,27 @@ def _composite(
     return out, log_final.exp().to(features.dtype)
 
 
-def _pairs_dense(proj: Projection, opacities: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Every (pixel, Gaussian) pair of every view, evaluated densely (reference)."""
+def _pairs_dense(proj: Projection, opacities: Tensor, image_shape: tuple[int, int],
+                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (pixel, Gaussian) pair of every view, evaluated densely in Gaussian chunks (reference)."""
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
     py, px = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     px, py = px.flatten().to(opacities.dtype), py.flatten().to(opacities.dtype)
-    dx = px[None, None] + 0.5 - proj.means2d[..., 0, None]  # [V, G, P]
-    dy = py[None, None] + 0.5 - proj.means2d[..., 1, None]
-    alpha, power = _alpha(dx, dy, proj.conics, opacities.expand(n_views, n_gauss))
-    mask = proj.valid[..., None] & (power <= 0) & (alpha.detach() >= ALPHA_MIN)
-    view = torch.arange(n_views)[:, None, None]
-    pix = (view * (h * w) + torch.arange(h * w)[None, None]).expand_as(mask)
-    gauss = (view * n_gauss + torch.arange(n_gauss)[None, :, None]).expand_as(mask)
-    return alpha[mask], pix[mask], gauss[mask]
+    opa = opacities.expand(n_views, n_gauss)
+    chunk = max(1, max_elements // (n_views * h * w))
+    alphas, pixels, gaussians = [], [], []
+    for lo in range(0, n_gauss, chunk):
+        sl = slice(lo, min(n_gauss, lo + chunk))
+        dx = px + 0.5 - proj.means2d[:, sl, 0, None]  # [V, g, P]
+        dy = py + 0.5 - proj.means2d[:, sl, 1, None]
+        alpha, power = _alpha(dx, dy, proj.conics[:, sl], opa[:, sl])
+        mask = proj.valid[:, sl, None] & (power <= 0) & (alpha.detach() >= ALPHA_MIN)
+        v, g, p = mask.nonzero(as_tuple=True)
+        alphas.append(alpha[mask])
+        pixels.append(v * (h * w) + p)
+        gaussians.append(v * n_gauss + lo + g)
+    return torch.cat(alphas), torch.cat(pixels), torch.cat(gaussians)
 
 
 def render_gaussians(
