@@ -21,7 +21,8 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    """Standard normal noise drawn on the generator's device (CPU by default), then moved."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
 def sample_selection(
@@ -47,10 +48,10 @@ def sample_selection(
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     mf = mask.to(torch.float32)
     b = mask.shape[0]
-    x = _noise(mf, generator) * marginal_std(torch.ones(()), sigma) * mf
+    x = _noise(mf, generator) * marginal_std(torch.ones(()), sigma).to(mf) * mf
     if sampler == "ode":
         return _ode(score_fn, x, mf, sigma, eps, trajectory)
-    ts = torch.linspace(1.0, eps, steps)
+    ts = torch.linspace(1.0, eps, steps, device=mask.device)
     dt = float(ts[0] - ts[1]) if steps > 1 else 1.0 - eps
     n_nodes = mf.sum(1)
     x_mean = x
@@ -190,6 +191,8 @@ def group_sets(model, sets: Sequence, sampler: str | None = None, steps: int | N
     min_parts = cfg.min_parts if min_parts is None else min_parts
     check_sampling_args(sampler, steps, snr, threshold, max_iters)
     parts, mask = as_part_batch(sets)
+    device = next(model.parameters()).device
+    parts, mask = parts.to(device), mask.to(device)
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)

@@ -59,7 +59,7 @@ def random_targets(groups: Tensor, mask: Tensor, gen: torch.Generator) -> Tensor
     """x0 ``(B, M)``: the indicator of one ground-truth group per set, chosen uniformly.
     Group labels of a set are 0..N-1 (noise parts -1, padding -2)."""
     n_groups = (groups.masked_fill(~mask, -1).amax(1) + 1).clamp_min(1)
-    k = (torch.rand(len(groups), generator=gen) * n_groups).long()
+    k = (torch.rand(len(groups), generator=gen).to(groups.device) * n_groups).long()
     return ((groups == k[:, None]) & mask).float()
 
 
@@ -69,8 +69,8 @@ def dsm_objective(model: GFARS, parts: Tensor, groups: Tensor, mask: Tensor,
     cfg = model.cfg
     emb = model.encode(parts, mask)
     x0 = random_targets(groups, mask, gen)
-    t = torch.rand(len(parts), generator=gen) * (1 - cfg.eps_train) + cfg.eps_train
-    z = torch.randn(x0.shape, generator=gen) * mask
+    t = (torch.rand(len(parts), generator=gen) * (1 - cfg.eps_train) + cfg.eps_train).to(x0)
+    z = torch.randn(x0.shape, generator=gen).to(x0) * mask
     std = marginal_std(t, cfg.sigma)
     score = model.score((x0 + std[:, None] * z) * mask, t, emb, mask)
     return dsm_loss(score, z, std, mask, cfg.loss_reduction)
@@ -120,14 +120,20 @@ def train(
     save_every: int = 500,
     log_every: int = 50,
     log: Callable[[str], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[tuple[int, float]]:
     """Train ``model`` for ``steps`` optimiser steps (Adam, no schedule) on its objective.
 
     ``data``: a list of mixes to draw batches from (e.g. official PartNet mixes); by default
     each step generates fresh procedural mixes. ``state_path``: a resumable training state,
     written every ``save_every`` steps and at the end, and resumed from when it exists.
+    ``device``: where the model and batches live (``"cuda"`` when present); the noise
+    generator stays on the CPU so runs are reproducible across devices.
     Returns the loss curve ``[(step, mean loss over the last log_every steps), ...]``.
     """
+    from cvpr24.common.seed import get_device
+
+    device = get_device(device)
     cfg = model.cfg
     batch_size = batch_size or cfg.batch_size
     opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr)
@@ -141,7 +147,7 @@ def train(
         gen.set_state(st["extra"]["gen"])
     elif not isinstance(data, Sequence):
         init_encoder_stats(model, seed, cfg.points_per_part)
-    model.train()
+    model.to(device).train()
     running, t0 = [], time.perf_counter()
     for step in range(start, steps):
         rng = np.random.default_rng([seed, 1, step])
@@ -150,7 +156,7 @@ def train(
                                     n_points=cfg.points_per_part)
         else:
             sets = [data[i] for i in rng.integers(len(data), size=batch_size)]
-        parts, groups, mask = batch_tensors(sets)
+        parts, groups, mask = (a.to(device) for a in batch_tensors(sets))
         loss = objective(model, parts, groups, mask, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
