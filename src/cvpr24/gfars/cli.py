@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -168,7 +169,16 @@ def cmd_train(args) -> int:
         bar.n = int(line.split()[1].split("/")[0])
         bar.refresh()
 
-    train_method(args.method, args.seed, out, args.steps, base=base, log=log, data=data)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # launched by torchrun: one process per rank
+        import torch
+
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        train_method(args.method, args.seed, out, args.steps, base=base, log=log, data=data)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
     bar.close()
     print(f"wrote {out / f'{args.method}_seed{args.seed}.safetensors'}")
     return 0

@@ -17,6 +17,7 @@ uses the same descriptor encoder (a deviation from PointNet), F = 64, batch 16 a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -160,8 +161,10 @@ def train_method(method: str, seed: int, directory: Path, steps: int, base=BASE,
     t0 = time.perf_counter()
     curve = train(model, steps, seed=seed, data=data, log=log,
                   state_path=directory / f"{method}_seed{seed}.state.pt")
-    save_method(directory / f"{method}_seed{seed}.safetensors", model, method, seed, steps,
-                curve, {"train_s": time.perf_counter() - t0})
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        save_method(directory / f"{method}_seed{seed}.safetensors", model, method, seed, steps,
+                    curve, {"train_s": time.perf_counter() - t0})
     return model.eval()
 
 
@@ -193,6 +196,26 @@ def evaluate_seed(seed: int, models: dict, sz: dict, log=print) -> dict:
             res["diag"][m] = dsm_diagnostic(models[m], test, DIAG_STDS, sz["diag"], seed)
         log(f"seed {seed} {v}: EM-{sz['em']} strict F1 {res['em'][v]['strict']['f1']:.3f}, "
             f"noise rejection {res['noise'][v]['rejection']:.2f}")
+    return res
+
+
+def _cached_eval(out_dir: Path, seed: int, models: dict, sz: dict, size: str) -> dict:
+    """``evaluate_seed``, reusing ``out_dir/eval_seed<k>.json`` when it was computed with
+    the same weights (hash of every state dict) and the same sizes."""
+    digest = hashlib.sha256()
+    for m in sorted(models):
+        for k, v in sorted(models[m].state_dict().items()):
+            digest.update(f"{m}.{k}".encode())
+            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+    key = {"weights": digest.hexdigest(), "sizes": sz, "size": size}
+    path = out_dir / f"eval_seed{seed}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["result"]
+    res = evaluate_seed(seed, models, sz)
+    with atomic_write(path) as f:
+        json.dump({"key": key, "result": res}, f)
     return res
 
 
@@ -377,7 +400,7 @@ def run(out_dir: Path, quick: bool = True, seeds: int | None = None,
             else:
                 models = {m: train_method(m, seed, out_dir / "checkpoints", STEPS[m], log=print)
                           for m in STEPS}
-            per_seed.append(evaluate_seed(seed, models, sz))
+            per_seed.append(_cached_eval(out_dir, seed, models, sz, size))
         if quick and size != "tiny":
             smoke = train(build_method("gfars_ef", BASE), 200, seed=0, log_every=50)
             notes.append(f"smoke retrain, G-FARS-ef 200 steps from scratch: loss "

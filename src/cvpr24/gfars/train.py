@@ -129,15 +129,22 @@ def train(
     written every ``save_every`` steps and at the end, and resumed from when it exists.
     ``device``: where the model and batches live (``"cuda"`` when present); the noise
     generator stays on the CPU so runs are reproducible across devices.
+    Under ``torch.distributed`` (e.g. ``torchrun``), every rank draws its own batch, the
+    gradients are averaged across ranks after each backward pass (data parallel, rank 0's
+    initial weights broadcast first) and only rank 0 writes the state file (a resumed
+    distributed run restores rank 0's noise state on every rank).
     Returns the loss curve ``[(step, mean loss over the last log_every steps), ...]``.
     """
     from cvpr24.common.seed import get_device
 
     device = get_device(device)
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
     cfg = model.cfg
     batch_size = batch_size or cfg.batch_size
     opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 7919 * rank)
     objective = objective_for(model)
     start, curve = 0, []
     state_path = Path(state_path) if state_path else None
@@ -148,9 +155,12 @@ def train(
     elif not isinstance(data, Sequence):
         init_encoder_stats(model, seed, cfg.points_per_part)
     model.to(device).train()
+    if world > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
     running, t0 = [], time.perf_counter()
     for step in range(start, steps):
-        rng = np.random.default_rng([seed, 1, step])
+        rng = np.random.default_rng([seed, 1, step] + ([rank] if rank else []))
         if data is None:
             sets = procedural_mixes(batch_size, int(rng.integers(2**31)),
                                     n_points=cfg.points_per_part)
@@ -160,7 +170,15 @@ def train(
         loss = objective(model, parts, groups, mask, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
         opt.step()
+        if world > 1:  # as DDP's broadcast_buffers: BN statistics follow rank 0
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
         running.append(loss.item())
         if (step + 1) % log_every == 0:
             curve.append((step + 1, float(np.mean(running))))
@@ -168,7 +186,8 @@ def train(
             if log:
                 log(f"step {step + 1}/{steps} loss {curve[-1][1]:.4f} "
                     f"({time.perf_counter() - t0:.0f} s)")
-        if state_path is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+        last = (step + 1) % save_every == 0 or step + 1 == steps
+        if state_path is not None and rank == 0 and last:
             save_training_state(state_path, model=model, optimizer=opt, step=step + 1,
                                 extra={"gen": gen.get_state(), "curve": json.dumps(curve)})
     return curve
