@@ -191,3 +191,11 @@ def test_parity_with_smplx_on_real_mano():
     a = ours(go, hp, betas)
     b = ref(global_orient=go, hand_pose=hp, betas=betas)
     assert torch.allclose(a["vertices"], b.vertices, atol=1e-6)
+
+
+def test_joints_only_path_matches_full_skinning(right):
+    layer = ManoLayer(right, flat_hand_mean=False)
+    rot = random_rotmat(3 * 16, torch.Generator().manual_seed(8), torch.float32).reshape(3, 16, 3, 3)
+    x = torch.cat([torch.randn(3, 3), rot[..., :, :2].reshape(3, 96)], -1)
+    full, fast = layer.forward_rot6d(x), layer.forward_rot6d(x, joints_only=True)
+    assert torch.allclose(full["joints_w_tip"], fast["joints_w_tip"], atol=1e-6)

@@ -5,6 +5,7 @@ from scipy.spatial.transform import Rotation
 
 from cvpr24.text2hoi.rotations import (
     axis_angle_to_rotmat,
+    check_rot6d,
     random_rotmat,
     rot6d_to_rotmat,
     rotmat_to_axis_angle,
@@ -54,9 +55,15 @@ def test_rot6d_gradcheck():
     assert torch.autograd.gradcheck(rot6d_to_rotmat, (x,))
 
 
-def test_degenerate_rot6d_raises():
-    x = torch.tensor([[1.0, 2.0, 0.0, 0.0, 0.0, 0.0]])  # both columns along x
-    with pytest.raises(ValueError, match="degenerate"):
-        rot6d_to_rotmat(x)
+def test_degenerate_rot6d_is_guarded_or_rejected():
+    x = torch.tensor([[1.0, 2.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 6], dtype=torch.float64)  # parallel; zero
+    r = rot6d_to_rotmat(x)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(r.transpose(-1, -2) @ r, torch.eye(3, dtype=torch.float64).expand(2, 3, 3), atol=1e-12)
+    with pytest.raises(ValueError, match="x_lhand.*degenerate"):
+        check_rot6d(x, "x_lhand")
+    with pytest.raises(ValueError, match="NaN"):
+        check_rot6d(torch.full((1, 6), float("nan")), "x_obj")
+    check_rot6d(rotmat_to_rot6d(random_rotmat(5)))  # valid input passes
     with pytest.raises(ValueError, match="last dimension 6"):
         rot6d_to_rotmat(torch.zeros(2, 5))

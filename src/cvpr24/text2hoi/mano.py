@@ -267,12 +267,18 @@ class ManoLayer(nn.Module):
         aa = torch.cat([global_orient, hand_pose], -1).reshape(*hand_pose.shape[:-1], N_JOINTS, 3)
         return self.forward_rotmat(axis_angle_to_rotmat(aa), betas, transl, add_mean=False)
 
-    def forward_rot6d(self, x: torch.Tensor, betas: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Text2HOI hand features ``x`` (..., 99) = [τ (3) ‖ 16 × 6D] -> posed hand (M4)."""
+    def forward_rot6d(
+        self, x: torch.Tensor, betas: torch.Tensor | None = None, joints_only: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Text2HOI hand features ``x`` (..., 99) = [τ (3) ‖ 16 × 6D] -> posed hand (M4).
+
+        ``joints_only`` skins only the 5 tip vertices (``vertices`` then holds those 5): the
+        same ``joints_w_tip`` for a fraction of the cost, for the distance-map losses.
+        """
         if x.shape[-1] != 99:
             raise ValueError(f"hand features must have last dimension 99, got shape {tuple(x.shape)}")
         rot = rot6d_to_rotmat(x[..., 3:].reshape(*x.shape[:-1], N_JOINTS, 6))
-        return self.forward_rotmat(rot, betas, x[..., :3])
+        return self.forward_rotmat(rot, betas, x[..., :3], vertex_ids=self.tip_ids if joints_only else None)
 
     def forward_rotmat(
         self,
@@ -280,9 +286,11 @@ class ManoLayer(nn.Module):
         betas: torch.Tensor | None = None,
         transl: torch.Tensor | None = None,
         add_mean: bool = True,
+        vertex_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Rotation matrices (..., 16, 3, 3) -> ``vertices`` (..., V, 3), ``joints`` (..., 16, 3),
-        ``joints_w_tip`` (..., 21, 3). Any leading batch shape."""
+        ``joints_w_tip`` (..., 21, 3). Any leading batch shape. With ``vertex_ids`` only those
+        vertices are skinned and returned (they must include the tips for ``joints_w_tip``)."""
         lead = rotmats.shape[:-3]
         rot = rotmats.reshape(-1, N_JOINTS, 3, 3)
         if add_mean:
@@ -297,7 +305,11 @@ class ManoLayer(nn.Module):
         joints = torch.einsum("jv,bvc->bjc", self.J_regressor.to(dtype), v_shaped)
         eye = torch.eye(3, dtype=dtype, device=rot.device)
         pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
-        v_posed = v_shaped + (pose_feature @ self.posedirs.to(dtype)).reshape(b, -1, 3)
+        posedirs, weights = self.posedirs.to(dtype), self.lbs_weights.to(dtype)
+        if vertex_ids is not None:
+            cols = (vertex_ids[:, None] * 3 + torch.arange(3, device=vertex_ids.device)).reshape(-1)
+            v_shaped, posedirs, weights = v_shaped[:, vertex_ids], posedirs[:, cols], weights[vertex_ids]
+        v_posed = v_shaped + (pose_feature @ posedirs).reshape(b, -1, 3)
         # (M3) rigid transforms along the kinematic tree
         rel = joints.clone()
         rel[:, 1:] = joints[:, 1:] - joints[:, self.parents[1:]]
@@ -310,12 +322,16 @@ class ManoLayer(nn.Module):
         posed_joints = world[:, :, :3, 3]
         shift = (world[:, :, :3, :3] @ joints.unsqueeze(-1)).squeeze(-1)
         skin = torch.cat([world[:, :, :3, :3], (posed_joints - shift).unsqueeze(-1)], -1)  # (B,16,3,4)
-        t = torch.einsum("vj,bjcd->bvcd", self.lbs_weights.to(dtype), skin)
+        t = torch.einsum("vj,bjcd->bvcd", weights, skin)
         verts = (t[..., :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + t[..., 3]
         if transl is not None:
             tr = transl.reshape(-1, 1, 3).to(dtype)
             verts, posed_joints = verts + tr, posed_joints + tr
-        tips = verts[:, self.tip_ids]
+        if vertex_ids is None:
+            tips = verts[:, self.tip_ids]
+        else:
+            where = {int(v): i for i, v in enumerate(vertex_ids.tolist())}
+            tips = verts[:, [where[int(v)] for v in self.tip_ids.tolist()]]
         out = {"vertices": verts, "joints": posed_joints, "joints_w_tip": torch.cat([posed_joints, tips], 1)}
         return {k: v.reshape(*lead, *v.shape[1:]) for k, v in out.items()}
 
@@ -363,8 +379,8 @@ class ProceduralHand:
                    "ring": (0.039, 0.026, 0.020), "pinky": (0.030, 0.020, 0.018)}
         for name, (a, b, c) in _FINGERS.items():
             if name == "thumb":
-                j[a] = (0.025, -0.010, 0.030)
-                d = np.array([0.7, -0.2, 0.68]) / np.linalg.norm([0.7, -0.2, 0.68])
+                j[a] = (0.025, 0.0, 0.030)
+                d = np.array([0.7, 0.0, 0.7]) / np.linalg.norm([0.7, 0.0, 0.7])
                 j[b] = j[a] + 0.035 * d
                 j[c] = j[b] + 0.030 * d
                 continue
@@ -411,7 +427,10 @@ class ProceduralHand:
                     weights.append(wt)
             # each bone starts at the joint it moves with: its first ring regresses that joint
             jreg_rows.setdefault(joint, list(range(start, start + self.RING)))
-            caps = [p0 - 0.5 * radius * d, p1 + (radius if bi % 4 == 3 else 0.5 * radius) * d]
+            end = p1 + 0.5 * radius * d
+            if bi % 4 == 3:  # the fingertip vertex sits on the pad (palm side), as MANO's tips do
+                end = p1 + 0.4 * radius * d + 0.8 * radius * np.array([0.0, -1.0, 0.0])
+            caps = [p0 - 0.5 * radius * d, end]
             c0, c1 = len(verts), len(verts) + 1
             verts += caps
             weights += [weights[start].copy(), weights[start + self.RING * (self.RINGS - 1)].copy()]

@@ -16,22 +16,41 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
     """6D rotation (R1) -> rotation matrix by Gram-Schmidt.
 
     The 6 numbers are the first two columns of ``R``, flattened row-major from a ``(3, 2)``
-    view: ``x = [R00, R01, R10, R11, R20, R21]``. Raises ``ValueError`` when a column is
-    (numerically) zero or the two columns are parallel: no rotation is defined there.
+    view: ``x = [R00, R01, R10, R11, R20, R21]``. Degenerate input (a zero column, or parallel
+    columns) is eps-guarded: the missing direction is completed with a fixed axis, so the result
+    is always a proper rotation (masked/padded frames of a prediction go through FK safely).
+    Use :func:`check_rot6d` to reject such input instead.
     """
     if x.shape[-1] != 6:
         raise ValueError(f"x must have last dimension 6 (a 6D rotation), got shape {tuple(x.shape)}")
     m = x.reshape(*x.shape[:-1], 3, 2)
     a1, a2 = m[..., 0], m[..., 1]
+    ex = torch.zeros_like(a1)
+    ex[..., 0] = 1
     n1 = a1.norm(dim=-1, keepdim=True)
-    b1 = a1 / n1.clamp_min(DEGENERATE_EPS)
+    b1 = torch.where(n1 < DEGENERATE_EPS, ex, a1 / n1.clamp_min(DEGENERATE_EPS))
     u2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
     n2 = u2.norm(dim=-1, keepdim=True)
-    if x.numel() and bool((n1 < DEGENERATE_EPS).any() or (n2 < DEGENERATE_EPS).any()):
-        raise ValueError("x holds a degenerate 6D rotation (a zero column or parallel columns)")
-    b2 = u2 / n2
+    # fallback second column: the axis least aligned with b1, orthogonalised
+    k = b1.abs().argmin(-1, keepdim=True)
+    e = torch.zeros_like(b1).scatter(-1, k, 1.0)
+    f2 = e - (b1 * e).sum(-1, keepdim=True) * b1
+    f2 = f2 / f2.norm(dim=-1, keepdim=True)
+    b2 = torch.where(n2 < DEGENERATE_EPS, f2, u2 / n2.clamp_min(DEGENERATE_EPS))
     b3 = torch.linalg.cross(b1, b2, dim=-1)
     return torch.stack([b1, b2, b3], dim=-1)
+
+
+def check_rot6d(x: torch.Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` naming ``name`` if any 6D rotation is degenerate or not finite."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    m = x.reshape(*x.shape[:-1], 3, 2)
+    a1, a2 = m[..., 0], m[..., 1]
+    n1 = a1.norm(dim=-1)
+    cross = torch.linalg.cross(a1, a2, dim=-1).norm(dim=-1)
+    if bool((n1 < DEGENERATE_EPS).any() or (cross < DEGENERATE_EPS * a2.norm(dim=-1).clamp_min(1)).any()):
+        raise ValueError(f"{name} holds a degenerate 6D rotation (a zero column or parallel columns)")
 
 
 def rotmat_to_rot6d(r: torch.Tensor) -> torch.Tensor:
