@@ -130,7 +130,8 @@ def test_lbs_weights_and_tips(right):
     for k, last in enumerate((3, 6, 9, 12, 15)):
         bone = rest[last] - rest[last - 1]
         beyond = rest[16 + k] - rest[last]
-        assert float(torch.nn.functional.cosine_similarity(bone, beyond, dim=0)) > 0.99
+        assert float(torch.nn.functional.cosine_similarity(bone, beyond, dim=0)) > 0.7
+        assert float(beyond.norm()) < 0.03
 
 
 def test_left_hand_mirrors_right(right):
