@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvpr24.text2hoi.geometry import contact_labels, farthest_point_sampling, pc_normalize, transform_points
+from cvpr24.text2hoi.geometry import (
+    contact_labels,
+    farthest_point_sampling,
+    pc_normalize,
+    transform_points,
+)
 from cvpr24.text2hoi.losses import (
     contact_loss,
     dice_loss,
