@@ -43,7 +43,7 @@ def map_official(state: dict[str, torch.Tensor], module: torch.nn.Module, kind: 
     out = {}
     unknown = []
     for k, v in state.items():
-        if k in DUPLICATES or (kind == "refiner" and k.startswith(REFINER_LEFTOVERS)):
+        if kind == "refiner" and k.startswith(REFINER_LEFTOVERS):
             continue
         if k not in ours:
             unknown.append(k)
@@ -51,6 +51,9 @@ def map_official(state: dict[str, torch.Tensor], module: torch.nn.Module, kind: 
         if ours[k].shape != v.shape:
             raise ValueError(f"{kind} key {k!r}: shape {tuple(v.shape)} does not match {tuple(ours[k].shape)}")
         out[k] = v
+    for dup in DUPLICATES:  # the shared table may be stored once
+        if dup in ours and dup not in out and "sequence_pos_encoder.pe" in out:
+            out[dup] = out["sequence_pos_encoder.pe"]
     if unknown:
         raise ValueError(f"{kind} checkpoint has unknown keys: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
     missing = [k for k in ours if k not in out]

@@ -64,12 +64,12 @@ VALID_ACC = 0.3  # gate: the baseline must recognisably do the action (18 classe
 
 @dataclass
 class Sizes:
-    n_train: int = 320
-    n_test: int = 32
-    contact_steps: int = 150
-    length_steps: int = 50
-    motion_steps: int = 250
-    refiner_steps: int = 60
+    n_train: int = 128
+    n_test: int = 16
+    contact_steps: int = 60
+    length_steps: int = 20
+    motion_steps: int = 100
+    refiner_steps: int = 20
     batch_size: int = 16
     samples_per_text: int = 2
     penet_frames: int = 8
