@@ -250,7 +250,11 @@ def fit_classifier(train_samples: list, train: HOIBatch, hands: HandModels):
     return train_classifier(x, train.action, len(VERBS) * 3, seed=0)
 
 
-def run(out_dir: Path, quick: bool = True, seeds: int | None = None, sizes: Sizes | None = None, train: bool = False) -> Result:
+def run(
+    out_dir: Path, quick: bool = True, seeds: int | None = None, sizes: Sizes | None = None, train: bool = False,
+    encoder=None,
+) -> Result:
+    """Evaluate the committed checkpoints (train them first with ``train=True`` or when missing)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +262,7 @@ def run(out_dir: Path, quick: bool = True, seeds: int | None = None, sizes: Size
     seed_list = list(range(seeds if seeds is not None else (3 if quick else 5)))
     cfg = Text2HOIConfig.cpu()
     hands = hand_models()
-    data = build_data(sizes)
+    data = build_data(sizes, encoder)
     _log("data built")
     (train_s, train_b), (test_s, test_b) = data["train"], data["heldout"]
     classifier = fit_classifier(train_s, train_b, hands)
