@@ -113,3 +113,16 @@ def test_phy_is_one_on_gt_and_drops_when_the_object_is_shifted_off_the_hand():
     # now moves without contact
     shifted = _gt_phy(lifted, hands, shift=[0.0, 0.0, 0.05])
     assert shifted["phy"] < 0.75 and shifted["moving_without_contact"] > 0.25
+
+
+def test_mesh_sdf_matches_sphere_and_rejects_open_meshes():
+    trimesh = pytest.importorskip("trimesh")
+    from cvpr24.text2hoi.mesh import MeshSDF
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.05)
+    sdf = MeshSDF(mesh)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.02, 0.03], [0.06, 0.0, 0.0], [0.0, 0.0, -0.045]], dtype=torch.float64)
+    assert torch.allclose(sdf(pts), pts.norm(dim=-1) - 0.05, atol=1e-3)
+    opened = trimesh.Trimesh(mesh.vertices, mesh.faces[:-3], process=False)
+    with pytest.raises(ValueError, match="object_mesh is not watertight"):
+        MeshSDF(opened)

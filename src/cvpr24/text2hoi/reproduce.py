@@ -87,10 +87,11 @@ def hand_models() -> HandModels:
     return HandModels(ManoLayer(hand.model(False)), ManoLayer(hand.model(True)))
 
 
-def text_encoder():
-    from cvpr24.text2hoi.text import default_text_encoder
+def text_encoder(name: str = "minilm"):
+    """The encoder a checkpoint was trained with: ``minilm`` (falls back to hashed) or ``hashed``."""
+    from cvpr24.text2hoi.text import HashedTextEncoder, default_text_encoder
 
-    return default_text_encoder(384)
+    return HashedTextEncoder(384) if name == "hashed" else default_text_encoder(384)
 
 
 def build_data(sizes: Sizes, encoder=None) -> dict[str, tuple[list, HOIBatch]]:
@@ -101,10 +102,13 @@ def build_data(sizes: Sizes, encoder=None) -> dict[str, tuple[list, HOIBatch]]:
         "heldout": gen.split(HELDOUT_FAMILIES, sizes.n_test, offset=10_000),
     }
     encoder = encoder or text_encoder()
+    data_encoder_name = encoder.name
     texts = sorted({s.text for v in splits.values() for s in v})
     feats = encoder(texts)
     table = dict(zip(texts, feats, strict=True))
-    return {k: (v, collate(v, table)) for k, v in splits.items()}
+    out = {k: (v, collate(v, table)) for k, v in splits.items()}
+    out["text_encoder"] = data_encoder_name
+    return out
 
 
 # --- arms --------------------------------------------------------------------------------------
@@ -271,7 +275,10 @@ def run(
         path = checkpoint_path(seed, out_dir / "checkpoints" if train else CHECKPOINTS)
         if train or not path.is_file():
             state = train_seed(seed, train_b, sizes, cfg, hands)
-            save_checkpoint(out_dir / "checkpoints" / path.name, {k: v.half() for k, v in state.items()}, config=cfg, seed=seed, data=f"ToyHOI(0) train {sizes.n_train}", extra={"sizes": sizes.__dict__})
+            save_checkpoint(
+                out_dir / "checkpoints" / path.name, {k: v.half() for k, v in state.items()}, config=cfg, seed=seed,
+                data=f"ToyHOI(0) train {sizes.n_train}", extra={"sizes": sizes.__dict__, "text_encoder": data["text_encoder"], "flat_hand_mean": True},
+            )
         else:
             state = load_checkpoint(path).tensors
         method, baseline = load_arms(state, cfg, hands)

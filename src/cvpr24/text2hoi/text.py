@@ -37,6 +37,7 @@ class ClipTextEncoder:
     """
 
     dim = 512
+    name = "clip"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
         tr = optional_import("transformers", "text2hoi")
@@ -64,6 +65,7 @@ class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (384, mean-pooled, L2-normalised), offline."""
 
     dim = 384
+    name = "minilm"
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         tr = optional_import("transformers", "text2hoi")
@@ -82,6 +84,8 @@ class MiniLMTextEncoder:
 
 class HashedTextEncoder:
     """Bag of hashed words and word pairs (a fallback when no model is installed)."""
+
+    name = "hashed"
 
     def __init__(self, dim: int = 384) -> None:
         self.dim = dim
