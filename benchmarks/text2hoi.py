@@ -131,6 +131,34 @@ def bench_refiner_and_metrics(repeats: int) -> dict:
     return {"refiner_frames_per_s": frames / t["refiner"], "metrics_frames_per_s": frames / t["metrics"], **t}
 
 
+def bench_quality(n_test: int = 16) -> dict | None:
+    """Quality cost of fewer steps with the committed ToyHOI seed-0 checkpoint: Phy and depth of
+    the full ancestral chain (100 steps) vs DDIM with 10 and 25 steps, on held-out families."""
+    from cvpr24.common import load_checkpoint
+    from cvpr24.text2hoi.reproduce import Sizes, build_data, checkpoint_path, load_arms, motion_metrics, text_encoder
+
+    path = checkpoint_path(0)
+    if not path.is_file():
+        return None
+    ck = load_checkpoint(path, Text2HOIConfig)
+    hands = hand_models()
+    method, _ = load_arms(ck.tensors, ck.config, hands)
+    sizes = Sizes(n_train=8, n_test=n_test)
+    data = build_data(sizes, text_encoder(ck.meta.get("text_encoder", "minilm")))
+    samples, batch = data["heldout"]
+    from cvpr24.text2hoi.reproduce import fit_classifier
+
+    clf = fit_classifier(*data["train"], hands)
+    out = {}
+    for steps in (None, 25, 10):
+        t = time.perf_counter()
+        res = method.sample(batch, torch.Generator().manual_seed(0), steps)
+        dt = time.perf_counter() - t
+        m = motion_metrics(samples, res, hands, clf)
+        out[str(steps or ck.config.diffusion_steps)] = {"seconds": dt, "phy": m["phy"], "depth_mm": m["depth_mm"]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/text2hoi.json"))
@@ -151,6 +179,11 @@ def main() -> None:
           f"ratio {res['nearest']['ratio_kdtree_over_cdist']:.1f}x, same indices {res['nearest']['same_indices']}")
     res["refiner_metrics"] = bench_refiner_and_metrics(a.repeats)
     print(f"refiner {res['refiner_metrics']['refiner_frames_per_s']:.0f} frames/s, Phy metric {res['refiner_metrics']['metrics_frames_per_s']:.0f} frames/s (CPU scale)")
+    res["quality"] = bench_quality()
+    if res["quality"]:
+        print("quality cost of fewer steps (ToyHOI checkpoint, held-out families):")
+        for k, v in res["quality"].items():
+            print(f"  {k:>4} steps: {v['seconds']:.2f}s  Phy {v['phy']:.3f}  depth {v['depth_mm']:.2f} mm")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(a.out) as f:
         json.dump(res, f, indent=2, default=str)

@@ -146,11 +146,12 @@ def make_object(family: str, rng: np.random.Generator, n_points: int = 256) -> T
     # project random box points onto the unit surface (Newton steps on the SDF)
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
     p = (torch.rand(2000, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2)
-    for _ in range(15):
-        q = p.detach().requires_grad_(True)
-        d = f(q)
-        (gr,) = torch.autograd.grad(d.sum(), q)
-        p = (q - d.unsqueeze(-1) * gr / gr.norm(dim=-1, keepdim=True).clamp_min(1e-9)).detach()
+    with torch.enable_grad():  # callers may be inside no_grad
+        for _ in range(15):
+            q = p.detach().requires_grad_(True)
+            d = f(q)
+            (gr,) = torch.autograd.grad(d.sum(), q)
+            p = (q - d.unsqueeze(-1) * gr / gr.norm(dim=-1, keepdim=True).clamp_min(1e-9)).detach()
     p = p[f(p).abs() < 1e-5]
     unit_radius = float((p - p.mean(0)).norm(dim=-1).max())
     pts = p[farthest_point_sampling(p, n_points)] * (scale / unit_radius)

@@ -227,7 +227,7 @@ def train_motion(
         loss.backward()
         opt.step()
         if log:
-            log(step, {k: float(v) for k, v in parts.items()})
+            log(step, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
     model.eval()
 
 
@@ -298,7 +298,7 @@ def train_refiner(
         loss.backward()
         opt.step()
         if log:
-            log(step, {k: float(v) for k, v in parts.items()})
+            log(step, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
     refiner.eval()
 
 
