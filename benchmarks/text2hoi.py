@@ -135,7 +135,14 @@ def bench_quality(n_test: int = 16) -> dict | None:
     """Quality cost of fewer steps with the committed ToyHOI seed-0 checkpoint: Phy and depth of
     the full ancestral chain (100 steps) vs DDIM with 10 and 25 steps, on held-out families."""
     from cvpr24.common import load_checkpoint
-    from cvpr24.text2hoi.reproduce import Sizes, build_data, checkpoint_path, load_arms, motion_metrics, text_encoder
+    from cvpr24.text2hoi.reproduce import (
+        Sizes,
+        build_data,
+        checkpoint_path,
+        load_arms,
+        motion_metrics,
+        text_encoder,
+    )
 
     path = checkpoint_path(0)
     if not path.is_file():
