@@ -129,3 +129,14 @@ def test_our_safetensors_round_trip(tmp_path):
     m2.load_state_dict(ck.tensors)
     x = _inputs(cfg)
     assert all(torch.equal(a, b) for a, b in zip(m(**x), m2(**x), strict=True))
+
+
+def test_build_is_seeded_and_leaves_the_global_rng_alone():
+    from cvpr24.text2hoi.reproduce import hand_models
+    from cvpr24.text2hoi.train import Text2HOI
+
+    cfg, hands = tiny_cfg(), hand_models()
+    state = torch.get_rng_state()
+    a, b = Text2HOI.build(cfg, hands, 7), Text2HOI.build(cfg, hands, 7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())

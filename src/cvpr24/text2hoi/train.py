@@ -316,9 +316,11 @@ class Text2HOI:
 
     @classmethod
     def build(cls, cfg: Text2HOIConfig, hands: HandModels, seed: int, with_refiner: bool = True) -> Text2HOI:
-        torch.manual_seed(seed)  # the module initialisations; callers restore the global RNG
-        pn = PointNetfeat(3, cfg.pointnet_widths, cfg.stn_fc, global_feat=False)
-        return cls(cfg, pn, ContactCVAE(cfg), LengthCVAE(cfg), TextHOM(cfg), HandRefiner(cfg) if with_refiner else None, hands)
+        with torch.random.fork_rng():  # seeded initialisation; the global RNG is left as it was
+            torch.manual_seed(seed)
+            pn = PointNetfeat(3, cfg.pointnet_widths, cfg.stn_fc, global_feat=False)
+            nets = (ContactCVAE(cfg), LengthCVAE(cfg), TextHOM(cfg), HandRefiner(cfg) if with_refiner else None)
+        return cls(cfg, pn, *nets, hands)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {}
