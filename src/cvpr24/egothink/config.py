@@ -1,6 +1,6 @@
 """The EgoThink taxonomy (12 dimensions) and the run configuration.
 
-The table below is Section 2.1 of the spec: canonical dimension keys in the official
+The table below lists the canonical dimension keys in the official
 leaderboard column order, with the name each one has in the GitHub tree, the Hugging Face
 parquet tree and the leaderboard header. Keys are canonical inside the library and mapped
 only at the I/O boundaries (``Forecast`` on GitHub vs ``Forecasting`` on the Hub).
@@ -78,7 +78,7 @@ class EgoThinkConfig:
     dims : tuple of str
         Dimension keys to evaluate, in leaderboard order (default: all 12).
     prompt_style : {"persona", "short", "blip", "raw"}
-        How the answering VLM is prompted (spec 2.2). ``persona`` is the paper-era LLaVA style.
+        How the answering VLM is prompted (E1). ``persona`` is the paper-era LLaVA style.
     vlm_temperature : float
         Decoding temperature of the answering VLM; 0 means greedy.
     max_new_tokens, max_new_tokens_planning : int

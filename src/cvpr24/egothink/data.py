@@ -1,11 +1,11 @@
 """EgoThink data: the two official layouts and the FastChat answer-folder layout.
 
-- GitHub layout (spec 4.1): ``<root>/<Capability>/<dim>/annotations.json`` (a JSON list of
+- GitHub layout: ``<root>/<Capability>/<dim>/annotations.json`` (a JSON list of
   ``{source_dataset, image_path: [name], question, answer}``) and ``images/<k>.jpg``.
-- Hugging Face parquet layout (spec 4.2): ``<root>/<Config>/test-*.parquet`` with columns
+- Hugging Face parquet layout: ``<root>/<Config>/test-*.parquet`` with columns
   ``image`` (struct ``{bytes, path}``), ``question``, ``answer`` and optionally ``id``;
   read with ``pyarrow`` (``datasets`` is not needed).
-- FastChat answer folders (spec 4.3), one per dimension under its GitHub directory name:
+- FastChat answer folders, one per dimension under its GitHub directory name:
   ``question.jsonl``, ``reference_answer/ground_truth.jsonl``, ``model_answer/<model>.jsonl``,
   ``model_judgment/<judge>_single.jsonl``. Import and export are lossless (line order, key
   order and unknown fields are kept), so official answers and judgments re-aggregate exactly.

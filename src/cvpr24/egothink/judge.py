@@ -1,4 +1,4 @@
-"""The judge: reference-guided single-answer grading (spec 2.3), resumable and cached.
+"""The judge: reference-guided single-answer grading (E2, E3), resumable and cached.
 
 For each (model, question) the judge receives two messages, the system line and the filled
 grading template (E2), at temperature 0 with ``max_tokens=2048``. The rating is parsed from

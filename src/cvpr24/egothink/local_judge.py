@@ -3,7 +3,7 @@
 LocalJudge sees only the rendered grading prompt (the string GPT-4 would receive), recovers
 question, reference and answer from its block markers, and replies in the judge's format
 (``... Rating: [[x]]``), which then goes through the *same* rating parser as GPT-4's. It
-never sees a scene graph or slot vocabulary. Steps (spec 5.4):
+never sees a scene graph or slot vocabulary. Steps:
 
 1. normalise both texts into content lemmas;
 2. a refusal scores 0;
@@ -371,7 +371,7 @@ def f1_judge(reference: str, answer: str) -> float:
     return 1.0 if f >= 0.8 else 0.5 if f >= 0.4 else 0.0
 
 
-#: B3 bands on the sentence cosine between reference and answer (spec 5.4): >= 0.80 is a
+#: B3 bands on the sentence cosine between reference and answer: >= 0.80 is a
 #: paraphrase of the reference (full credit), >= 0.60 shares most of its meaning (half).
 EMBED_FULL, EMBED_HALF = 0.80, 0.60
 

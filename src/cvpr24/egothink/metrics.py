@@ -1,4 +1,4 @@
-"""Scores (spec 2.4): per-dimension x100 (E5), coverage (E6), the macro Average (E7),
+"""Scores: per-dimension x100 (E5), coverage (E6), the macro Average (E7),
 capability means (E8), bootstrap intervals, a paired test, judge agreement and the
 leaderboard table.
 
@@ -26,7 +26,7 @@ from cvpr24.egothink.prompts import Provenance
 
 # ----------------------------------------------------------------------------- published table
 
-#: The 18 recoverable rows of the paper's leaderboard (spec 3): Average, then 12 dimensions in
+#: The 18 recoverable rows of the paper's leaderboard: Average, then 12 dimensions in
 #: leaderboard order. InstructBLIP-11B's printed Average (51.1) disagrees with its cells (51.46).
 PUBLISHED: dict[str, tuple[float, tuple[float, ...]]] = {
     "GPT-4V(ision)": (65.5, (62, 82, 58, 59.5, 86, 62, 42, 48, 83, 55, 64, 84)),
@@ -291,7 +291,7 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray, weights: str | None = None, n_labe
 
 def agreement(judge_scores: Mapping[tuple[str, int] | str, float], human_scores: Mapping, *,
               n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Judge-vs-human agreement (spec 2.6) on the items both have rated.
+    """Judge-vs-human agreement on the items both have rated.
 
     Parameters
     ----------

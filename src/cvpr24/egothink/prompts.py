@@ -1,6 +1,6 @@
 """Prompts: the judge's single-answer grading prompt and the answering VLM's prompt styles.
 
-Provenance rule (spec 2.2): this file contains no text from the official repositories. Our
+Provenance rule: this file contains no text from the official repositories. Our
 own templates have the structure and semantics of the official ones (FastChat's
 ``single-math-v2`` judge prompt, LLaVA's first-person ``persona`` system prompts, the
 API models' short-answer template) and their own SHA-256 values, pinned in the tests. The
@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-#: SHA-256 and length of the official strings (spec 2.2, 2.3).
+#: SHA-256 and length of the official strings (E1, E2).
 OFFICIAL_SHA256: dict[str, tuple[str, int]] = {
     "judge": ("ed38861d0f82d2d0d5b6db7b95a3856a02498065174b821e4e2895c3187641bc", 1161),
     "persona": ("2270119bc6390697a9bce94925fcfe791d232c72477d43c44e59a367f41aafa0", 470),
@@ -216,7 +216,7 @@ def _read_vlm_prompts(path: Path) -> dict[str, str]:
 
 def render_judge_messages(question: str, reference: str, answer: str,
                           prompts: PromptSet | None = None) -> list[dict[str, str]]:
-    """The two chat messages the judge receives (spec E2): system, then the filled template."""
+    """The two chat messages the judge receives (E2): system, then the filled template."""
     p = prompts or PromptSet()
     user = p.judge_template.format(question=question, ref_answer_1=reference, answer=answer)
     return [{"role": "system", "content": p.judge_system}, {"role": "user", "content": user}]
@@ -253,7 +253,7 @@ class VLMPrompt:
 
 def build_vlm_prompt(question: str, planning: bool, style: str,
                      prompts: PromptSet | None = None) -> VLMPrompt:
-    """The prompt of one style (spec 2.2) for one question."""
+    """The prompt of one style (E1) for one question."""
     p = prompts or PromptSet()
     if style == "persona":
         return VLMPrompt(p.persona_planning if planning else p.persona, question, True)
@@ -267,7 +267,7 @@ def build_vlm_prompt(question: str, planning: bool, style: str,
 
 
 def postprocess_answer(text: str, planning: bool, style: str, last_line_rule: bool = True) -> str:
-    """Answer post-processing of spec 2.2: strip; the short-answer marker; the last-line rule.
+    """Answer post-processing of E1's answers: strip; the short-answer marker; the last-line rule.
 
     The last-line rule (paper-era LLaVA) keeps only the last non-empty line of a non-planning
     answer; it applies to the ``persona`` style only.

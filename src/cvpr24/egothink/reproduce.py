@@ -1,4 +1,4 @@
-"""Reproduction at CPU scale (spec 5): the mechanisms EgoThink's conclusions rest on.
+"""Reproduction at CPU scale (docs/egothink.md, Reproduction): the mechanisms EgoThink's conclusions rest on.
 
 Lab notebook, per seed:
 
@@ -168,7 +168,7 @@ def mirror_targets(targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_arms(seed: int, train_items, input_size: int, train: TrainConfig) -> tuple[dict, Vocab, dict]:
-    """The six tiny VLMs of spec 5.2, trained on the same items."""
+    """The six tiny VLMs (V0-V3, allocentric, blind), trained on the same items."""
     images, tokens, dims, targets, vocab = encode_items(train_items, input_size)
     cfg = TinyVLMConfig(input_size=input_size)
     models, ttp = {}, {}
@@ -521,7 +521,7 @@ def _run(out: Path, quick: bool, seeds: int | None, tiny: bool, log) -> Result:
     if tiny:
         n_seeds, sizes, n_train, img, inp, train = 1, {d: 5 for d in DIM_KEYS}, 400, 64, 48, TrainConfig(epochs=2)
     elif quick:
-        # 4 epochs instead of the spec's 8: the 5-minute budget on 2 shared cores (a deviation)
+        # 4 epochs instead of the full mode's 8: the 5-minute budget on 2 shared cores (a deviation)
         n_seeds, sizes, n_train, img, inp, train = 3, QUICK_SIZES, 4000, 64, 48, TrainConfig(epochs=4)
     else:
         n_seeds, sizes, n_train, img, inp, train = 5, FULL_SIZES, 12000, 128, 96, TrainConfig(epochs=20)
@@ -541,10 +541,10 @@ def _run(out: Path, quick: bool, seeds: int | None, tiny: bool, log) -> Result:
         "The held-out paraphrase family is kept in the reproduction, away from LocalJudge; four of its "
         "templates were reworded ('of them', 'You can', 'determine that', 'You are there') so that it shares no word with "
         "LocalJudge's word lists that the dev family, questions and references do not already use.",
-        "Quick mode trains 4 epochs over the 4000 training items instead of the spec's 8, to fit the "
+        "Quick mode trains 4 epochs over the 4000 training items instead of the full mode's 8, to fit the "
         "5-minute budget on 2 shared CPU cores; --full keeps 12000 x 20.",
         "The tiny VLM's encoder standardises pixels with CLIP's per-channel constants before the first "
-        "convolution (not in the spec's layer list): training from raw pixels sometimes stayed at the blind level.",
+        "convolution (not in the planned layer list): training from raw pixels sometimes stayed at the blind level.",
         "The verbalizer does not reorder plan steps (a reordered plan changes its meaning, so its oracle label "
         "would be ambiguous); it adds extra steps and paraphrases instead.",
         "Our own judge and persona prompt texts are used (same structure and semantics, own hashes); the official "

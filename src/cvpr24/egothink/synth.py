@@ -1,4 +1,4 @@
-"""EgoSynth-12: a procedurally generated egocentric mini-benchmark (spec 5.1, 5.3).
+"""EgoSynth-12: a procedurally generated egocentric mini-benchmark (docs/egothink.md, Reproduction).
 
 Every item is an image rendered from the wearer's viewpoint (**the image's left is the
 wearer's left**), a templated question of one of the 12 EgoThink dimensions, a short
@@ -650,7 +650,7 @@ DEV_PARAPHRASES = Paraphrases(
     },
     synonyms={"cup": "cup", "phone": "phone", "box": "box"},
     refusal="I can't tell from the image.")
-REFUSAL_CONFIDENCE, REFUSAL_P = 0.3, 0.5  # spec 5.3: refuse w.p. 0.5 when max softmax < 0.3
+REFUSAL_CONFIDENCE, REFUSAL_P = 0.3, 0.5  # refuse w.p. 0.5 when max softmax < 0.3
 
 
 def answer_kind(dim: str, qtype: str) -> str:
