@@ -115,7 +115,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     import torch
 
-    from cvpr24.common import progress
+    from cvpr24.common.progress import progress
     from cvpr24.cutie import data
     from cvpr24.cutie.inference import InferenceConfig, VideoSegmenter
 
