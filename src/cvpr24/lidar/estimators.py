@@ -4,9 +4,10 @@ Timestamps (:class:`~cvpr24.lidar.model.PhotonData`):
 
 - ``"mean"``: the sample mean, which *is* the ML estimate for a Gaussian pulse without
   background (L6 with w = 0).
-- ``"ml"``: numeric ML of L6, tau_hat = argmax sum_k log[(1-w) s(T_k - tau) + w/T_r] with a
-  known background fraction w (0 by default), by safeguarded Newton from the log-matched-filter
-  peak. With w = 0 it agrees with ``"mean"`` to rounding.
+- ``"ml"``: numeric ML of L6, tau_hat = argmax sum_k log[(1-w) s(T_k - tau) + w/T_r], by
+  safeguarded Newton from the log-matched-filter peak. By default (``background="auto"``) w is
+  estimated per pixel from the photons far from that peak and shrunk toward the array's rate
+  (L20); without background photons it is 0 and ``"ml"`` agrees with ``"mean"`` to rounding.
 - ``"em"``: EM on the Gaussian + uniform mixture, w estimated per pixel (or fixed) ([X]).
 - ``"lmf"``: the peak of the log-matched filter on a sub-bin grid.
 
@@ -14,8 +15,9 @@ Histograms (``(..., B)`` counts with ``bin_edges``): ``"ml"`` maximises L7,
 sum_b h_b log p_b(tau) with p_b = Phi((e_{b+1} - tau)/sigma_t) - Phi((e_b - tau)/sigma_t)
 (+ w/B), by Newton from the log-matched-filter peak; ``"lmf"`` is that peak; ``"mean"`` the
 centroid of bin centres (adds Delta^2/12 per photon, Sheppard); ``"em"`` weighted EM on bin
-centres. The histogram path is batched in torch (chunks of pixels), which is what makes an
-Edinburgh-sized 192 x 128 x 1024 cube take seconds.
+centres, both with w per pixel as for timestamps. The histogram path is batched (torch filter,
+numpy solvers, chunks of pixels), which is what makes an Edinburgh-sized 192 x 128 x 1024 cube
+take seconds. ``info.variance`` and ``info.p_lock`` give each pixel's predicted error (L22).
 
 Empty pixels (K_n = 0) have no ML estimate: ``empty="nearest"`` (default) copies the nearest
 non-empty pixel (index distance in 1-D, Chebyshev distance in 2-D), ``"nan"`` leaves NaN,
