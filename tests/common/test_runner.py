@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from cvpr24.common import Result
 from cvpr24.common.runner import Job, run_jobs
 
 FAKES = {
@@ -121,3 +122,5 @@ def test_a_run_stopped_by_its_budget_reports_its_partial_result(tmp_path, fake_e
     (result,) = run_jobs([Job("partial", "fakerepro.partial", 8)], tmp_path / "out", env=fake_env)
     assert result.error.startswith("PARTIAL RESULT: exceeded its time budget of 8 s")
     assert [c.name for c in result.claims] == ["A"] and result.claims[0].passed
+    on_disk = Result.load(tmp_path / "out" / "partial" / "result.json")  # what the report reads
+    assert on_disk.status == "error" and on_disk.error == result.error

@@ -88,6 +88,7 @@ def run_job(
                 partial = Result.load(result_path)
                 partial.error = f"PARTIAL RESULT: {error}"
                 partial.wall_time_s = time.monotonic() - start
+                partial.save(result_path)  # the report reads it: never as a finished run
                 return partial
             return Result(
                 job.module,
