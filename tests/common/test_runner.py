@@ -107,11 +107,13 @@ def test_stale_result_is_not_reported_as_new(tmp_path, fake_env):
 
 
 PARTIAL = """
-    import time
+    import os, time
     from cvpr24.common import Claim, Result
     def run(out_dir, quick=True, seeds=None):
         done = Claim.compare("A", "s", [1.0], ">=", 0, reason="r")
         Result("partial", claims=[done]).save(out_dir / "result.json")
+        if seeds == 1:
+            os._exit(9)  # killed from outside (e.g. out of memory)
         time.sleep(120)
 """
 
@@ -124,3 +126,7 @@ def test_a_run_stopped_by_its_budget_reports_its_partial_result(tmp_path, fake_e
     assert [c.name for c in result.claims] == ["A"] and result.claims[0].passed
     on_disk = Result.load(tmp_path / "out" / "partial" / "result.json")  # what the report reads
     assert on_disk.status == "error" and on_disk.error == result.error
+    (killed,) = run_jobs([Job("partial", "fakerepro.partial", 60)], tmp_path / "out2", seeds=1,
+                         env=fake_env)
+    assert killed.error.startswith("PARTIAL RESULT: process exited with code 9")
+    assert Result.load(tmp_path / "out2" / "partial" / "result.json").status == "error"

@@ -97,7 +97,12 @@ def run_job(
                 error=error,
             )
     if result_path.is_file():
-        return Result.load(result_path)
+        result = Result.load(result_path)
+        if proc.returncode != 0 and result.error is None:  # killed after saving a partial result
+            result.error = (f"PARTIAL RESULT: process exited with code {proc.returncode}.\n"
+                            f"Last lines of {log_path}:\n{_tail(log_path)}")
+            result.save(result_path)
+        return result
     return Result(
         job.module,
         mode="quick" if quick else "full",
