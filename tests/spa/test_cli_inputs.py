@@ -10,7 +10,7 @@ import torch
 from cvpr24.cli import main
 from cvpr24.spa import SPALoss, retrieve
 from cvpr24.spa.cli import default_workers
-from cvpr24.spa.data import load_features, save_features
+from cvpr24.spa.data import VOC_CLASSES, load_features, save_features
 from cvpr24.spa.train import load_model
 
 
@@ -81,6 +81,15 @@ def test_image_model_trains_with_validation_then_evaluates_and_predicts(images, 
     save_features(tmp / "f.npz", x, y[:, :2], ["cat", "dog"])
     assert "trained on images" in _refused(capsys, "eval", "--model", model_path, "--features",
                                            str(tmp / "f.npz"))
+    voc = tmp / "voc"  # a VOC2007 folder: read through the CLI, refused for its 20 classes
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("000001\n")
+    for name in VOC_CLASSES:
+        (voc / "ImageSets" / "Main" / f"{name}_test.txt").write_text(f"000001 {1 if name == 'dog' else -1}\n")
+    (tmp / "0.png").rename(voc / "JPEGImages" / "000001.jpg")
+    err = _refused(capsys, "eval", "--model", model_path, "--voc", str(voc))
+    assert "--voc: its classes (aeroplane" in err and "differ from the model's (cat, dog)" in err
     (tmp / "gone.csv").write_text("path,labels\nnowhere.png,dog\n")
     assert "1 of 1 images are missing" in _refused(capsys, "eval", "--model", model_path, "--csv",
                                                    str(tmp / "gone.csv"))
