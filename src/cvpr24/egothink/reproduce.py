@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write, seed_everything
+from cvpr24.common.state import preserved_global_state
 from cvpr24.egothink.config import BY_KEY, DIM_KEYS, EgoThinkConfig
 from cvpr24.egothink.data import load_egothink, read_answers, read_questions
 from cvpr24.egothink.judge import run_judgment
@@ -499,6 +500,7 @@ def _save(fig, path: Path) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 
+@preserved_global_state()
 def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = False, log=None) -> Result:
     """Run the reproduction and return its :class:`Result` (figures in ``out_dir``).
 
@@ -507,12 +509,8 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
     ``tiny``: the smoke test (5 items per dimension, 1 seed, 400 training items, 2 epochs);
     with ``quick=False`` it also routes the judge over HTTP.
     """
-    n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: one thread is fastest, and safe on a shared machine
-    try:
-        return _run(Path(out_dir), quick, seeds, tiny, log or (lambda msg: print(msg, flush=True)))
-    finally:
-        torch.set_num_threads(n_threads)
+    return _run(Path(out_dir), quick, seeds, tiny, log or (lambda msg: print(msg, flush=True)))
 
 
 def _run(out: Path, quick: bool, seeds: int | None, tiny: bool, log) -> Result:
