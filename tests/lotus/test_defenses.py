@@ -137,26 +137,29 @@ def gratings_badnets():
     return tr, te, clean, art, ev
 
 
-# The margins below come from a sweep of seeds 0-9 of each fixture's construction (data, model
-# and defense seed) on the CPU kernel families torch picks from: native AVX-512,
-# ATEN_CPU_CAPABILITY=avx2 and =default (mkldnn on, one thread), and native with mkldnn off and
-# with two threads. "worst" is the worst value over every seed and setting measured.
+# The margins below come from a sweep of seeds 0-9 of each fixture's construction (data, model,
+# training and defense seeds), run with each CPU kernel family: native (AVX-512 here),
+# ATEN_CPU_CAPABILITY=avx2 and =default (mkldnn on, one thread: 10 seeds each), and native with
+# mkldnn off (seeds 0-4). "worst" lists the worst value per family, in that order
+# (native / avx2 / default / mkldnn off). NC, the costly one, ran on 5 / 2 / 3 / 0 seeds.
 
 
 @pytest.mark.parametrize("name", ["badnets", "gratings_badnets"])
 def test_badnets_fixtures_are_working_backdoors(name, request):
     _, _, _, art, ev = request.getfixturevalue(name)
     m = ev(art.model)
-    assert m["asr"] >= 0.9, m  # worst ASR: SWEEP_FIX_ASR
+    # worst ASR: shapes 1.0 / 1.0 / 0.9 / 0.9 (10 victim test images), gratings 0.95 / 0.95 /
+    # 0.95 / 1.0 (20 images)
+    assert m["asr"] >= 0.8, m
 
 
 def test_nc_singles_out_the_badnets_target(gratings_badnets):
     # NC must find the planted patch: the target's reversed mask is the smallest, clearly below
     # every other label's and far below the clean model's for the same label.
-    # Sweep (150 steps, 20 victim images; SWEEP_NC_RUNS): target flagged in every run; target /
-    # next-smallest norm worst SWEEP_NC_NEXT; target / clean model's target norm worst
-    # SWEEP_NC_REF. NC's own rule (anomaly index > 2) is not asserted: at this scale the other
-    # labels' norms spread widely (index 1.69 on seed 5, native kernels, though the target's
+    # Sweep (150 steps, 20 victim images, 10 runs): target flagged in every run; target /
+    # next-smallest norm worst 0.63 / 0.35 / 0.33; target / clean model's target norm worst
+    # 0.39 / 0.41 / 0.42. NC's own rule (anomaly index > 2) is not asserted: at this scale the
+    # other labels' norms spread widely (index 1.69 on seed 5, native kernels, though the target's
     # mask was 4.6 pixels against 12-25); the reproduction applies the rule at its own scale.
     _, te, clean, art, _ = gratings_badnets
     xv = te.x[te.y == 0]
@@ -172,7 +175,7 @@ def test_strip_detects_badnets(badnets):
     tr, te, _, art, _ = badnets
     xv = te.x[te.y == 0]
     rep = strip(art.model, te.x[te.y != 0][:40], art.triggers.stamp(xv, 0), tr.x, n=16, alpha=0.5)
-    # AUROC of poisoned vs clean inputs (0.5 = chance); worst SWEEP_STRIP
+    # AUROC of poisoned vs clean inputs (0.5 = chance); worst 0.73 / 0.75 / 0.74 / 0.75
     assert rep.score > 0.6, rep.details
 
 
@@ -184,7 +187,7 @@ def _defender_data(fixture, frac):
 
 # A mitigation "cleans" BadNets when the ASR falls to at most 0.5 while the model keeps working.
 # Fine-tuning and NAD get half the clean training set (20 images per class): with a quarter
-# (10 per class) they left ASR 0.40-0.55 and NAD's BA fell to 0.43 on seed 5.
+# (10 per class) they left ASR up to 0.85 (fine-tuning) and 1.0 (NAD), and NAD's BA fell to 0.43.
 CLEANED_ASR = 0.5
 
 
@@ -195,15 +198,15 @@ def test_fine_tune_cleans_badnets_and_keeps_input_model(gratings_badnets):
                     batch_size=32, milestones=(3,), flip=False, evaluate=ev)
     for k, v in art.model.state_dict().items():
         assert torch.equal(v, before[k]), k                 # never modified in place
-    # worst ASR SWEEP_FT_ASR, worst BA SWEEP_FT_BA
+    # worst ASR 0.15 / 0.2 / 0.2 / 0.05, worst BA 0.98 / 0.98 / 0.98 / 0.99
     assert rep.asr <= CLEANED_ASR and rep.ba >= 0.8, (rep.asr, rep.ba)
 
 
 def test_fine_prune_cuts_badnets_asr(badnets):
     # Fine-pruning does not "clean" (ASR <= 0.5) this fixture with a margin: with the whole clean
-    # training set its worst ASR was SWEEP_FP_ASR (a quarter of the set: 0.9 on seed 8; half:
-    # 0.8), so the test asserts it cuts the ASR from 1.0 to at most 0.7 and keeps the model
-    # working (worst BA SWEEP_FP_BA).
+    # training set its worst ASR was 0.3 / 0.3 / 0.5 / 0.5 (a quarter of the set: 0.9 on seed 8;
+    # half: 0.8), so the test asserts it cuts the ASR from 1.0 to at most 0.7 and keeps the
+    # model working (worst BA 0.84 / 0.82 / 0.82 / 0.85).
     _, te, _, art, ev = badnets
     rep = fine_prune(art.model, *_defender_data(badnets, 1.0), te.x, ratio=0.5, epochs=3, lr=0.02,
                      batch_size=32, evaluate=ev)
@@ -215,7 +218,7 @@ def test_nad_cleans_badnets(gratings_badnets):
     data = _defender_data(gratings_badnets, 0.5)
     rep = nad(art.model, *data, epochs=2, batch_size=32, flip=False,
               teacher_kwargs=dict(epochs=5, lr=0.05, batch_size=32, milestones=(3,)), evaluate=ev)
-    # worst ASR SWEEP_NAD_ASR, worst BA SWEEP_NAD_BA
+    # worst ASR 0.1 / 0.05 / 0.05 / 0.0, worst BA 0.975 / 0.98 / 0.98 / 0.985
     assert rep.asr <= CLEANED_ASR and rep.ba >= 0.7, (rep.asr, rep.ba)
     assert rep.params["student_init"] == "teacher"
     with pytest.raises(ValueError, match="student_init"):
@@ -225,17 +228,18 @@ def test_nad_cleans_badnets(gratings_badnets):
 def test_anp_prunes_few_neurons_and_keeps_the_model(gratings_badnets):
     # What holds on every seed, given the whole clean training set (with a quarter or half of it
     # ANP pruned no neuron at all on some seeds): ANP drives some masks below the threshold and
-    # the pruned model keeps its accuracy (worst BA SWEEP_ANP_BA; SWEEP_ANP_N neurons of 56
-    # pruned). Whether it removes the backdoor is NOT stable at this scale: the ASR after ANP
-    # ranged from 0.0 to 1.0 across seeds (1.0 on seed 5 in every setting tried: eps 0.2-0.6,
-    # alpha 0.2/0.5, 3-10 epochs), so it is not asserted here.
+    # the pruned model keeps its accuracy (worst BA 0.915 / 0.945 / 0.85 / 0.84; at least
+    # 2 / 2 / 2 / 4 of the 56 neurons pruned). Whether it removes the backdoor is NOT stable at
+    # this scale: the ASR after ANP was 0.0-0.1 on 6 of 35 runs and 1.0 on 25 (1.0 on seed 5 in
+    # every setting tried: eps 0.2-0.6, alpha 0.2/0.5, 3-10 epochs), so it is not asserted here.
     _, _, _, art, ev = gratings_badnets
     data = _defender_data(gratings_badnets, 1.0)
     rep = anp(art.model, *data, epochs=3, batch_size=32, evaluate=ev)
     assert rep.details["n_pruned"] > 0
     assert rep.ba >= 0.7, (rep.asr, rep.ba)
     none = anp(art.model, *data, epochs=1, batch_size=32, prune_threshold=-0.0, evaluate=ev)
-    # threshold 0 prunes only masks driven exactly to 0: fewer neurons (worst SWEEP_ANP_NONE)
+    # threshold 0 prunes only masks driven exactly to 0: fewer neurons (the difference was at
+    # least 2 / 2 / 1 / 3)
     assert none.details["n_pruned"] < rep.details["n_pruned"]
 
 

@@ -43,7 +43,8 @@ def global_state() -> dict[str, Any]:
         "default_dtype": torch.get_default_dtype(),
         "matmul_precision": torch.get_float32_matmul_precision(),
         "grad_enabled": torch.is_grad_enabled(),
-        "rng": _digest(torch.get_rng_state(), *cuda, np.random.get_state(), random.getstate()),  # noqa: NPY002
+        "rng": _digest(torch.get_rng_state(), *cuda,
+                       np.random.get_state(), random.getstate()),  # noqa: NPY002
         "warnings_filters": list(warnings.filters),
         "environ": dict(os.environ),
     }
