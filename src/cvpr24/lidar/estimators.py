@@ -538,8 +538,8 @@ def newton_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, s
     Only bins within ``reach`` sigma_t (+ one bin) of the start enter each pixel's sums. With
     background modelled (w > 0) the others carry no information about tau; with w = 0 this is a
     +-6 sigma_t gate, which keeps stray background photons from dragging the Gaussian ML. Steps are clipped to sigma_t/2
-    and iterates kept within 2 sigma_t + 1 bin of the start (a bounded solver, as the spec
-    asks); where the curvature is not negative a fixed step follows the score's sign.
+    and iterates kept within 2 sigma_t + 1 bin of the start (a bounded
+    solver); where the curvature is not negative a fixed step follows the score's sign.
     """
     n_bins = flat.shape[1]
     half = math.ceil(reach * sigma_t / bin_width) + 1

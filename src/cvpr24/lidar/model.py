@@ -8,7 +8,7 @@ L5  given K_n the stamps are i.i.d.: X ~ alpha restricted to Omega_n, T = tau(X)
 The sampler draws each photon's sub-pixel position X (so the footprint's depth spread is in
 the data, not added afterwards), all pixels and repeats at once: memory is O(photons), never
 O(N x fine grid). alpha0 is the total over the field of view: there is deliberately no
-"photons per pixel" argument (pitfall 1 of the spec).
+"photons per pixel" argument (a common pitfall).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TAU_BLOCK = 2**15  # photons per evaluation of the scene's tau in the sampler
 
 @dataclass
 class LidarConfig:
-    """Physics and estimator settings (full-scale defaults of the spec, section 2.5).
+    """Physics and estimator settings (full-scale defaults; docs/lidar.md).
 
     Times are in units of the timing window: with ``t_window=(0, 1)``, ``sigma_t=0.01`` is a
     1 ns pulse in a 100 ns window. ``alpha0`` is the total expected number of detected signal

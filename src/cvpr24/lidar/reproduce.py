@@ -1,4 +1,4 @@
-"""Reproduction of the resolution-limit claims (spec section 5) at CPU scale.
+"""Reproduction of the resolution-limit claims at CPU scale (docs/lidar.md, Reproduction).
 
 Lab notebook:
 
@@ -483,7 +483,7 @@ def run(out_dir: str | Path | None = None, quick: bool = True, seeds: int | None
 
 DEVIATIONS = [
     "No official code or simulation parameters exist: scenes, flux levels and sigma_t = 0.01 are "
-    "the spec's choices; the reference numbers are the spec's prototype, not the paper's.",
+    "our choices; the reference numbers are those of our prototype, not the paper's.",
     "sigma_x in L14 is read as the variance-matched footprint sigma_x^2 = 1/(12 N^2).",
     "The continuous MSE (L8) and the pixel moments use composite 4-point Gauss-Legendre quadrature "
     "on M nodes (split at depth edges) instead of M cell centres: exact for the ramp and the step.",

@@ -13,7 +13,7 @@ for N pixels is collected by :func:`pixel_moments`:
 The ramp, sine and step scenes carry an :class:`AnalyticProfile` (a line, sines and jumps),
 whose pixel moments are in closed form: with uniform flux no quadrature is needed, and b_n is
 a sum of squares that keeps its relative precision however small the pixel. Other scenes use
-composite 4-point Gauss-Legendre quadrature on a fine grid of ``fine`` nodes (M in the spec,
+composite 4-point Gauss-Legendre quadrature on a fine grid of ``fine`` nodes (M,
 default max(2**14, 16 N)); panels are split at the scene's discontinuities, so a step edge is
 integrated exactly. In 1-D the integrals are accumulated once per grid (in compensated,
 double-double precision) and differenced at the pixel edges, so one more N costs O(N), not O(M).
@@ -69,7 +69,7 @@ class AnalyticProfile:
 
     tau(x) = offset + slope x + sum_k amp_k sin(omega_k x + phase_k) + sum_j height_j 1[x >= edge_j]
 
-    The ramp, the sine and the step scenes of the spec are of this form. For a pixel of width h
+    The ramp, the sine and the step scenes of the reproduction are of this form. For a pixel of width h
     centred on m, write x = m + u with u ~ U(-h/2, h/2). Then
     sin(omega (m + u) + phase) = s cos(omega u) + c sin(omega u), with s, c = sin, cos(omega m + phase).
     The smooth part is a linear combination, with per-pixel coefficients, of the odd basis
@@ -294,7 +294,7 @@ class Scene1D:
             if not 0.0 < b < 1.0:
                 raise ValueError(f"breakpoints must lie in (0, 1), got {b!r}")
 
-    # -- the scenes of the spec ------------------------------------------------------------
+    # -- the reproduction's scenes ----------------------------------------------------------
     @classmethod
     def from_profile(cls, profile: AnalyticProfile, alpha: Callable[[Array], Array] | None = None,
                      name: str = "analytic") -> Scene1D:
