@@ -78,6 +78,10 @@ SEED_MAJORITY = 2 / 3     # NC verdicts must hold in at least 2 of 3 seeds
 FT_ASR_MIN = 0.5          # "keeps its ASR": at least half the victims still flip after FT
 FT_BA_TOL = 0.03          # fine-tuning must not have destroyed the model (BA within 3 points)
 AGREEMENT_MIN = 0.9       # precondition: surrogate partitions agree with the clusters
+# Validity gate of every defense claim: with the same budget the defense must first work on the
+# label-specific BadNets model, else "LOTUS survives it" carries no information.
+REMOVED_ASR_MAX = 0.2     # a mitigation "removes" a backdoor when at most 20% of victims still flip
+REMOVED_BA_DROP = 0.05    # ... at a cost of at most 5 accuracy points
 
 
 @dataclass(frozen=True)
@@ -352,15 +356,54 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
     ft_asr, ft_ba = col("lotus", "ft", "asr"), col("lotus", "ft", "ba")
     ba_change = np.abs(ba - ft_ba)
     ok4 = ft_asr.mean() >= FT_ASR_MIN and ba_change.mean() <= FT_BA_TOL
+    gate = mitigation_gate(per_seed, "ft")
+    if not gate["valid"]:
+        # FT that leaves plain BadNets in place shows nothing about LOTUS's resilience.
+        c4 = Claim.not_tested(
+            "C4", CLAIMS[3], paper_value="LOTUS keeps ASR after FT (paper Table 3)",
+            reason=f"precondition failed: {gate['text']}. LOTUS after FT: ASR {ft_asr.round(3).tolist()}, "
+                   f"BA {ft_ba.round(3).tolist()}")
+        return [c1, c2, c3, c4]
     c4 = Claim.verdict(
         "C4", CLAIMS[3], bool(ok4), measured=Measurement.of(ft_asr),
         paper_value="LOTUS keeps ASR after FT (paper Table 3)",
         criterion=f"mean ASR after FT >= {FT_ASR_MIN} with BA within {FT_BA_TOL} of before (FT that "
                   "broke the model would prove nothing)",
         comparison=f"ASR after FT {ft_asr.mean():.3f} >= {FT_ASR_MIN}: {ft_asr.mean() >= FT_ASR_MIN}; "
-                   f"|BA change| {ba_change.mean():.3f} <= {FT_BA_TOL}: {ba_change.mean() <= FT_BA_TOL}; "
-                   f"BadNets ASR after FT {col('badnets', 'ft', 'asr').mean():.3f}")
+                   f"|BA change| {ba_change.mean():.3f} <= {FT_BA_TOL}: {ba_change.mean() <= FT_BA_TOL}",
+        notes=f"validity gate passed: {gate['text']}")
     return [c1, c2, c3, c4]
+
+
+def mitigation_gate(per_seed: list[dict[str, Any]], defense: str) -> dict[str, Any]:
+    """Does ``defense`` remove the label-specific BadNets backdoor (ASR <= REMOVED_ASR_MAX with a
+    BA drop <= REMOVED_BA_DROP) in at least SEED_MAJORITY of the seeds? ``defense`` is ``"ft"``
+    or a row of the ``--full`` defense table (``"fp"``, ``"nad"``, ``"anp"``)."""
+    def row(r):
+        return r["badnets"]["ft"] if defense == "ft" else r["badnets"]["defenses"][defense]
+
+    asr = np.array([float(row(r)["asr"]) for r in per_seed])
+    drop = np.array([float(r["badnets"]["ba"]) - float(row(r)["ba"]) for r in per_seed])
+    removed = (asr <= REMOVED_ASR_MAX) & (drop <= REMOVED_BA_DROP)
+    frac = float(removed.mean())
+    valid = frac >= SEED_MAJORITY - 1e-9
+    text = (f"{defense} removes label-specific BadNets (ASR <= {REMOVED_ASR_MAX}, BA drop <= "
+            f"{REMOVED_BA_DROP}) in {frac:.2f} of seeds ({'>=' if valid else '<'} 2/3): BadNets ASR after "
+            f"{defense} {asr.round(3).tolist()}, BA drop {drop.round(3).tolist()}")
+    return {"defense": defense, "valid": bool(valid), "fraction_removed": frac,
+            "badnets_asr": asr.tolist(), "badnets_ba_drop": drop.tolist(), "text": text}
+
+
+def defense_gates(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The validity gate of every mitigation that was run (FT always, FP / NAD / ANP in --full)."""
+    gates = {"ft": mitigation_gate(per_seed, "ft")}
+    if "defenses" in per_seed[0]["badnets"]:
+        gates |= {d: mitigation_gate(per_seed, d) for d in ("fp", "nad", "anp")}
+        flagged = [bool(r["badnets"]["defenses"]["strip"]["detected"]) for r in per_seed]
+        frac = float(np.mean(flagged))
+        gates["strip"] = {"defense": "strip", "valid": frac >= SEED_MAJORITY - 1e-9, "fraction_flagged": frac,
+                          "text": f"STRIP flags label-specific BadNets in {frac:.2f} of seeds"}
+    return gates
 
 
 # --- figures and the run -----------------------------------------------------------------------
@@ -428,6 +471,8 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny:
     per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms) for s in range(n_seeds)]
     with atomic_write(out / "measurements.json") as f:
         json.dump(per_seed, f, indent=2, default=float)
+    with atomic_write(out / "defense_gates.json") as f:   # which defenses work on BadNets at all
+        json.dump(defense_gates(per_seed), f, indent=2)
     figures = [plot_focusing_curve(d, n_seeds, out)]
     deviations = list(DEVIATIONS)
     if not quick:
