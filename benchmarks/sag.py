@@ -1,8 +1,10 @@
-"""Benchmark of Subject-Agnostic Guidance against classifier-free guidance (spec section 7).
+"""Benchmark of Subject-Agnostic Guidance against classifier-free guidance.
 
-Side by side in one process, same model, seeds and threads:
+Side by side in one process, same model, seeds and threads. Every row times its arms
+interleaved (round robin) over ``--repeats`` rounds after a warm-up round and reports the median.
+The models are built here with random weights (timing does not depend on the weights):
 
-- the tiny ShapesWorld model (batch 24, 25 DDIM steps): CFG vs SAG (r = 0) vs SAG (r = -0.5);
+- the tiny ShapesWorld architecture (batch 24, 25 DDIM steps): CFG vs SAG (r = 0) vs SAG (r = -0.5);
 - a tiny-config diffusers SD (64 px): ``StableDiffusionPipeline`` (CFG) vs
   ``SubjectAgnosticStableDiffusionPipeline`` at r = 0 and r = -0.5;
 - peak memory of batched vs sequential condition evaluation (``sag_batch_conditions``);
@@ -168,7 +170,7 @@ def ratios(section: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per row (median reported)")
     p.add_argument("--out", default="benchmarks/results/sag.json")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -176,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     results: dict = {"threads": torch.get_num_threads(), "T": T_SAG}
     results["tiny"] = bench_tiny(args.repeats)
-    results["tiny_scaling_steps"] = {s: ratios(bench_tiny(1, steps=s, batch=8)) for s in (10, 25, 50)}
-    results["tiny_scaling_resolution"] = {px: ratios(bench_tiny(1, steps=10, size=px, batch=4)) for px in (16, 32, 64)}
+    results["tiny_scaling_steps"] = {s: ratios(bench_tiny(args.repeats, steps=s, batch=8)) for s in (10, 25, 50)}
+    results["tiny_scaling_resolution"] = {px: ratios(bench_tiny(args.repeats, steps=10, size=px, batch=4))
+                                          for px in (16, 32, 64)}
     if not args.skip_diffusers:
         results["diffusers"] = bench_diffusers(args.repeats)
     checks = []

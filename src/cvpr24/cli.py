@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
+import threading
 from collections.abc import Sequence
 
 from cvpr24 import __version__
@@ -149,12 +151,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         for n in names
     ]
 
+    status = _StatusLine(sys.stderr)
+
     def on_done(r):
         n_pass = sum(c.passed for c in r.claims)
-        print(
-            f"[{r.module}] {r.status}: {n_pass}/{len(r.claims)} claims passed in {r.wall_time_s:.1f} s",
-            file=sys.stderr,
-            flush=True,
+        partial = " (partial)" if r.partial else ""
+        status.print(
+            f"[{r.module}] {r.status}{partial}: {n_pass}/{len(r.claims)} claims passed "
+            f"in {r.wall_time_s:.1f} s (log: {os.path.join(args.out, r.module, 'log.txt')})"
         )
 
     print(
@@ -164,7 +168,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         flush=True,
     )
     results = run_jobs(
-        jobs, args.out, quick=args.quick, seeds=args.seeds, n_jobs=args.jobs, on_done=on_done
+        jobs,
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        n_jobs=args.jobs,
+        on_done=on_done,
+        on_progress=status.show,
     )
     index = write_report(args.out)
     for r in results:
@@ -172,6 +182,37 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{r.module:<11} {c.name:<6} {c.status:<10} {c.comparison}")
     print(f"report: {index}")
     return 1 if any(r.status == "error" for r in results) else 0
+
+
+class _StatusLine:
+    """One line on a terminal that shows the running module, its step and elapsed time,
+    rewritten in place; silent when the stream is not a terminal (logs and CI stay clean)."""
+
+    BAR = 20
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.width = max(40, shutil.get_terminal_size().columns - 1)
+        self.lock = threading.Lock()  # modules run in threads of the runner with --jobs > 1
+
+    def show(self, p) -> None:
+        if not self.live:
+            return
+        bar = ""
+        if p.total:
+            filled = round(self.BAR * min(p.done, p.total) / p.total)
+            bar = f" [{'#' * filled}{'.' * (self.BAR - filled)}] {p.done}/{p.total}"
+        minutes, seconds = divmod(int(p.elapsed_s), 60)
+        line = f"[{p.module}] {minutes}:{seconds:02d}{bar} {p.label}"
+        with self.lock:
+            self.stream.write("\r\x1b[K" + line[: self.width])
+            self.stream.flush()
+
+    def print(self, message: str) -> None:
+        with self.lock:
+            self.stream.write(("\r\x1b[K" if self.live else "") + message + "\n")
+            self.stream.flush()
 
 
 def _fail(message: str) -> None:

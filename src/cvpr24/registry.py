@@ -114,7 +114,7 @@ MODULES: dict[str, ModuleInfo] = {
             "text2hoi",
             "Text2HOI: Text-guided 3D Motion Generation for Hand-Object Interaction",
             "Text-guided hand-object interaction generation with contact maps.",
-            extra="mesh",
+            extra="text2hoi",
             requires=("trimesh",),
         ),
         ModuleInfo(

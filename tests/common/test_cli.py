@@ -1,3 +1,4 @@
+import io
 import subprocess
 import sys
 
@@ -56,3 +57,29 @@ def test_top_level_help_imports_no_module_and_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_status_line_shows_module_step_bar_and_time_on_a_terminal_only():
+    from cvpr24.cli import _StatusLine
+    from cvpr24.common.runner import Progress
+
+    tty = _StatusLine(_Stream(True))
+    tty.show(Progress("lotus", "training seed 1", 3, 8, 75.2))
+    tty.print("[lotus] passed")
+    text = tty.stream.getvalue()
+    assert "[lotus] 1:15 [########............] 3/8 training seed 1" in text
+    assert text.endswith("\r\x1b[K[lotus] passed\n")
+
+    pipe = _StatusLine(_Stream(False))
+    pipe.show(Progress("lotus", "training seed 1", 3, 8, 75.2))
+    pipe.print("[lotus] passed")
+    assert pipe.stream.getvalue() == "[lotus] passed\n"  # no control characters in a log

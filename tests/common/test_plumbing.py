@@ -79,3 +79,14 @@ def test_argtypes_accept_the_interval_and_name_what_was_expected():
     for parse, text, expected in cases:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"expected {expected}, got")):
             parse(text)
+
+
+def test_no_lazy_export_is_shadowed_by_a_submodule():
+    # ``import cvpr24.common.x`` sets the package attribute ``x`` to the submodule, so an export
+    # named like a submodule would turn into a module depending on import order.
+    from pathlib import Path
+
+    import cvpr24.common as common
+
+    submodules = {p.stem for p in Path(common.__file__).parent.glob("*.py")}
+    assert not submodules & set(common.__all__)

@@ -31,6 +31,36 @@ FAKES = {
             print("about to die", flush=True)
             os._exit(3)
     """,
+    "partial": """
+        import time
+        from cvpr24.common import Claim, Result
+        def run(out_dir, quick=True, seeds=None):
+            first = Claim.compare("C1", "seed 0 done", [1.0], ">=", 0, reason="r")
+            Result("partial", claims=[first], seeds=[0]).save_partial(out_dir)
+            time.sleep(120)
+    """,
+    "crashlate": """
+        from cvpr24.common import Claim, Result
+        def run(out_dir, quick=True, seeds=None):
+            first = Claim.compare("C1", "seed 0 done", [1.0], ">=", 0, reason="r")
+            Result("crashlate", claims=[first], seeds=[0]).save_partial(out_dir)
+            raise RuntimeError("boom after seed 0")
+    """,
+    "steps": """
+        import time
+        from pathlib import Path
+        from cvpr24.common import Claim, Result, report_step
+        def run(out_dir, quick=True, seeds=None):
+            report_step("warming up")
+            for i in range(2):
+                report_step(f"seed {i}", i + 1, 2)
+                # wait until the parent has seen this step in the log (or give up after 60 s)
+                for _ in range(600):
+                    if (out_dir / f"seen{i}").exists():
+                        break
+                    time.sleep(0.1)
+            return Result("steps", claims=[Claim.compare("C1", "s", [1], ">=", 0, reason="r")])
+    """,
     "wrongtype": """
         def run(out_dir, quick=True, seeds=None):
             return {"claims": []}
@@ -54,10 +84,13 @@ def fake_env(tmp_path):
 SLOW_BUDGET_S = 20
 
 
+_BASIC = ("good", "crash", "slow", "partial", "dies", "wrongtype")
+
+
 def _jobs(budget=90):
     return [
-        Job(name, f"fakerepro.{name}", budget if name != "slow" else SLOW_BUDGET_S)
-        for name in FAKES
+        Job(name, f"fakerepro.{name}", SLOW_BUDGET_S if name in ("slow", "partial") else budget)
+        for name in _BASIC
     ]
 
 
@@ -74,8 +107,8 @@ def test_failures_are_reported_while_the_others_finish(tmp_path, fake_env):
     )
     elapsed = time.monotonic() - start
     by = {r.module: r for r in results}
-    assert [r.module for r in results] == list(FAKES)  # order of the jobs
-    assert sorted(done) == sorted(FAKES)
+    assert [r.module for r in results] == list(_BASIC)  # order of the jobs
+    assert sorted(done) == sorted(_BASIC)
 
     assert by["good"].status == "passed" and by["good"].seeds == [0, 1, 2]
     assert (tmp_path / "out" / "good" / "result.json").is_file()
@@ -98,8 +131,37 @@ def test_failures_are_reported_while_the_others_finish(tmp_path, fake_env):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the stopped process is gone, not left running
 
+    partial = by["partial"]  # out of budget too, but it had saved what it measured
+    assert partial.partial and f"time budget of {SLOW_BUDGET_S} s" in partial.error
+    assert [c.name for c in partial.claims] == ["C1"] and partial.seeds == [0]
+    assert not slow.partial and not slow.claims
+
 
 def test_stale_result_is_not_reported_as_new(tmp_path, fake_env):
     run_jobs([Job("good", "fakerepro.good", 60)], tmp_path, env=fake_env)
     (result,) = run_jobs([Job("good", "fakerepro.dies", 60)], tmp_path, env=fake_env)
     assert result.status == "error"
+
+
+def test_a_crash_keeps_what_was_saved_and_a_clean_run_removes_it(tmp_path, fake_env):
+    (crashed,) = run_jobs([Job("m", "fakerepro.crashlate", 60)], tmp_path, env=fake_env)
+    assert crashed.partial and "boom after seed 0" in crashed.error and len(crashed.claims) == 1
+    (clean,) = run_jobs([Job("m", "fakerepro.good", 60)], tmp_path, env=fake_env)
+    assert not clean.partial and clean.error is None
+    assert not (tmp_path / "m" / "partial.json").exists()
+
+
+def test_progress_streams_from_the_log_while_the_child_runs(tmp_path, fake_env):
+    seen = []
+
+    def on_progress(p):
+        seen.append((p.label, p.done, p.total))
+        if p.done is not None:  # release the child: the step reached us while it ran
+            (tmp_path / "steps" / f"seen{p.done - 1}").touch()
+
+    (result,) = run_jobs(
+        [Job("steps", "fakerepro.steps", 90)], tmp_path, env=fake_env, on_progress=on_progress
+    )
+    assert result.status == "passed"
+    assert ("seed 0", 1, 2) in seen and ("seed 1", 2, 2) in seen
+    assert "[step 2/2] seed 1" in (tmp_path / "steps" / "log.txt").read_text()

@@ -69,3 +69,19 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         run_cli("infer", "--data", tmp_path, "--model", "openai:m", "--out", tmp_path, "--dims", "smell")
     assert e.value.code == 2
+    capsys.readouterr()
+    for flag, value in (("--temperature", "nan"), ("--temperature", "-1"), ("--max-side", "4")):
+        with pytest.raises(SystemExit) as e:
+            run_cli("infer", "--data", tmp_path, "--model", "openai:m", "--out", tmp_path, flag, value)
+        assert e.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("judge", "--answers", tmp_path, "--parallel", "0")
+    assert "argument --parallel: expected a positive integer" in capsys.readouterr().err
+
+
+def test_config_rejects_non_finite_temperatures():
+    from cvpr24.egothink.config import EgoThinkConfig
+
+    for bad in (float("nan"), float("inf"), -0.5, "0"):
+        with pytest.raises(ValueError, match="vlm_temperature must be a finite number"):
+            EgoThinkConfig(vlm_temperature=bad).validate()

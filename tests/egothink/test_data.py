@@ -78,6 +78,13 @@ def test_malformed_annotations(synth_root, tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_egothink(root)
+    good = json.loads((synth_root / "Object" / "existence" / "annotations.json").read_text())
+    for bad in (None, "", "  ", ["a"], True):  # a null answer must not become the reference "None"
+        path.write_text(json.dumps([{**good[0], "answer": bad}, *good[1:]]))
+        with pytest.raises(ValueError, match="entry 0: answer must be a non-empty string"):
+            load_egothink(root)
+    path.write_text(json.dumps([{**good[0], "answer": 3}, *good[1:]]))
+    assert load_egothink(root)[0].answer == "3"  # a plain number is its text
     path.write_text(json.dumps({"a": 1}))
     with pytest.raises(ValueError, match="must hold a JSON list"):
         load_egothink(root)

@@ -19,9 +19,48 @@ FAST = EgoThinkConfig(api_max_retry=4, api_retry_backoff=(0.01, 2.0, 0.05))
     ("Rating: [[5]]", False, 5.0),  # official: any number
     ("Rating: [[5]]", True, None),  # strict: outside {0, 0.5, 1}
     ("I cannot rate this.", True, None),
+    # accepted numerals: digits with at most one point
+    ("Rating: [[1.]]", True, 1.0),
+    ("Rating: [[00.5]]", True, 0.5),
+    ("Rating: [[05]]", False, 5.0),  # leading zero: the official ast.literal_eval raised here
+    ("Rating: [[" + "9" * 400 + "]]", False, float("9" * 400)),  # no int-string length limit
+    # rejected forms: no match at all, so the reply is re-queried
+    ("Rating: [[.5]]", True, None),
+    ("Rating: [[1e0]]", True, None),
+    ("Rating: [[+1]]", True, None),
+    ("Rating: [[1_0]]", False, None),
+    ("Rating: [[0.5.1]]", True, None),
+    ("Rating: [[ 1 ]]", True, None),
+    ("Rating: [[\u0661]]", False, None),  # Arabic-Indic one: ASCII digits only
+    ("Rating: [[1/2]]", True, None),
+    ("Rating: [[one]]", True, None),
+    ("", True, None),
 ])
 def test_parse_rating(text, strict, expected):
     assert parse_rating(text, strict=strict) == expected
+
+
+def test_parse_rating_from_16_threads_at_once():
+    """The parser is called from --parallel worker threads; it must give the serial answers
+    with 16 threads released together (the official ast.literal_eval could crash here)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [(f"reason {k}. Rating: [[{v}]]", s) for k, v in enumerate(["0", "0.5", "1", "1.", "7", "x"] * 50)
+             for s in (True, False)]
+    expected = [parse_rating(t, strict=s) for t, s in cases]
+    start = threading.Barrier(16)
+
+    def worker(offset):
+        start.wait()
+        return [parse_rating(t, strict=s) for t, s in cases[offset:] + cases[:offset]]
+
+    offsets = range(0, 16 * 17, 17)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(worker, offsets))
+    for offset, got in zip(offsets, results, strict=True):
+        assert got == expected[offset:] + expected[:offset]
+    assert {None, 0.0, 0.5, 1.0, 7.0} == set(expected)
 
 
 class CountingJudge:
@@ -149,3 +188,18 @@ def test_key_sent_as_bearer_and_azure_header(monkeypatch, script):
         assert seen[-1].headers[header] == value
         if version:
             assert seen[-1].url.params["api-version"] == version
+
+
+def test_run_counts_http_requests_with_retries(synth_ds, tmp_path, script):
+    """The summary's request count includes network retries, not only judge queries."""
+    from cvpr24.egothink.data import EgoThinkDataset
+    from cvpr24.egothink.judge import run_judgment
+    from cvpr24.egothink.vlm import CallableVLM, run_inference
+
+    ds = EgoThinkDataset([it for it in synth_ds if it.dim == "existence"])
+    run_inference(CallableVLM(lambda req: "A cup.", style="raw"), ds, tmp_path, "m", show_progress=False)
+    cfg = FAST.replace(parallel=1)
+    with ChatServer(script([(500, "boom"), (503, "later")])) as srv:
+        judge = OpenAIJudge("stub", srv.url, config=cfg)
+        run = run_judgment(tmp_path, judge, cfg, cache=None, show_progress=False)
+        assert run.calls == len(ds) and run.requests == len(ds) + 2 == len(srv.requests)

@@ -48,7 +48,8 @@ def test_judge_show_and_cache(answered, synth_ds):
     assert run.judged == len(synth_ds) == judge.calls and not run.failures
     rows = read_jsonl(judgment_path(answered, "activity", "local-judge"))
     assert [r["question_id"] for r in rows] == sorted(r["question_id"] for r in rows)
-    assert set(rows[0]) == {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"}
+    assert set(rows[0]) == {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp",
+                            "prompt_sha256", "strict_rating"}
     assert rows[0]["judge"] == ["local-judge", "cvpr24-single-ref-v1"]
     board = Leaderboard.from_answers(answered, "local-judge")
     assert board.rows[0].dims["activity"] == 50.0  # 2 of 4 answers are the reference, 2 are wrong

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from cvpr24.egothink.config import DIM_KEYS
+from cvpr24.egothink.reproduce import HELDOUT_PARAPHRASES
 from cvpr24.egothink.synth import (
     HEADS,
     QTYPES,
@@ -91,8 +92,8 @@ def test_oracle_semantics():
 
 def test_verbalizer_halves_and_refusal():
     rng = np.random.default_rng(0)
-    dev = {verbalize("existence", "held", {}, {"category": 0}, rng, "dev")[0] for _ in range(50)}
-    held = {verbalize("existence", "held", {}, {"category": 0}, rng, "heldout")[0] for _ in range(50)}
+    dev = {verbalize("existence", "held", {}, {"category": 0}, rng)[0] for _ in range(50)}
+    held = {verbalize("existence", "held", {}, {"category": 0}, rng, HELDOUT_PARAPHRASES)[0] for _ in range(50)}
     assert not dev & held and any("mug" in t for t in held) and not any("mug" in t for t in dev)
     refusals = [verbalize("spatial", "side_of", {"obj": "x"}, {"side": 0}, rng, confidence=0.1)[1] for _ in range(400)]
     assert 0.4 < np.mean(refusals) < 0.6

@@ -10,14 +10,10 @@ from cvpr24.lidar import (
     load_depth_map,
     load_histogram_cube,
     load_timestamps,
-    mse_exact,
-    recommend_binning,
     save_histogram_cube,
     save_timestamps,
     simulate_photons,
     to_deepinv,
-    to_histogram,
-    uniform_bin_edges,
 )
 from cvpr24.lidar.data import save_depth_png16
 
@@ -116,25 +112,3 @@ def test_depth_map_png16_and_npy(tmp_path):
     np.testing.assert_array_equal(load_depth_map(tmp_path / "d.npy"), depth)
     scene = Scene2D.from_depth_map(depth)
     assert scene.tau(np.array(0.5 / 9), np.array(0.5 / 7)) == pytest.approx(2 * depth[0, 0] / 299_792_458.0)
-
-
-@pytest.mark.parametrize(("alpha0", "expect_binning"), [(2e3, True), (2e6, False)])
-def test_recommend_binning_follows_the_exact_theory(alpha0, expect_binning):
-    scene, n, sigma = Scene2D.plane_ripple(), 32, 0.01
-    ph = simulate_photons(scene, n, alpha0, sigma, rng=5)
-    cube = to_histogram(ph, uniform_bin_edges((0, 1), sigma / 2))
-    rec = recommend_binning(cube, sigma, sigma / 2)
-    assert rec.factors == [1, 2, 4, 8, 16]
-    exact = [mse_exact(scene, n // f, alpha0, sigma).total for f in rec.factors]
-    assert rec.factor == rec.factors[int(np.argmin(exact))]
-    assert (rec.factor > 1) == expect_binning
-    best = rec.factors.index(rec.factor)
-    assert rec.mse[best] == pytest.approx(exact[best], rel=0.3)
-    assert rec.signal_photons == pytest.approx(alpha0, rel=0.05)
-
-
-def test_recommend_binning_bad_factor():
-    cube = np.ones((6, 6, 32))
-    with pytest.raises(ValueError, match="factor"):
-        recommend_binning(cube, 0.01, 0.01, factors=[4])
-    assert recommend_binning(cube, 0.01, 0.01, factors=[4], crop=True).factors == [4]

@@ -305,3 +305,17 @@ def test_analytic_profile_bad_inputs():
         AnalyticProfile(amp=(0.1,), omega=(0.0,), phase=(0.0,))
     with pytest.raises(ValueError, match="finite"):
         AnalyticProfile(slope=float("nan"))
+
+
+def test_rectangular_pixels_in_the_exact_theory_and_the_closed_form():
+    # a plane steeper along x: more columns than rows is the better rectangle
+    scene = Scene2D.plane(cx=0.3, cy=0.1)
+    s_y, s_x = slope_energy(scene, directional=True)
+    assert (s_y, s_x) == (pytest.approx(0.01), pytest.approx(0.09))
+    exact = {n: mse_exact(scene, n, 1e6, 0.01).total for n in ((64, 16), (16, 64), (32, 32))}
+    for n, e in exact.items():  # Lambda >= 976: the closed form is exact for a plane up to g ~ 1/Lambda
+        assert mse_closed_form((s_y, s_x), n, 1e6, 0.01, dims=2) == pytest.approx(e, rel=1e-3)
+    assert exact[(16, 64)] < exact[(32, 32)] < exact[(64, 16)]
+    assert exact[(32, 32)] == mse_exact(scene, 32, 1e6, 0.01).total
+    with pytest.raises(ValueError, match="dims=2"):
+        mse_closed_form(0.1, (4, 8), 1e4, 0.01)

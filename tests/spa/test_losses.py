@@ -325,6 +325,27 @@ def test_lpr_keeps_the_total_loss_strictly_proper(etas, norm):
     np.testing.assert_allclose(read, etas, atol=1e-5)
 
 
+def test_lpr_on_raw_scores_breaks_properness_as_documented():
+    """score="raw" (the authors' CPC) pairs v, not l(v): the minimiser of the training objective
+    (mean over classes + lam * LPR) reads out (0.0061, 0.357) for (0.05, 0.30); docs/spa.md."""
+    etas = (0.05, 0.3)
+    loss = SPALPRLoss(SPALoss(), 1.0, score="raw")
+    y = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=torch.float64)
+    w = torch.tensor([(1 - etas[0]) * (1 - etas[1]), (1 - etas[0]) * etas[1], etas[0] * (1 - etas[1]),
+                      etas[0] * etas[1]])
+
+    def f(v):
+        vt = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        vv = vt.expand(4, 2)
+        per_cfg = loss.spa.elementwise(vv, y).mean(1) + label_pair_regularizer(vv, y, reduction="none")
+        total = (w * per_cfg).sum()
+        return float(total.detach()), torch.autograd.grad(total, vt)[0].numpy()
+
+    res = minimize(f, np.zeros(2), jac=True, method="BFGS", options={"gtol": 1e-12})
+    read = SPALoss().predict_proba(torch.tensor(res.x)).numpy()
+    np.testing.assert_allclose(read, [0.0061, 0.3572], atol=5e-4)
+
+
 def test_lpr_dense_and_gathered_agree_and_match_a_loop():
     g = torch.Generator().manual_seed(3)
     s = torch.randn(5, 7, generator=g, dtype=torch.float64)

@@ -151,7 +151,7 @@ def test_cli_commands(tmp_path, capsys):
     assert main(["spa", "eval", str(tmp_path / "missing.npz")]) == 2
 
 
-def test_reproduction_smoke(tmp_path):
+def test_reproduction_smoke(tmp_path, capsys):
     from cvpr24.spa.reproduce import run
 
     before = global_state()
@@ -159,7 +159,10 @@ def test_reproduction_smoke(tmp_path):
     result = run(tmp_path, size="tiny", workers=1)
     assert global_state() == before  # run() sets one thread and seeds torch, then restores
     assert time.process_time() - t0 < 60
-    assert [c.name for c in result.claims] == ["A", "B", "C"]
+    assert [c.name for c in result.claims] == ["A", "B", "B2", "C"]
+    log = capsys.readouterr().out
+    assert "[1/5] BCE seed 0 N=500" in log and "claim B2 " in log  # progress as it runs
+    assert "SPA+LPR" in result.claims[2].comparison and "mAP" in result.claims[2].comparison
     assert result.claims[0].passed  # properness needs no training: it must hold at any size
     assert all((tmp_path / f).is_file() for f in result.figures)
     assert (tmp_path / "summary.md").read_text().count("| SPA+LPR |") == 2
@@ -246,3 +249,20 @@ def test_tuned_thresholds_maximise_f1_by_brute_force():
 
         assert f1(t[c]) == pytest.approx(max(f1(th) for th in np.unique(s)))
     assert t[2] == 0.5
+
+
+def test_reproduction_leaves_a_labelled_partial_result_when_stopped(tmp_path, monkeypatch):
+    from cvpr24.common import Result
+    from cvpr24.spa import reproduce
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # what a budget stop looks like from inside: training never ends
+
+    monkeypatch.setattr(reproduce, "train_and_evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run(tmp_path, size="tiny", workers=1)
+    partial = Result.load(tmp_path / "partial.json")
+    assert partial.partial
+    assert [(c.name, c.status) for c in partial.claims] == [
+        ("A", "passed"), ("B", "not tested"), ("B2", "not tested"), ("C", "not tested")]
+    assert "partial result: the run stopped after claim A" in partial.claims[1].notes

@@ -2,6 +2,8 @@
 
 No method lives here. Names are imported on first use (PEP 562), so ``import cvpr24.common``
 and its light submodules (``argtypes``, ``io``) do not pull in torch: ``cvpr24 --help`` stays fast.
+No exported name may be a submodule's name: importing the submodule would replace it (the
+progress bar is ``cvpr24.common.progress.progress``).
 """
 
 import importlib
@@ -15,7 +17,7 @@ _EXPORTS = {
     "optional_import": "extras",
     "atomic_path": "io",
     "atomic_write": "io",
-    "progress": "progress",
+    "report_step": "progress",
     "Claim": "result",
     "Measurement": "result",
     "Result": "result",

@@ -12,7 +12,8 @@ import math
 import operator
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +22,8 @@ from cvpr24.common.io import atomic_write
 
 Status = Literal["passed", "failed", "error", "not tested"]
 STATUSES: tuple[str, ...] = ("passed", "failed", "error", "not tested")
+
+PARTIAL_NAME = "partial.json"  # Result.save_partial's file in a module's report folder
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _STATISTICS = ("mean", "all", "any", "median")
@@ -171,7 +174,8 @@ class Result:
     """Everything one module's reproduction produced.
 
     ``figures`` are file names relative to the module's report folder; ``error`` holds the
-    traceback when the reproduction itself crashed or ran out of time.
+    traceback when the reproduction itself crashed or ran out of time. ``partial`` marks a
+    result that holds only what was measured before the run stopped (see :meth:`save_partial`).
     """
 
     module: str
@@ -182,6 +186,7 @@ class Result:
     figures: list[str] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
     error: str | None = None
+    partial: bool = False
 
     @property
     def status(self) -> Status:
@@ -215,6 +220,16 @@ class Result:
         """Write ``result.json`` atomically."""
         with atomic_write(path) as f:
             f.write(self.to_json())
+
+    def save_partial(self, out_dir: str | os.PathLike) -> None:
+        """Record what has been measured so far as ``<out_dir>/partial.json``.
+
+        A reproduction calls this as results come in (after each seed, say). If it then runs
+        out of budget or crashes, the runner reports this record, labelled partial, instead of
+        an empty error; when it finishes, its returned ``Result`` replaces it.
+        """
+        with atomic_write(Path(out_dir) / PARTIAL_NAME) as f:
+            f.write(replace(self, partial=True).to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Result:

@@ -1,7 +1,9 @@
 """Run reproductions, each in its own process with a time budget.
 
 A module that crashes, or runs past its budget, becomes a ``Result`` with ``error`` set (the
-traceback, or the budget it exceeded and the tail of its log) while the others go on.
+traceback, or the budget it exceeded and the tail of its log) while the others go on; what it
+had saved with ``Result.save_partial`` comes with it, labelled partial. Its output streams into
+``log.txt`` as it runs, and the caller hears about its progress about once a second.
 
 The child process is ``python -m cvpr24.common.runner TARGET OUT MODE [SEEDS]``: it imports
 ``TARGET`` (a dotted module with ``run(out_dir, quick=..., seeds=...)``), runs it, and
@@ -22,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvpr24.common.result import Result
+from cvpr24.common.progress import parse_step
+from cvpr24.common.result import PARTIAL_NAME, Result
 
 LOG_TAIL_LINES = 40
+POLL_S = 1.0  # how often the parent reads the child's log and checks its budget
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,58 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a running reproduction is: its latest step (see
+    :func:`cvpr24.common.progress.report_step`, or else its last log line) and elapsed time."""
+
+    module: str
+    label: str
+    done: int | None
+    total: int | None
+    elapsed_s: float
+
+
+class _LogFollower:
+    """Reads the lines a child appends to its log, and remembers the latest step."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._pending = b""
+        self.step: tuple[str, int | None, int | None] | None = None
+
+    def poll(self) -> None:
+        self._pending += self._file.read()
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            parsed = parse_step(line)
+            if parsed is not None:
+                self.step = parsed
+            elif self.step is None or self.step[0].startswith("log: "):
+                self.step = (f"log: {line[:80]}", None, None)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _partial_or_error(
+    job: Job, mod_dir: Path, mode: str, wall_time_s: float, error: str
+) -> Result:
+    """What a run that stopped early measured (``partial.json``), labelled partial, or an
+    empty result carrying ``error``."""
+    partial = mod_dir / PARTIAL_NAME
+    if partial.is_file():
+        result = Result.load(partial)
+        result.partial = True
+    else:
+        result = Result(job.module)
+    result.mode, result.wall_time_s, result.error = mode, wall_time_s, error
+    return result
+
+
 def run_job(
     job: Job,
     out_dir: str | os.PathLike,
@@ -51,21 +107,23 @@ def run_job(
     quick: bool = True,
     seeds: int | None = None,
     env: dict[str, str] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> Result:
-    """Run ``job`` in a child process; never raises for a failure of the reproduction itself."""
+    """Run ``job`` in a child process; never raises for a failure of the reproduction itself.
+
+    The child's output streams (unbuffered) into ``<out>/<module>/log.txt`` while it runs;
+    ``on_progress`` is called about once a second with where it is. A run that goes past its
+    budget is stopped and reported with what it saved through ``Result.save_partial``.
+    """
     mod_dir = Path(out_dir) / job.module
     mod_dir.mkdir(parents=True, exist_ok=True)
     result_path = mod_dir / "result.json"
-    result_path.unlink(missing_ok=True)  # never report a stale result as this run's
+    for stale in (result_path, mod_dir / PARTIAL_NAME):  # never report an old run as this one
+        stale.unlink(missing_ok=True)
     log_path = mod_dir / "log.txt"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cvpr24.common.runner",
-        job.target,
-        str(mod_dir),
-        "quick" if quick else "full",
-    ] + ([str(seeds)] if seeds is not None else [])
+    mode = "quick" if quick else "full"
+    cmd = [sys.executable, "-m", "cvpr24.common.runner", job.target, str(mod_dir), mode]
+    cmd += [str(seeds)] if seeds is not None else []
     start = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -73,27 +131,41 @@ def run_job(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
-        try:
-            proc.wait(timeout=job.budget_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: workers it spawned too
-            proc.wait()
-            return Result(
-                job.module,
-                mode="quick" if quick else "full",
-                wall_time_s=time.monotonic() - start,
-                error=f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
-                f"Last lines of {log_path}:\n{_tail(log_path)}",
-            )
+    follower = _LogFollower(log_path)
+    try:
+        while True:
+            try:
+                proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            elapsed = time.monotonic() - start
+            if job.budget_s is not None and elapsed > job.budget_s:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: workers it spawned too
+                proc.wait()
+                return _partial_or_error(
+                    job,
+                    mod_dir,
+                    mode,
+                    elapsed,
+                    f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
+                    f"Last lines of {log_path}:\n{_tail(log_path)}",
+                )
+            follower.poll()
+            if on_progress is not None and follower.step is not None:
+                on_progress(Progress(job.module, *follower.step, elapsed))
+    finally:
+        follower.close()
     if result_path.is_file():
         return Result.load(result_path)
-    return Result(
-        job.module,
-        mode="quick" if quick else "full",
-        wall_time_s=time.monotonic() - start,
-        error=f"process exited with code {proc.returncode} without writing a result.\n"
+    return _partial_or_error(
+        job,
+        mod_dir,
+        mode,
+        time.monotonic() - start,
+        f"process exited with code {proc.returncode} without writing a result.\n"
         f"Last lines of {log_path}:\n{_tail(log_path)}",
     )
 
@@ -106,12 +178,15 @@ def run_jobs(
     seeds: int | None = None,
     n_jobs: int = 1,
     on_done: Callable[[Result], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> list[Result]:
     """Run ``jobs`` with at most ``n_jobs`` at once; results come back in the order of ``jobs``."""
 
     def one(job: Job) -> Result:
-        result = run_job(job, out_dir, quick=quick, seeds=seeds, env=env)
+        result = run_job(
+            job, out_dir, quick=quick, seeds=seeds, env=env, on_progress=on_progress
+        )
         if on_done is not None:
             on_done(result)
         return result
@@ -134,12 +209,17 @@ def _child(target: str, out_dir: str, mode: str, seeds: str | None) -> int:
             )
         rc = 0
     except BaseException:  # report anything, including SystemExit and KeyboardInterrupt
-        result = Result(module, mode=mode, error=traceback.format_exc())
+        partial = out / PARTIAL_NAME
+        result = Result.load(partial) if partial.is_file() else Result(module)
+        result.partial = partial.is_file()
+        result.error = traceback.format_exc()
         rc = 1
     if not result.wall_time_s:
         result.wall_time_s = time.monotonic() - start
     result.mode = mode
     result.save(out / "result.json")
+    if not result.error:
+        (out / PARTIAL_NAME).unlink(missing_ok=True)
     if result.error:
         print(result.error, file=sys.stderr)
     return rc

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cvpr24.common.argtypes import number_in, positive_int
 from cvpr24.egothink.config import DIM_KEYS, FAILED_MODES, PROMPT_STYLES
 
 
@@ -14,10 +15,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="generate EgoSynth-12 in the official GitHub (or parquet) layout")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-per-dim", type=int, default=25, help="items per dimension (x2 for Activity, Forecasting)")
+    p.add_argument("--n-per-dim", type=positive_int, default=25, help="items per dimension (x2 for Activity, Forecasting)")
     p.add_argument("--seed", type=int, default=0, help="test seed in [0, 10000)")
     p.add_argument("--layout", choices=("github", "parquet"), default="github")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--image-size", type=number_in(int, 16), default=64, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("infer", help="answer every question with a VLM into a FastChat answers folder")
@@ -31,10 +32,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None, help="dimensions (default: all found)")
     p.add_argument("--style", choices=PROMPT_STYLES, default=None,
                    help="prompt style (default: short for openai:, persona for hf:)")
-    p.add_argument("--temperature", type=float, default=0.0, help="answer decoding temperature (0 = greedy)")
+    p.add_argument("--temperature", type=number_in(float, 0, 2), default=0.0, help="answer decoding temperature (0 = greedy)")
     p.add_argument("--no-resume", action="store_true", help="answer everything again")
     p.add_argument("--no-last-line-rule", action="store_true", help="keep multi-line persona answers whole")
-    p.add_argument("--max-side", type=int, default=None, help="downscale images to this longer side (off)")
+    p.add_argument("--max-side", type=number_in(int, 16), default=None, help="downscale images to this longer side (off)")
     p.add_argument("--device", default="cpu", help="device for hf: models")
     p.add_argument("--dtype", default="float32", help="weights dtype for hf: models")
     _prompt_args(p)
@@ -46,20 +47,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="judge endpoint (default OpenAI)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     p.add_argument("--api-version", default=None, help="Azure OpenAI api-version")
-    p.add_argument("--parallel", type=int, default=4, help="concurrent judge requests")
+    p.add_argument("--parallel", type=positive_int, default=4, help="concurrent judge requests")
     p.add_argument("--models", nargs="+", default=None, help="model ids to judge (default: all)")
     p.add_argument("--dims", nargs="+", choices=DIM_KEYS, default=None)
     p.add_argument("--overwrite", action="store_true", help="judge again what is already judged")
     p.add_argument("--no-cache", action="store_true", help="do not use the content-hash cache")
+    p.add_argument("--refuse-stale", action="store_true",
+                   help="fail instead of re-judging rows graded under another prompt or rating rule")
     p.add_argument("--lenient", action="store_true", help="accept any number as a rating (official parser)")
     p.add_argument("--official-retry-nesting", action="store_true", help="the official 3 x 3 query loop")
-    p.add_argument("--max-retry", type=int, default=16, help="HTTP attempts per request")
+    p.add_argument("--max-retry", type=positive_int, default=16, help="HTTP attempts per request")
     _prompt_args(p)
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("show", help="print the leaderboard of judged models")
     p.add_argument("--answers", required=True)
-    p.add_argument("--judge", default="gpt-4", help="judge name used in 'judge' ('local-judge' for --judge local)")
+    p.add_argument("--judge", default="gpt-4", help="judge name used in 'judge' ('local' or 'local-judge' for LocalJudge)")
     p.add_argument("--format", choices=("md", "csv", "json", "html"), default="md")
     p.add_argument("--order", nargs="+", default=None, help="model row order")
     p.add_argument("--failed", choices=FAILED_MODES, default="drop", help="how failed judgments count")
@@ -76,13 +79,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_agreement)
 
     p = sub.add_parser("serve-local-judge", help="serve LocalJudge as an OpenAI-compatible endpoint on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=number_in(int, 0, 65535, hint="0 picks a free port"), default=8765)
     p.set_defaults(func=cmd_serve)
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--official-prompts", default=None,
-                   help="FastChat judge_prompts.jsonl from your copy of the official code (hash-checked)")
+                   help="judge_prompts.jsonl at the root of your copy of the official EgoThink repository "
+                        "(its single-math-v2 line, hash-checked; FastChat's own file has no such line)")
     p.add_argument("--official-vlm-prompts", default=None,
                    help="JSON {persona, persona_planning, short} with the official VLM prompts (hash-checked)")
     p.add_argument("--allow-prompt-mismatch", action="store_true", help="warn instead of failing on a hash mismatch")
@@ -157,11 +161,16 @@ def cmd_judge(args) -> int:
     try:
         run = run_judgment(args.answers, judge, cfg, models=args.models, dims=args.dims,
                            prompts=_prompts(args), cache=None if args.no_cache else "auto",
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, refuse_stale=args.refuse_stale)
+    except ValueError as e:
+        raise ValueError(str(e).replace("refuse_stale: ", "--refuse-stale: ", 1)) from None
     finally:
         getattr(judge, "close", lambda: None)()
-    print(f"judge {run.judge}: {run.judged} judged ({run.calls} calls), {run.cached} from cache, "
-          f"{run.skipped} already done, {len(run.failures)} failed, {run.wall_time_s:.1f} s")
+    requests = "" if run.requests is None else f", {run.requests} HTTP requests with retries"
+    print(f"judge {run.judge}: {run.judged} judged ({run.calls} judge queries{requests}), {run.cached} from cache, "
+          f"{run.skipped} already done, {run.rejudged} re-judged (graded otherwise before), "
+          f"{len(run.failures)} failed, {run.wall_time_s:.1f} s")
+    print(f"graded with {run.provenance}")
     for f in run.failures[:10]:
         print(f"  failed: {f['dim']} {f['model']} q{f['question_id']}: {f['judgment'][:80]!r}")
     return 0
@@ -172,10 +181,13 @@ def cmd_show(args) -> int:
     from cvpr24.common import atomic_write
     from cvpr24.egothink.metrics import Leaderboard, bootstrap_ci, load_item_scores, paired_test
 
-    board = Leaderboard.from_answers(args.answers, args.judge, order=args.order, failed=args.failed)
+    judge = "local-judge" if args.judge == "local" else args.judge  # the name 'judge --judge local' writes
+    board = Leaderboard.from_answers(args.answers, judge, order=args.order, failed=args.failed)
     text = board.render(args.format)
+    if args.format in ("csv", "html"):  # md and json carry it in the table
+        print(f"judge {judge}: graded with {board.provenance}", file=sys.stderr)
     if args.ci or args.compare:
-        scores, _ = load_item_scores(args.answers, args.judge)
+        scores, _ = load_item_scores(args.answers, judge)
         extra = []
         if args.ci:
             for r in board.rows:
@@ -248,8 +260,13 @@ def _dim_of(path: Path) -> str:
 def cmd_serve(args) -> int:
     from cvpr24.egothink.server import serve_local_judge
 
-    server = serve_local_judge(args.port)
-    print(f"LocalJudge at {server.url}/chat/completions (127.0.0.1 only); Ctrl-C to stop", flush=True)
+    try:
+        server = serve_local_judge(args.port)
+    except OSError as e:  # taken, or not allowed (ports < 1024 need privileges)
+        raise ValueError(f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
+                         "pick another port, or 0 for a free one") from None
+    print(f"LocalJudge at {server.url}/chat/completions (127.0.0.1 only; streaming supported); Ctrl-C to stop",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """The EgoThink taxonomy (12 dimensions) and the run configuration.
 
-The table below is Section 2.1 of the spec: canonical dimension keys in the official
+The table below lists the canonical dimension keys in the official
 leaderboard column order, with the name each one has in the GitHub tree, the Hugging Face
 parquet tree and the leaderboard header. Keys are canonical inside the library and mapped
 only at the I/O boundaries (``Forecast`` on GitHub vs ``Forecasting`` on the Hub).
@@ -8,6 +8,7 @@ only at the I/O boundaries (``Forecast`` on GitHub vs ``Forecasting`` on the Hub
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 
@@ -77,7 +78,7 @@ class EgoThinkConfig:
     dims : tuple of str
         Dimension keys to evaluate, in leaderboard order (default: all 12).
     prompt_style : {"persona", "short", "blip", "raw"}
-        How the answering VLM is prompted (spec 2.2). ``persona`` is the paper-era LLaVA style.
+        How the answering VLM is prompted (E1). ``persona`` is the paper-era LLaVA style.
     vlm_temperature : float
         Decoding temperature of the answering VLM; 0 means greedy.
     max_new_tokens, max_new_tokens_planning : int
@@ -148,11 +149,12 @@ class EgoThinkConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("vlm_temperature", "judge_temperature", "sleep_after_success"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
             raise ValueError(f"max_side must be None or an integer >= 16, got {self.max_side!r}")
-        if self.request_timeout <= 0:
+        if not self.request_timeout > 0:  # also rejects NaN
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout!r}")
         if len(self.api_retry_backoff) != 3 or min(self.api_retry_backoff) < 0:
             raise ValueError("api_retry_backoff must be (initial, factor, cap) with non-negative "

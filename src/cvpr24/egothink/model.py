@@ -1,4 +1,4 @@
-"""Tiny VLMs for the CPU reproduction (spec 5.2): one architecture, six training regimes.
+"""Tiny VLMs for the CPU reproduction: one architecture, six training regimes.
 
 The model answers EgoSynth-12 questions by predicting answer *slots* (colour, category, side,
 count, ...), which :func:`~cvpr24.egothink.synth.verbalize` turns into free text. Total
@@ -209,7 +209,7 @@ def images_to_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
 
 @dataclass
 class TrainConfig:
-    """Optimiser settings of spec 5.2 (AdamW, lr 3e-3, weight decay 1e-4, batch 64)."""
+    """Optimiser settings of the reproduction (AdamW, lr 3e-3, weight decay 1e-4, batch 64)."""
 
     epochs: int = 8
     lr: float = 3e-3

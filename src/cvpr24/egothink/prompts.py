@@ -1,6 +1,6 @@
 """Prompts: the judge's single-answer grading prompt and the answering VLM's prompt styles.
 
-Provenance rule (spec 2.2): this file contains no text from the official repositories. Our
+Provenance rule: this file contains no text from the official repositories. Our
 own templates have the structure and semantics of the official ones (FastChat's
 ``single-math-v2`` judge prompt, LLaVA's first-person ``persona`` system prompts, the
 API models' short-answer template) and their own SHA-256 values, pinned in the tests. The
@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-#: SHA-256 and length of the official strings (spec 2.2, 2.3).
+#: SHA-256 and length of the official strings (E1, E2).
 OFFICIAL_SHA256: dict[str, tuple[str, int]] = {
     "judge": ("ed38861d0f82d2d0d5b6db7b95a3856a02498065174b821e4e2895c3187641bc", 1161),
     "persona": ("2270119bc6390697a9bce94925fcfe791d232c72477d43c44e59a367f41aafa0", 470),
@@ -109,7 +109,8 @@ class PromptSet:
         Parameters
         ----------
         judge_prompts : path, optional
-            FastChat's ``judge_prompts.jsonl``; the ``single-math-v2`` line is used.
+            ``judge_prompts.jsonl`` from the root of the official EgoThink repository; its
+            ``single-math-v2`` line is used (FastChat's own file of that name has no such line).
         vlm_prompts : path, optional
             A JSON object with any of the keys ``persona``, ``persona_planning``, ``short``
             holding the official strings (copied by the user from the official repository).
@@ -145,6 +146,51 @@ class PromptSet:
         return replace(ps, official=all_ok and set(found) == set(fields))
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What graded a judgment: the judge prompt (name and SHA-256) and the rating rule.
+
+    Scores are comparable only between rows of one provenance; every judgment row records it
+    (``judge[1]``, ``prompt_sha256``, ``strict_rating``). ``None`` fields mean the row did not
+    record them (e.g. a judgment file written by the official code).
+    """
+
+    prompt: str
+    prompt_sha256: str | None
+    strict: bool | None
+
+    @classmethod
+    def of_run(cls, prompts: PromptSet, strict: bool) -> Provenance:
+        return cls(prompts.judge_name, sha256(prompts.judge_template), bool(strict))
+
+    @classmethod
+    def of_row(cls, row: dict) -> Provenance:
+        judge = row.get("judge")
+        prompt = judge[1] if isinstance(judge, list) and len(judge) > 1 else "unknown"
+        return cls(prompt, row.get("prompt_sha256"), row.get("strict_rating"))
+
+    def row_fields(self) -> dict:
+        """The fields a judgment row stores besides ``judge: [model, prompt name]``."""
+        return {"prompt_sha256": self.prompt_sha256, "strict_rating": self.strict}
+
+    @property
+    def official_prompt(self) -> bool:
+        return self.prompt_sha256 == OFFICIAL_SHA256["judge"][0]
+
+    def describe(self) -> str:
+        """One line for tables and errors, e.g. ``prompt single-math-v2 (sha256 ed38861d0f82,
+        the official prompt), strict ratings {0, 0.5, 1}``."""
+        if self.prompt_sha256 is None:
+            where = "hash not recorded: comparability unknown"
+        elif self.official_prompt:
+            where = f"sha256 {self.prompt_sha256[:12]}, the official prompt"
+        else:
+            where = f"sha256 {self.prompt_sha256[:12]}, not the official prompt: not comparable with the paper"
+        rule = ("rating rule not recorded" if self.strict is None else
+                "strict ratings {0, 0.5, 1}" if self.strict else "lenient ratings (any number, official parser)")
+        return f"prompt {self.prompt} ({where}), {rule}"
+
+
 def _read_judge_prompts(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"judge_prompts: no such file {path}")
@@ -154,7 +200,8 @@ def _read_judge_prompts(path: Path) -> dict[str, str]:
                 row = json.loads(line)
                 if row.get("name") == "single-math-v2":
                     return {"judge": row["prompt_template"]}
-    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2'")
+    raise ValueError(f"judge_prompts: {path} has no line with name 'single-math-v2' (use judge_prompts.jsonl "
+                     "from the root of the official EgoThink repository, not FastChat's)")
 
 
 def _read_vlm_prompts(path: Path) -> dict[str, str]:
@@ -169,7 +216,7 @@ def _read_vlm_prompts(path: Path) -> dict[str, str]:
 
 def render_judge_messages(question: str, reference: str, answer: str,
                           prompts: PromptSet | None = None) -> list[dict[str, str]]:
-    """The two chat messages the judge receives (spec E2): system, then the filled template."""
+    """The two chat messages the judge receives (E2): system, then the filled template."""
     p = prompts or PromptSet()
     user = p.judge_template.format(question=question, ref_answer_1=reference, answer=answer)
     return [{"role": "system", "content": p.judge_system}, {"role": "user", "content": user}]
@@ -206,7 +253,7 @@ class VLMPrompt:
 
 def build_vlm_prompt(question: str, planning: bool, style: str,
                      prompts: PromptSet | None = None) -> VLMPrompt:
-    """The prompt of one style (spec 2.2) for one question."""
+    """The prompt of one style (E1) for one question."""
     p = prompts or PromptSet()
     if style == "persona":
         return VLMPrompt(p.persona_planning if planning else p.persona, question, True)
@@ -220,7 +267,7 @@ def build_vlm_prompt(question: str, planning: bool, style: str,
 
 
 def postprocess_answer(text: str, planning: bool, style: str, last_line_rule: bool = True) -> str:
-    """Answer post-processing of spec 2.2: strip; the short-answer marker; the last-line rule.
+    """Answer post-processing of E1's answers: strip; the short-answer marker; the last-line rule.
 
     The last-line rule (paper-era LLaVA) keeps only the last non-empty line of a non-planning
     answer; it applies to the ``persona`` style only.

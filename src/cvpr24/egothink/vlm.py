@@ -1,4 +1,4 @@
-"""Answering VLMs: adapters and the resumable inference loop (spec 2.2, E1).
+"""Answering VLMs: adapters and the resumable inference loop (E1).
 
 An adapter has ``generate(request) -> str`` for one :class:`VLMRequest` (system message,
 user text, the original image bytes, where the image goes, the token budget, temperature).

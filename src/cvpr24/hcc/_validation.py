@@ -63,12 +63,8 @@ def check_dissimilarity(
     """
     dtype = check_dtype(dtype)
     if sp.issparse(D):
-        if D.format not in SPARSE_FORMATS:
-            raise ValueError(f"{name}: sparse format {D.format!r} is not supported; use one of "
-                             f"{SPARSE_FORMATS} (e.g. {name}.tocsr())")
-        if D.ndim != 2 or D.shape[0] != D.shape[1]:
-            raise ValueError(f"{name} must be a square (N, N) matrix, got shape {D.shape}")
-        _check_size(D.shape[0], name, force)
+        check_sparse_dissimilarity(D, name=name, zero_diagonal=zero_diagonal)
+        _check_size(D.shape[0], name, force, dtype)
         A = np.asarray(D.toarray(), dtype=dtype, order="C")
     else:
         if np.iscomplexobj(D):
@@ -81,7 +77,7 @@ def check_dissimilarity(
             hint = (" (a feature matrix? pass metric='euclidean' and a shift instead of "
                     "metric='precomputed')" if A.ndim == 2 else "")
             raise ValueError(f"{name} must be a square (N, N) matrix, got shape {A.shape}{hint}")
-        _check_size(A.shape[0], name, force)
+        _check_size(A.shape[0], name, force, dtype)
     scale = float(_kernel.scale_if_finite(A))
     if scale < 0:
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -99,12 +95,49 @@ def check_dissimilarity(
     return A
 
 
-def _check_size(n: int, name: str, force: bool) -> None:
+def check_sparse_dissimilarity(D, *, name: str = "D", zero_diagonal: bool = False) -> None:
+    """Validate a sparse signed dissimilarity without densifying it (O(nnz)).
+
+    The same rules as :func:`check_dissimilarity`: a supported format, square, finite stored
+    values, a zero diagonal (unless ``zero_diagonal``) and symmetry within ``SYMMETRY_RTOL``.
+    """
+    if D.format not in SPARSE_FORMATS:
+        raise ValueError(f"{name}: sparse format {D.format!r} is not supported; use one of "
+                         f"{SPARSE_FORMATS} (e.g. {name}.tocsr())")
+    if D.ndim != 2 or D.shape[0] != D.shape[1]:
+        raise ValueError(f"{name} must be a square (N, N) matrix, got shape {D.shape}")
+    if D.shape[0] < 2:
+        raise ValueError(f"{name} must describe at least 2 objects, got n_samples={D.shape[0]}")
+    C = D.tocsr()
+    if not np.all(np.isfinite(C.data)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    diag = C.diagonal()
+    if np.any(diag != 0) and not zero_diagonal:
+        raise ValueError(f"{name} must have a zero diagonal (max |diag| = "
+                         f"{np.max(np.abs(diag)):.3g}); pass zero_diagonal=True to set it to 0")
+    off = C - sp.diags(diag)
+    scale = float(np.max(np.abs(off.data))) if off.nnz else 0.0
+    asym = off - off.T
+    worst = float(np.max(np.abs(asym.data))) if asym.nnz else 0.0
+    if worst > SYMMETRY_RTOL * scale:
+        raise ValueError(f"{name} must be symmetric: max |{name} - {name}.T| = {worst:.3g} "
+                         f"exceeds {SYMMETRY_RTOL:g} x max |{name}|")
+
+
+def dense_gib(n: int, dtype=np.float64, copies: int = 1) -> float:
+    """GiB taken by ``copies`` dense N x N matrices of ``dtype``."""
+    return copies * n * n * np.dtype(dtype).itemsize / 2**30
+
+
+def _check_size(n: int, name: str, force: bool, dtype=np.float64) -> None:
     if n < 2:
         raise ValueError(f"{name} must describe at least 2 objects, got n_samples={n}")
+    if not isinstance(force, (bool, np.bool_)):
+        raise ValueError(f"force must be a bool, got {force!r}")
     if n > MAX_DENSE_N and not force:
-        raise ValueError(f"{name} has N={n} > {MAX_DENSE_N}: the dense N x N working matrix needs "
-                         f"{n * n * 8 / 2**30:.1f} GiB; pass force=True to run anyway")
+        raise ValueError(f"{name} has N={n} > {MAX_DENSE_N}: each dense N x N working matrix needs "
+                         f"{dense_gib(n, dtype):.1f} GiB ({np.dtype(dtype).name}); pass force=True "
+                         "to run anyway")
 
 
 def check_features(X, *, name: str = "X", dtype=np.float64) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Loaders for the formats signed pairwise data comes in, and the planted-partition generator.
 
-Formats (spec section 4):
+Formats (docs/hcc.md, Command line):
 
 - dense ``.npy`` (N x N), condensed ``.npy`` (length N(N-1)/2, as from ``pdist``), dense CSV;
 - ``scipy.sparse`` ``.npz`` (``save_npz``): a missing pair is 0, "no information";
@@ -149,8 +149,9 @@ def _read_snap(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if not line or line.startswith("#"):
                 continue
             parts = line.split()
-            if len(parts) < 3:
-                raise ValueError(f"{path}:{lineno}: a SNAP signed edge needs 'from to sign', got {line!r}")
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{lineno}: a SNAP signed edge is 'from to sign' (3 columns), "
+                                 f"got {len(parts)} columns: {line!r}")
             try:
                 a, b, s = int(parts[0]), int(parts[1]), int(float(parts[2]))
             except ValueError:
@@ -170,8 +171,9 @@ def _read_csv_edges(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for k, row in enumerate(csv.reader(f)):
             if not row or row[0].lstrip().startswith("#"):
                 continue
-            if len(row) < 3:
-                raise ValueError(f"{path}: row {k + 1} needs 'i,j,weight', got {row!r}")
+            if len(row) != 3:
+                raise ValueError(f"{path}: row {k + 1} must be 'i,j,weight' (3 columns), got "
+                                 f"{len(row)} columns: {row!r}")
             try:
                 value = float(row[2])
             except ValueError:
@@ -239,7 +241,8 @@ def save_signed_edgelist(path, D, fmt: str = "snap", *, values: str = "similarit
 
 
 def load_signed_matrix(path, *, zero_diagonal: bool = False):
-    """Load a signed dissimilarity: dense/condensed ``.npy``, sparse ``.npz`` or dense ``.csv``.
+    """Load a signed dissimilarity: dense/condensed ``.npy``, sparse ``.npz``, or a dense text
+    matrix (comma or whitespace separated, any other suffix).
 
     Returns
     -------
@@ -249,7 +252,7 @@ def load_signed_matrix(path, *, zero_diagonal: bool = False):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        A = np.load(path, allow_pickle=False)
+        A = _load_npy(path)
         if A.ndim == 1:
             try:
                 A = squareform(np.asarray(A, dtype=np.float64), checks=False)
@@ -269,30 +272,61 @@ def load_signed_matrix(path, *, zero_diagonal: bool = False):
             S.setdiag(0)
             S.eliminate_zeros()
         return S
-    if suffix in (".csv", ".txt"):
-        A = np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
-        return check_dissimilarity(A, name=str(path), zero_diagonal=zero_diagonal)
-    raise ValueError(f"{path}: unknown matrix format {suffix!r}; use .npy, .npz or .csv")
+    A = _load_text_table(path, "a square numeric matrix")
+    return check_dissimilarity(A, name=str(path), zero_diagonal=zero_diagonal)
+
+
+def text_delimiter(path) -> str | None:
+    """``","`` when the first data line (not empty, not a ``#`` comment) holds a comma, else
+    None (whitespace)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                return "," if "," in line else None
+    return None
+
+
+def _load_text_table(path: Path, expected: str, skiprows: int = 0) -> np.ndarray:
+    """A numeric text table (comma or whitespace separated), errors naming ``path``."""
+    try:
+        return np.loadtxt(path, delimiter=text_delimiter(path), ndmin=2, skiprows=skiprows)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; expected {expected}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: expected {expected}: {e}") from None
 
 
 def load_features(path) -> np.ndarray:
     """A feature matrix (N, p) from ``.npy`` or CSV (a non-numeric first row is a header)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        X = np.load(path, allow_pickle=False)
+        X = _load_npy(path)
     else:
+        delimiter = text_delimiter(path)
         with open(path, encoding="utf-8") as f:
             first = f.readline()
         try:
-            [float(t) for t in first.strip().split(",")]
+            [float(t) for t in first.strip().split(delimiter)]
             skip = 0
         except ValueError:
             skip = 1
-        X = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-    X = np.asarray(X, dtype=np.float64)
+        X = _load_text_table(path, "a numeric (N, p) feature table", skiprows=skip)
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: features must be numeric, got dtype {X.dtype}") from None
     if X.ndim != 2:
         raise ValueError(f"{path}: features must be a 2-D (N, p) array, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{path}: features contain NaN or infinite values")
     return X
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:  # pickled object arrays, or not an .npy file at all
+        raise ValueError(f"{path}: not a numeric .npy array ({e})") from None
 
 
 def save_labels(path, labels, ids=None) -> None:
@@ -305,17 +339,38 @@ def save_labels(path, labels, ids=None) -> None:
         w.writerows(zip(ids.tolist(), labels.tolist(), strict=True))
 
 
-def load_labels(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read labels: ``id,label`` CSV (with header), or one label per line. Returns (ids, labels)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+def load_labels(path) -> tuple[np.ndarray | None, np.ndarray]:
+    """Read labels: ``id,label`` rows (an optional header), or one label per line.
+
+    Returns
+    -------
+    ids : ndarray of str, or None
+        The id column; None for a file of one label per line (matched by position).
+    labels : ndarray of str
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; expected labels (id,label rows or one per line)")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; expected labels (id,label rows or one per "
+                         "line)") from None
+    if rows and rows[0][-1].strip().lower() in ("label", "labels", "y", "class"):
+        rows = rows[1:]
     if not rows:
         raise ValueError(f"{path}: no labels found")
-    if rows[0][-1].strip().lower() in ("label", "labels", "y", "class"):
-        rows = rows[1:]
-    if all(len(r) >= 2 for r in rows):
-        return np.asarray([r[0].strip() for r in rows]), np.asarray([r[1].strip() for r in rows])
-    return np.asarray([str(k) for k in range(len(rows))]), np.asarray([r[0].strip() for r in rows])
+    widths = {len(r) for r in rows}
+    if widths == {2}:
+        ids = np.asarray([r[0].strip() for r in rows])
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError(f"{path}: the id column repeats ids; expected one row per object")
+        return ids, np.asarray([r[1].strip() for r in rows])
+    if widths == {1}:
+        return None, np.asarray([r[0].strip() for r in rows])
+    raise ValueError(f"{path}: expected 'id,label' rows or one label per line, got rows of "
+                     f"{sorted(widths)} columns")
 
 
 def save_array(path, array: np.ndarray) -> None:
@@ -333,7 +388,7 @@ def make_signed_partition(
     gauss: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Planted signed clusters (spec section 5).
+    """Planted signed clusters (docs/hcc.md, Reproduction).
 
     1. ``y = repeat(arange(K), sizes)``; 2. ``B_ij = -1`` within a cluster, ``+1`` across;
     3. per unordered pair: flip the sign with probability ``p_flip``, multiply by
@@ -371,7 +426,7 @@ def make_signed_partition(
 
 
 def resolve_shift(shift, distances: np.ndarray, n_clusters=None) -> float:
-    """The constant theta subtracted from non-negative distances (spec section 9, item 4).
+    """The constant theta subtracted from non-negative distances (docs/hcc.md, Worked example 2).
 
     Parameters
     ----------

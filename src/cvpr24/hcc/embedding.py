@@ -54,7 +54,7 @@ MDS_SOLVERS = ("auto", "dense", "arpack")
 
 def mds_embed(D, n_components: int | None = None, *, square: bool = False,
               check_embeddable: bool = True, solver: str = "auto",
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              seed: int = 0, force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Classical MDS of a squared-distance matrix (Eqs. 7-8).
 
     Parameters
@@ -75,6 +75,8 @@ def mds_embed(D, n_components: int | None = None, *, square: bool = False,
         N > 1000 and d < N / 10.
     seed : int
         Start vector of the Lanczos iteration.
+    force : bool
+        Allow N > 20000.
 
     Returns
     -------
@@ -83,7 +85,7 @@ def mds_embed(D, n_components: int | None = None, *, square: bool = False,
     eigenvalues : ndarray
         The computed eigenvalues of W, descending (all N, or the top d).
     """
-    D = check_dissimilarity(D, name="D")
+    D = check_dissimilarity(D, name="D", force=force)
     if square:
         D = D * D
     n = D.shape[0]
@@ -171,31 +173,31 @@ def pca_sparse(Y: sp.spmatrix, n_components: int, *, seed: int = 0) -> tuple[np.
     return U[:, idx] * s[idx], s[idx] ** 2
 
 
-def minimax_linkage(D) -> np.ndarray:
+def minimax_linkage(D, *, force: bool = False) -> np.ndarray:
     """Single-linkage tree of a signed D (scipy's O(N^2) MST algorithm, raw signed heights).
 
     scipy's ``linkage`` accepts negative condensed values; no shift is applied, so no
     precision is lost and csgraph's "zero = missing edge" rule never applies.
     """
-    D = check_dissimilarity(D, name="D")
+    D = check_dissimilarity(D, name="D", force=force)
     return scipy_linkage(squareform(D, checks=False), method="single")
 
 
-def minimax_distances(D) -> np.ndarray:
+def minimax_distances(D, *, force: bool = False) -> np.ndarray:
     """Minimax dissimilarity ``D^MM`` of a signed D (Eq. 10), N x N, in O(N^2).
 
     ``D^MM_ij`` is the largest edge on the minimum-spanning-tree path from i to j.
     """
-    Z = minimax_linkage(D)
+    Z = minimax_linkage(D, force=force)
     return ultrametric_from_linkage(Z, Z[:, 2])
 
 
-def minimax_cc_labels(D) -> np.ndarray:
+def minimax_cc_labels(D, *, force: bool = False) -> np.ndarray:
     """The exact CC optimum on ``D^MM`` (Theorem 1): components of the graph ``{D_ij < 0}``.
 
     Its CC cost on ``D^MM`` is 0, the global minimum. Labels are numbered by first appearance.
     """
-    neg = sp.csr_matrix(check_dissimilarity(D, name="D") < 0)
+    neg = sp.csr_matrix(check_dissimilarity(D, name="D", force=force) < 0)
     _, components = connected_components(neg, directed=False)
     return canonical_labels(components)
 

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from cvpr24.hcc import _kernel
 from cvpr24.hcc._validation import (
     SPARSE_FORMATS,
+    _check_size,
     check_dissimilarity,
     check_dtype,
     check_linkage,
@@ -35,9 +36,9 @@ from cvpr24.hcc.embedding import (
 )
 from cvpr24.hcc.linkage import (
     TREE_DISTANCES,
-    cc_cost,
+    _cc_path,
+    canonical_labels,
     cc_cut,
-    cc_path,
     cut_level,
     level_linkage,
     tree_distances,
@@ -49,7 +50,7 @@ EMBED_SOLVERS = ("eigh", "explicit")
 
 @dataclass
 class HCCConfig:
-    """The method's settings (spec section 2.6); there is no training and no weights.
+    """The method's settings; there is no training and no weights.
 
     ``HCCConfig().clusterer()`` / ``.embedder()`` build the configured estimators.
     """
@@ -86,8 +87,9 @@ class _SignedInputMixin:
 
     def _signed_dissimilarity(self, X, n_clusters=None, reset: bool = True) -> np.ndarray:
         dtype = check_dtype(self.dtype)
-        if not isinstance(self.zero_diagonal, (bool, np.bool_)):
-            raise ValueError(f"zero_diagonal must be a bool, got {self.zero_diagonal!r}")
+        for flag in ("zero_diagonal", "force"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.metric == "precomputed":
             if sp.issparse(X) and X.format not in SPARSE_FORMATS:
                 check_dissimilarity(X, name="X")  # raises, naming the format
@@ -95,10 +97,12 @@ class _SignedInputMixin:
                               dtype=[np.float64, np.float32], ensure_min_samples=2)
             if reset:
                 self.shift_ = None
-            return check_dissimilarity(X, name="X", zero_diagonal=self.zero_diagonal, dtype=dtype)
+            return check_dissimilarity(X, name="X", zero_diagonal=self.zero_diagonal, dtype=dtype,
+                                       force=self.force)
         if not isinstance(self.metric, str):
             raise ValueError(f"metric must be 'precomputed' or a scipy pdist metric name, got {self.metric!r}")
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=reset)
+        _check_size(X.shape[0], "X", self.force, dtype)
         if not reset:
             return signed_from_features(X, self.metric, self.shift_, dtype=dtype)[0]
         D, self.shift_ = signed_from_features(X, self.metric, self.shift, n_clusters=n_clusters,
@@ -156,6 +160,9 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
         Set a non-zero diagonal of a precomputed X to 0 instead of raising.
     dtype : {"float64", "float32"}, default="float64"
         dtype of the N x N working matrix.
+    force : bool, default=False
+        Allow N > 20000: the dense N x N working matrices then need ``N^2 * itemsize`` bytes
+        each (about 24 GiB per copy at N = 80 000 in float32).
 
     Attributes
     ----------
@@ -197,13 +204,14 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
     """
 
     def __init__(self, n_clusters="cc", *, linkage="sum", metric="precomputed", shift=None,
-                 zero_diagonal=False, dtype="float64"):
+                 zero_diagonal=False, dtype="float64", force=False):
         self.n_clusters = n_clusters
         self.linkage = linkage
         self.metric = metric
         self.shift = shift
         self.zero_diagonal = zero_diagonal
         self.dtype = dtype
+        self.force = force
 
     def fit(self, X, y=None):
         """Build the dendrogram of X and cut it.
@@ -226,10 +234,10 @@ class HierarchicalCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEst
             raise ValueError(f"n_clusters={k} exceeds the number of samples N={n}")
         warn_if_tied(D)
         Z = _kernel.generic_linkage(D.copy(), _kernel.METHOD_CODES[self.linkage])
-        self.cc_path_ = cc_path(D, Z)
+        self.cc_path_ = _cc_path(D, Z)
         self.n_clusters_ = int(k) if not isinstance(k, str) else cc_cut(Z, self.cc_path_, rule=k)
         self.labels_ = cut_level(Z, self.n_clusters_)
-        self.cc_cost_ = cc_cost(D, self.labels_)
+        self.cc_cost_ = float(_kernel.cc_cost_dense(D, canonical_labels(self.labels_)))
         self.linkage_matrix_ = Z
         self.linkage_matrix_level_ = level_linkage(Z)
         self.children_ = Z[:, :2].astype(np.intp)
@@ -263,7 +271,7 @@ class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Tr
         top d when N > 1000 and d < N/10). ``"explicit"``: the sparse exact embedding of Eq. 9
         and its top principal components (needs an int ``n_components``); same spectrum, no
         N x N eigendecomposition.
-    metric, shift, zero_diagonal, dtype
+    metric, shift, zero_diagonal, dtype, force
         As in :class:`HierarchicalCorrelationClustering`.
 
     Attributes
@@ -289,7 +297,8 @@ class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Tr
     """
 
     def __init__(self, n_components=None, *, linkage="sum", tree_distance="level", solver="eigh",
-                 metric="precomputed", shift=None, zero_diagonal=False, dtype="float64"):
+                 metric="precomputed", shift=None, zero_diagonal=False, dtype="float64",
+                 force=False):
         self.n_components = n_components
         self.linkage = linkage
         self.tree_distance = tree_distance
@@ -298,6 +307,7 @@ class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Tr
         self.shift = shift
         self.zero_diagonal = zero_diagonal
         self.dtype = dtype
+        self.force = force
 
     def fit(self, X, y=None):
         """Compute ``embedding_``; see :meth:`fit_transform`."""
@@ -319,7 +329,8 @@ class TreePreservingEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Tr
         Z = _kernel.generic_linkage(D, _kernel.METHOD_CODES[self.linkage])
         del D
         if self.solver == "eigh":
-            Y, lam = mds_embed(tree_distances(Z, self.tree_distance), self.n_components)
+            Y, lam = mds_embed(tree_distances(Z, self.tree_distance), self.n_components,
+                               force=self.force)
         else:
             Y, lam = pca_sparse(explicit_tree_embedding(Z, self.tree_distance), int(self.n_components))
         self.linkage_matrix_ = Z
@@ -344,7 +355,7 @@ class MinimaxEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Transform
     offset : float, default=0.0
         Constant added off the diagonal after shifting the minimum to 0 (any offset >= 0
         keeps it embeddable).
-    metric, shift, zero_diagonal, dtype
+    metric, shift, zero_diagonal, dtype, force
         As in :class:`HierarchicalCorrelationClustering`.
 
     Attributes
@@ -356,13 +367,14 @@ class MinimaxEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Transform
     """
 
     def __init__(self, n_components=None, *, offset=0.0, metric="precomputed", shift=None,
-                 zero_diagonal=False, dtype="float64"):
+                 zero_diagonal=False, dtype="float64", force=False):
         self.n_components = n_components
         self.offset = offset
         self.metric = metric
         self.shift = shift
         self.zero_diagonal = zero_diagonal
         self.dtype = dtype
+        self.force = force
 
     def fit(self, X, y=None):
         """Compute ``embedding_``; see :meth:`fit_transform`."""
@@ -376,8 +388,8 @@ class MinimaxEmbedding(_TransductiveTransformMixin, _SignedInputMixin, Transform
         D = self._signed_dissimilarity(X)
         _check_n_components(self.n_components, D.shape[0])
         self.fingerprint_ = self._fingerprint(D)
-        M = minimax_embedding_matrix(minimax_distances(D), float(self.offset))
-        self.embedding_, self.eigenvalues_ = mds_embed(M, self.n_components)
+        M = minimax_embedding_matrix(minimax_distances(D, force=self.force), float(self.offset))
+        self.embedding_, self.eigenvalues_ = mds_embed(M, self.n_components, force=self.force)
         return self.embedding_
 
 
@@ -389,7 +401,7 @@ class MinimaxCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEstimato
 
     Parameters
     ----------
-    metric, shift, zero_diagonal, dtype
+    metric, shift, zero_diagonal, dtype, force
         As in :class:`HierarchicalCorrelationClustering`; for features ``shift`` is required
         (``"inv_k"`` is not available: there is no K).
 
@@ -401,16 +413,18 @@ class MinimaxCorrelationClustering(_SignedInputMixin, ClusterMixin, BaseEstimato
     n_features_in_ : int
     """
 
-    def __init__(self, *, metric="precomputed", shift=None, zero_diagonal=False, dtype="float64"):
+    def __init__(self, *, metric="precomputed", shift=None, zero_diagonal=False, dtype="float64",
+                 force=False):
         self.metric = metric
         self.shift = shift
         self.zero_diagonal = zero_diagonal
         self.dtype = dtype
+        self.force = force
 
     def fit(self, X, y=None):
         """Cluster X."""
         D = self._signed_dissimilarity(X)
-        self.labels_ = minimax_cc_labels(D)
+        self.labels_ = minimax_cc_labels(D, force=self.force)
         self.n_clusters_ = int(self.labels_.max()) + 1
         return self
 

@@ -1,6 +1,6 @@
 """Hierarchical correlation clustering (HCC): the sum linkage, cuts, CC cost and tree distances.
 
-Notation (spec section 2): objects ``0..N-1``, signed dissimilarity ``D`` (negative = "same
+Notation (docs/hcc.md, Equations): objects ``0..N-1``, signed dissimilarity ``D`` (negative = "same
 cluster", positive = "different", zero = no information), partition ``c``.
 
 - Eq. 1, CC cost over unordered pairs:
@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from scipy.spatial.distance import squareform
 
 from cvpr24.hcc import _kernel
-from cvpr24.hcc._validation import check_dissimilarity, check_linkage
+from cvpr24.hcc._validation import check_dissimilarity, check_linkage, check_sparse_dissimilarity
 
 TREE_DISTANCES = ("level", "depth", "height")
 
@@ -244,7 +244,7 @@ def canonical_labels(labels) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse].astype(np.int64)
 
 
-def cc_cost(D, labels) -> float:
+def cc_cost(D, labels, *, force: bool = False) -> float:
     """Correlation-clustering cost of a flat partition (Eq. 1), over unordered pairs.
 
     Parameters
@@ -252,6 +252,14 @@ def cc_cost(D, labels) -> float:
     D : array-like of shape (N, N) or scipy.sparse
         Signed dissimilarity.
     labels : array-like of shape (N,)
+    force : bool
+        Allow a dense D with N > 20000.
+
+    Raises
+    ------
+    ValueError
+        For an invalid D (as the estimators: non-square, asymmetric, NaN or infinite values,
+        a non-zero diagonal) or labels of another length.
 
     Returns
     -------
@@ -260,22 +268,33 @@ def cc_cost(D, labels) -> float:
         ordered-pair value ``1/2 (|D| + D)`` / ``1/2 (|D| - D)`` form.
     """
     labels = np.asarray(labels)
-    n = labels.shape[0]
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-    if sp.issparse(D):  # symmetric: read the upper triangle
-        if D.shape != (n, n):
-            raise ValueError(f"D must have shape ({n}, {n}) to match labels, got {D.shape}")
+    n = labels.shape[0]
+    if sp.issparse(D):  # validated without densifying; symmetric: read the upper triangle
+        check_sparse_dissimilarity(D, name="D")
+        _check_matches(D.shape, n, "labels")
         U = sp.triu(D, k=1).tocoo()
         same = labels[U.row] == labels[U.col]
         return float(np.sum(np.where(same, np.maximum(U.data, 0), np.maximum(-U.data, 0))))
-    D = np.ascontiguousarray(D, dtype=np.float64)
-    if D.shape != (n, n):
-        raise ValueError(f"D must have shape ({n}, {n}) to match labels, got {D.shape}")
+    D = _dense_signed(D, force=force)
+    _check_matches(D.shape, n, "labels")
     return float(_kernel.cc_cost_dense(D, canonical_labels(labels)))
 
 
-def cc_path(D, Z) -> np.ndarray:
+def _dense_signed(D, *, force: bool = False) -> np.ndarray:
+    """A validated dense signed dissimilarity from an (N, N) array, a condensed vector or sparse."""
+    if not sp.issparse(D) and np.ndim(D) == 1:
+        D = _square_from_condensed(D)
+    return check_dissimilarity(D, name="D", force=force)
+
+
+def _check_matches(shape: tuple[int, ...], n: int, what: str) -> None:
+    if shape != (n, n):
+        raise ValueError(f"D must have shape ({n}, {n}) to match {what}, got {shape}")
+
+
+def cc_path(D, Z, *, force: bool = False) -> np.ndarray:
     """CC cost of every level of the dendrogram ``Z`` over ``D``: ``R_0, R_1, ..., R_{N-1}``.
 
     ``R_t = R_0 + sum_{s<=t} Delta_sum(u_s, v_s)`` (Eqs. 2 and 5), with the merge costs summed
@@ -284,11 +303,14 @@ def cc_path(D, Z) -> np.ndarray:
     """
     Z = check_linkage_matrix(Z)
     n = Z.shape[0] + 1
-    if sp.issparse(D):
-        D = D.toarray()
-    D = np.ascontiguousarray(D, dtype=np.float64)
-    if D.shape != (n, n):
-        raise ValueError(f"D must have shape ({n}, {n}) to match Z, got {D.shape}")
+    D = _dense_signed(D, force=force)
+    _check_matches(D.shape, n, "Z")
+    return _cc_path(D, Z)
+
+
+def _cc_path(D: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """:func:`cc_path` on an already validated dense D (the estimators' path)."""
+    n = D.shape[0]
     r0 = float(_kernel.cc_cost_dense(D, np.arange(n)))  # all singletons: the negative mass
     deltas = _kernel.lca_block_sums(Z[:, :2].astype(np.int64), D)
     return r0 + np.concatenate([[0.0], np.cumsum(deltas)])
@@ -327,9 +349,9 @@ def cc_cut(Z, path=None, rule: str = "cc") -> int:
     raise ValueError(f"rule must be 'cc' or 'first_positive', got {rule!r}")
 
 
-def hierarchy_cc_cost(D, Z) -> float:
+def hierarchy_cc_cost(D, Z, *, force: bool = False) -> float:
     """CC cost of the whole dendrogram: ``sum_t R_t`` over its N levels (Eq. 5; lower is better)."""
-    return float(np.sum(cc_path(D, Z)))
+    return float(np.sum(cc_path(D, Z, force=force)))
 
 
 def dendrogram_purity(Z, y) -> float:

@@ -1,11 +1,11 @@
-"""Claims C1-C4 of the HCC paper at CPU scale (spec section 5), as a lab notebook.
+"""Claims C1-C4 of the HCC paper at CPU scale, as a lab notebook.
 
 Data: the planted signed partition (``make_signed_partition``), scikit-learn's bundled iris /
 wine / breast_cancer / digits, and make_moons / make_circles / make_blobs. Arms: HCC-``sum``
 against average / complete / single linkage on the same signed D (scipy), Ward and MDS as
 non-paper references. Every threshold below is fixed before the run, with its reason.
 
-No paper numbers are quoted: the paper's tables were not retrievable (spec section 3); the
+No paper numbers are quoted: the paper's tables were not retrievable; the
 claims test the mechanisms.
 """
 
@@ -56,14 +56,14 @@ C3_GMM_GAP = 0.3  # the size of effect that justifies "elongation-aware"
 C4_TREE_GAP = 0.2  # TPE of the HCC tree vs TPE of the AL tree: the tree's structure carries over
 C4_KEEP_MARGIN = 0.15  # TPE loses at most this much ARI against cutting the HCC tree itself
 
-PAPER_VALUE = "not retrieved (spec section 3: the paper's tables were unavailable)"
+PAPER_VALUE = "not retrieved (the paper's tables were unavailable)"
 
 BASELINES = {"AL": "average", "CL": "complete", "SL": "single"}
 
 
 @dataclass
 class ReproConfig:
-    """Sizes of the reproduction; the defaults are the full mode (spec section 5)."""
+    """Sizes of the reproduction; the defaults are the full mode."""
 
     sizes: tuple[int, ...] = (600, 400, 250, 150, 100)  # N = 1500, imbalanced on purpose
     p_flips: tuple[float, ...] = (0.1, 0.2, 0.3)
@@ -104,7 +104,7 @@ def ari(y, labels) -> float:
 
 
 def gmm_labels(Y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The downstream GMM of spec section 2.3."""
+    """The downstream GMM on the embedding (a full-covariance Gaussian mixture)."""
     return GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-3, n_init=3,
                            random_state=seed).fit_predict(Y)
 
@@ -455,7 +455,7 @@ CONVENTIONS = {
 
 DEVIATIONS = [
     "No paper numbers: the paper's tables were not retrievable; claims test the mechanisms "
-    "on generated data and scikit-learn's bundled datasets (spec section 3).",
+    "on generated data and scikit-learn's bundled datasets.",
     "C2 uses scikit-learn's bundled UCI-style datasets (digits subsampled to 500 in quick "
     "mode), standardised, with the inv_k shift; the paper's exact construction is unknown.",
     "Ward (reference only) runs on the unshifted, noisy distances clipped at 0, because "

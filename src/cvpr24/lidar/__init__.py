@@ -5,7 +5,7 @@ At a fixed total photon budget alpha0, the depth error of a SPAD array is U-shap
 pixel count N: photon noise grows like N, the footprint's discretisation error falls like
 1/N^2. This package holds the forward model, the per-pixel ML estimators, the exact and
 closed-form MSE(N), the optimal pixel count, real-data loaders and binning advice.
-See ``docs/lidar.md``; equation labels L1-L17 refer to ``papers/lidar.md``.
+See ``docs/lidar.md``, whose Equations section defines the labels L1-L22 the docstrings cite.
 """
 
 from cvpr24.lidar.binning import BinningRecommendation, recommend_binning
@@ -20,6 +20,7 @@ from cvpr24.lidar.data import (
 )
 from cvpr24.lidar.estimators import (
     EstimateInfo,
+    background_rates,
     estimate_delay,
     fill_empty,
     histogram_log_likelihood,
@@ -53,10 +54,12 @@ from cvpr24.lidar.theory import (
     continuous_mse,
     fisher_information,
     inv_poisson_moment,
+    lock_in_probability,
     mse_closed_form,
     mse_curve,
     mse_exact,
     optimal_pixels,
+    pixel_variance,
 )
 
 __all__ = [
@@ -71,6 +74,7 @@ __all__ = [
     "Scene1D",
     "Scene2D",
     "alpha0_from_hardware",
+    "background_rates",
     "bin_cube",
     "bin_pixels",
     "continuous_mse",
@@ -86,12 +90,14 @@ __all__ = [
     "load_depth_map",
     "load_histogram_cube",
     "load_timestamps",
+    "lock_in_probability",
     "log_matched_filter",
     "mse_closed_form",
     "mse_curve",
     "mse_exact",
     "optimal_pixels",
     "pixel_moments",
+    "pixel_variance",
     "recommend_binning",
     "save_histogram_cube",
     "save_timestamps",

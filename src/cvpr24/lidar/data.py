@@ -130,8 +130,10 @@ def _write_fields(path: Path, entries: dict[str, Array]) -> None:
 # ------------------------------------------------------------------------------ histogram cubes
 def load_histogram_cube(path: str | os.PathLike, *, key: str | None = None,
                         layout: str | None = None, order: str = "C",
-                        shape: tuple[int, int] | None = None) -> Array:
+                        shape: tuple[int, int] | None = None, line: bool = False) -> Array:
     """Load a histogram cube as (H, W, T) counts (or (B, H, W, T) for a batch with B > 1).
+
+    With ``line=True`` the file holds a line sensor's (N, T) counts, returned as they are.
 
     Parameters
     ----------
@@ -147,6 +149,12 @@ def load_histogram_cube(path: str | os.PathLike, *, key: str | None = None,
     """
     path = Path(path)
     arr = _read_array(path, key)
+    if line:
+        if arr.ndim != 2:
+            raise ValueError(f"{path.name}: a line sensor's cube must be (N, T), got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError("histogram counts must be finite and non-negative (no NaN)")
+        return arr
     if arr.ndim == 2:
         if shape is None:
             raise ValueError(f"{path.name}: a 2-D (H*W, T) matrix needs shape=(H, W)")

@@ -32,7 +32,7 @@ import torch
 from scipy.special import ndtr
 
 from cvpr24.lidar.model import PhotonData, uniform_bin_edges
-from cvpr24.lidar.theory import check_positive
+from cvpr24.lidar.theory import check_positive, check_sigma_t, pixel_variance
 
 Array = np.ndarray
 METHODS = ("mean", "ml", "em", "lmf")
@@ -46,17 +46,22 @@ class EstimateInfo:
 
     ``counts`` per pixel (same shape as the estimate), ``n_empty`` pixels with no photon
     (filled by the ``empty`` rule), ``w`` the background fraction used or estimated per pixel
-    (``None`` for methods without background), ``iterations`` of the numeric solver.
+    (``None`` for methods without background), ``iterations`` of the numeric solver, and
+    ``variance`` the predicted error variance of each pixel's estimate given its count and
+    ``p_lock`` the probability that it locked onto background instead (L22; NaN for empty
+    pixels; ``"ml"`` and ``"em"`` only).
     """
 
     counts: Array
     n_empty: int
     w: Array | None = None
     iterations: int = 0
+    variance: Array | None = None
+    p_lock: Array | None = None
 
 
 def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "ml",
-                   background: float | None = None, empty: str = "nearest",
+                   background: float | str | None = "auto", empty: str = "nearest",
                    bin_edges: Array | None = None, subdiv: int = 8, dims: int | None = None,
                    chunk: int = 8192) -> tuple[Array, EstimateInfo]:
     """Estimate the delay tau_n of every pixel (L6; histograms L7).
@@ -69,9 +74,13 @@ def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "m
     sigma_t : float
         Gaussian pulse std, in the unit of the timestamps.
     method : {"ml", "mean", "em", "lmf"}
-    background : float, optional
-        Known background fraction w in [0, 1) of the photons; ``None`` means 0 for ``"ml"``
-        and "estimate it" for ``"em"``.
+    background : float, "auto" or None
+        The background fraction w in [0, 1) of each pixel's photons. ``"auto"`` (default)
+        estimates it per pixel from the photons outside +-5 sigma_t of the log-matched-filter
+        peak, shrunk toward the whole array's rate (:func:`background_rates`); ``"em"`` then
+        starts from it and re-estimates w. A float fixes w for every pixel; ``None`` means
+        w = 0 for ``"ml"`` (with histograms, bins beyond +-6 sigma_t of the start still act as
+        a gate) and "estimate it" for ``"em"``.
     empty : {"nearest", "nan", "global_mean"}
         Rule for pixels without photons.
     bin_edges : ndarray, optional
@@ -93,11 +102,16 @@ def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "m
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if empty not in EMPTY_RULES:
         raise ValueError(f"empty must be one of {EMPTY_RULES}, got {empty!r}")
-    if background is not None:
-        background = float(background)
+    if background is not None and background != "auto":
+        try:
+            background = float(background)
+        except (TypeError, ValueError):
+            raise ValueError(f"background must be 'auto', None or a fraction in [0, 1), "
+                             f"got {background!r}") from None
         if not 0.0 <= background < 1.0:
             raise ValueError(f"background (the fraction w) must be in [0, 1), got {background!r}")
     if isinstance(data, PhotonData):
+        check_sigma_t(sigma_t, data.t_window[1] - data.t_window[0])
         return _estimate_timestamps(data, sigma_t, method, background, empty, subdiv)
     if bin_edges is None:
         raise ValueError("bin_edges is required when data is a histogram array")
@@ -110,7 +124,7 @@ def estimate_delay(data: PhotonData | Array, *, sigma_t: float, method: str = "m
 
 
 # ----------------------------------------------------------------------------- timestamps
-def _estimate_timestamps(data: PhotonData, sigma_t: float, method: str, w: float | None,
+def _estimate_timestamps(data: PhotonData, sigma_t: float, method: str, w: float | str | None,
                          empty: str, subdiv: int) -> tuple[Array, EstimateInfo]:
     pix, t = data.pix, data.t
     size = data.n_pixels * data.n_repeats
@@ -126,12 +140,15 @@ def _estimate_timestamps(data: PhotonData, sigma_t: float, method: str, w: float
                                 subdiv if method == "lmf" else 1)
         if method == "lmf":
             tau = start
-        elif method == "ml":
-            w_val = 0.0 if w is None else w
-            tau, iters = _newton_timestamps(pix, t, start, k, sigma_t, w_val, t_range)
-            w_out = np.full(size, w_val)
         else:
-            tau, w_out, iters = _em_timestamps(pix, t, start, k, sigma_t, w, t_range)
+            w_pix = _initial_w(w, method, size, lambda: _gate_counts_timestamps(
+                pix, t, start, size, sigma_t, data.t_window), k, t_range)
+            if method == "ml":
+                tau, iters = _newton_timestamps(pix, t, start, k, sigma_t, w_pix, t_range)
+                w_out = w_pix
+            else:
+                tau, w_out, iters = _em_timestamps(pix, t, start, k, sigma_t, w_pix,
+                                                   not isinstance(w, float), t_range)
     tau = np.where(has, tau, np.nan)
     grid = data.counts.shape
     reps = pix // data.n_pixels
@@ -139,8 +156,7 @@ def _estimate_timestamps(data: PhotonData, sigma_t: float, method: str, w: float
     global_mean = tot / np.maximum(np.bincount(reps, minlength=data.n_repeats), 1)
     filled = fill_empty(tau.reshape(grid), ~has.reshape(grid), empty, dims=len(data.shape),
                         global_mean=global_mean)
-    return filled, EstimateInfo(k.reshape(grid).astype(int), int(np.sum(~has)),
-                                None if w_out is None else w_out.reshape(grid), iters)
+    return filled, _info(k, has, w_out, iters, grid, sigma_t, data.t_window, 0.0)
 
 
 def _lmf_timestamps(pix: Array, t: Array, size: int, t_window: tuple[float, float],
@@ -168,20 +184,21 @@ def _responsibility(u: Array, w: Array | float, sigma_t: float, t_range: float) 
     return sig / np.maximum(sig + w / t_range, 1e-300)  # 0, not NaN, where both underflow
 
 
-def _newton_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: float, w: float,
+def _newton_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: float, w: Array,
                        t_range: float, max_iter: int = 50) -> tuple[Array, int]:
-    """Safeguarded Newton on the L6 log-likelihood of every pixel at once."""
+    """Safeguarded Newton on the L6 log-likelihood of every pixel at once (w per pixel)."""
     tau = start.copy()
     size = tau.size
+    mixture = bool(np.any(w > 0))
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         u = t - tau[pix]
-        r = _responsibility(u, w, sigma_t, t_range) if w > 0 else np.ones_like(u)
+        r = _responsibility(u, w[pix], sigma_t, t_range) if mixture else np.ones_like(u)
         score = np.bincount(pix, weights=r * u, minlength=size) / sigma_t**2
         hess = np.bincount(pix, weights=r * (1 - r) * u**2 / sigma_t**2 - r, minlength=size) / sigma_t**2
         concave = hess < 0
         step = np.where(concave, -score / np.where(concave, hess, -1.0), np.sign(score) * sigma_t / 4)
-        if w > 0:  # the mixture likelihood is not concave: keep each step local
+        if mixture:  # the mixture likelihood is not concave: keep each step local
             step = np.clip(step, -sigma_t / 2, sigma_t / 2)
         step = np.where(k > 0, step, 0.0)
         tau += step
@@ -190,24 +207,98 @@ def _newton_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: fl
     return tau, it
 
 
-def _em_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: float, w: float | None,
-                   t_range: float, max_iter: int = 500) -> tuple[Array, Array, int]:
-    """EM for the Gaussian + uniform mixture (known sigma_t); w fixed or estimated per pixel."""
+def _em_timestamps(pix: Array, t: Array, start: Array, k: Array, sigma_t: float, w: Array,
+                   learn_w: bool, t_range: float, max_iter: int = 500) -> tuple[Array, Array, int]:
+    """EM for the Gaussian + uniform mixture (known sigma_t) from w per pixel, re-estimated
+    when ``learn_w``."""
     size = start.size
-    tau = start.copy()
-    wv = np.full(size, 0.5 if w is None else w)
+    tau, wv = start.copy(), w.copy()
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         r = _responsibility(t - tau[pix], wv[pix], sigma_t, t_range)
         rs = np.bincount(pix, weights=r, minlength=size)
         new = np.where(rs > 0, np.bincount(pix, weights=r * t, minlength=size) / np.maximum(rs, 1e-300), tau)
-        if w is None:
+        if learn_w:
             wv = np.where(k > 0, np.clip(1.0 - rs / np.maximum(k, 1.0), 0.0, 1.0 - 1e-9), wv)
         delta = np.max(np.abs(new - tau), initial=0.0)
         tau = new
         if delta < 1e-10 * sigma_t:
             break
     return tau, wv, it
+
+
+# ------------------------------------------------------------------------------ background
+GATE = 5.0  # background is counted beyond +-GATE sigma_t of the peak (signal share 6e-7)
+W_MAX = 0.99  # the largest background fraction handed to the estimators
+
+
+def background_rates(counts: Array, exposure: Array) -> Array:
+    """Per-pixel background rates, each shrunk toward the whole array's rate (L20, [X]).
+
+    ``counts`` photons were seen in ``exposure`` (time, or bins) outside each pixel's signal
+    gate. The prior is a Gamma law fitted by moments across pixels: mean r = sum c / sum e,
+    variance = var(c/e) - mean(r/e) (what is left of the spread after Poisson noise). The
+    posterior mean (c + a) / (e + a/r), a = r^2 / variance, pulls a pixel with few counts
+    toward r; when the spread is all Poisson noise (variance <= 0) every pixel gets r.
+    """
+    c = np.asarray(counts, float)
+    e = np.maximum(np.asarray(exposure, float), 1e-300)
+    rate = float(c.sum() / e.sum())
+    if rate <= 0 or c.size < 2:
+        return np.full(c.shape, rate)
+    between = float(np.var(c / e) - np.mean(rate / e))
+    if between <= 0:
+        return np.full(c.shape, rate)
+    a = rate**2 / between
+    return (c + a) / (e + a / rate)
+
+
+def background_fraction(rate: Array, t_range: float, k: Array) -> Array:
+    """w per pixel: the expected background count rate * T_r over the photons seen, <= W_MAX."""
+    expected = np.asarray(rate, float) * t_range
+    return np.clip(expected / np.maximum(np.asarray(k, float), np.maximum(expected, 1e-300)), 0.0, W_MAX)
+
+
+def _initial_w(w, method: str, size: int, gate_counts, k: Array, t_range: float) -> Array:
+    """The per-pixel w the solvers start from (see ``background`` in :func:`estimate_delay`)."""
+    if isinstance(w, float):
+        return np.full(size, w)
+    if w is None:
+        return np.full(size, 0.0 if method == "ml" else 0.5)
+    c_out, exposure = gate_counts()
+    return background_fraction(background_rates(c_out, exposure), t_range, k)
+
+
+def _gate_counts_timestamps(pix: Array, t: Array, tau: Array, size: int, sigma_t: float,
+                            t_window: tuple[float, float]) -> tuple[Array, Array]:
+    """Photons beyond +-GATE sigma_t of tau per pixel, and the time outside the gate."""
+    outside = np.abs(t - tau[pix]) > GATE * sigma_t
+    lo = np.clip(tau - GATE * sigma_t, *t_window)
+    hi = np.clip(tau + GATE * sigma_t, *t_window)
+    return (np.bincount(pix, weights=outside, minlength=size),
+            (t_window[1] - t_window[0]) - (hi - lo))
+
+
+def gate_counts_histogram(flat: Array, t0: float, bin_width: float, tau: Array, sigma_t: float,
+                          gate: float = GATE, chunk: int = 8192,
+                          tau_hi: Array | None = None) -> tuple[Array, Array]:
+    """Counts in the bins whose centres lie beyond +-gate sigma_t of tau, and those bins' time.
+
+    ``flat`` is (P, B); the sums use a running total per chunk of pixels (bounded memory).
+    With ``tau_hi`` the gate is [tau - gate sigma_t, tau_hi + gate sigma_t].
+    """
+    n_bins = flat.shape[1]
+    tau_hi = tau if tau_hi is None else tau_hi
+    lo = np.clip(np.ceil((tau - gate * sigma_t - t0) / bin_width - 0.5), 0, n_bins).astype(np.int64)
+    hi = np.clip(np.floor((tau_hi + gate * sigma_t - t0) / bin_width - 0.5) + 1, 0, n_bins).astype(np.int64)
+    hi = np.maximum(hi, lo)
+    inside = np.empty(flat.shape[0])
+    for s in range(0, flat.shape[0], chunk):
+        cs = np.zeros((min(chunk, flat.shape[0] - s), n_bins + 1))
+        np.cumsum(flat[s: s + chunk], axis=1, out=cs[:, 1:])
+        rows = np.arange(cs.shape[0])
+        inside[s: s + chunk] = cs[rows, hi[s: s + chunk]] - cs[rows, lo[s: s + chunk]]
+    return flat.sum(axis=1) - inside, bin_width * (n_bins - (hi - lo))
 
 
 # ------------------------------------------------------------------------------ empty pixels
@@ -270,11 +361,12 @@ def _check_histogram(hist: Array, edges: Array) -> tuple[float, float]:
     return float(edges[0]), float(widths.mean())
 
 
-def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str, w: float | None,
+def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str, w: float | str | None,
                          empty: str, subdiv: int, chunk: int, dims: int) -> tuple[Array, EstimateInfo]:
     if hist.ndim < 2:
         raise ValueError(f"a histogram array must be (..., B), got shape {hist.shape}")
     t0, delta = _check_histogram(hist, edges)
+    check_sigma_t(sigma_t, delta * hist.shape[-1], delta)
     grid = hist.shape[:-1]
     flat = hist.reshape(-1, hist.shape[-1]).astype(float)
     k = flat.sum(axis=1)
@@ -285,36 +377,72 @@ def _estimate_histograms(hist: Array, edges: Array, sigma_t: float, method: str,
         tau = flat @ centres / np.where(has, k, 1.0)
     else:  # ML and EM only need a start within a bin: the integer-bin LMF is 'subdiv' x cheaper
         tau = _lmf_numpy(flat, edges, sigma_t, subdiv if method == "lmf" else 1, chunk)
+        if method != "lmf":
+            t_range = delta * flat.shape[1]
+            w_pix = _initial_w(w, method, tau.size, lambda: gate_counts_histogram(
+                flat, t0, delta, tau, sigma_t, chunk=chunk), k, t_range)
         if method == "ml":
-            w_val = 0.0 if w is None else w
-            tau, iters = newton_histogram(flat, t0, delta, sigma_t, tau, w_val, chunk=chunk)
-            w_out = np.full(tau.shape, w_val)
+            tau, iters = newton_histogram(flat, t0, delta, sigma_t, tau, w_pix, chunk=chunk)
+            w_out = w_pix
         elif method == "em":
-            tau, w_out, iters = _em_histogram(flat, centres, tau, k, sigma_t, w, delta * flat.shape[1])
+            tau, w_out, iters = em_histogram(flat, t0, delta, sigma_t, tau, w_pix,
+                                             learn_w=not isinstance(w, float), chunk=chunk)
     tau = np.where(has, tau, np.nan)
     global_mean = float(flat.sum(axis=0) @ centres / max(k.sum(), 1.0))
     filled = fill_empty(tau.reshape(grid), ~has.reshape(grid), empty, dims=dims,
                         global_mean=global_mean)
-    return filled, EstimateInfo(k.reshape(grid).astype(int), int(np.sum(~has)),
-                                None if w_out is None else w_out.reshape(grid), iters)
+    return filled, _info(k, has, w_out, iters, grid, sigma_t, (t0, t0 + delta * flat.shape[1]), delta)
 
 
-def _em_histogram(flat, centres, start, k, sigma_t, w, t_range, max_iter: int = 500):
-    """EM on bin centres weighted by counts (the binned analogue of :func:`_em_timestamps`)."""
-    tau = start.copy()
-    wv = np.full(tau.shape, 0.5 if w is None else w)
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
-        r = _responsibility(centres[None, :] - tau[:, None], wv[:, None], sigma_t, t_range) * flat
-        rs = r.sum(axis=1)
-        new = np.where(rs > 0, r @ centres / np.maximum(rs, 1e-300), tau)
-        if w is None:
-            wv = np.where(k > 0, np.clip(1.0 - rs / np.maximum(k, 1.0), 0.0, 1.0 - 1e-9), wv)
-        delta = np.max(np.abs(new - tau), initial=0.0)
-        tau = new
-        if delta < 1e-10 * sigma_t:
-            break
-    return tau, wv, it
+def _info(k: Array, has: Array, w: Array | None, iters: int, grid: tuple[int, ...],
+          sigma_t: float, t_window: tuple[float, float], bin_width: float) -> EstimateInfo:
+    if w is None:
+        return EstimateInfo(k.reshape(grid).astype(int), int(np.sum(~has)), None, iters)
+    var, p_lock = pixel_variance(k, w, sigma_t, t_window, bin_width)
+    return EstimateInfo(k.reshape(grid).astype(int), int(np.sum(~has)), w.reshape(grid), iters,
+                        var.reshape(grid), p_lock.reshape(grid))
+
+
+def em_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, start: Array,
+                 w: Array, *, learn_w: bool = True, chunk: int = 8192, max_iter: int = 500,
+                 reach: float = 6.0) -> tuple[Array, Array, int]:
+    """EM on bin centres weighted by counts (the binned analogue of :func:`_em_timestamps`).
+
+    Chunked like :func:`newton_histogram`: each chunk of pixels iterates on the bins within
+    ``reach`` sigma_t (+ one bin) of its start, and a pixel stops as soon as its delay moves
+    less than 1e-10 sigma_t. Bins further out
+    have a signal responsibility below 1e-7 of the nearest ones, so they only enter w through
+    the pixel's total count k: w = 1 - (sum of responsibilities) / k.
+    """
+    n_bins = flat.shape[1]
+    t_range = bin_width * n_bins
+    half = math.ceil(reach * sigma_t / bin_width) + 1
+    offs = np.arange(-half, half + 1)
+    out_tau, out_w = np.empty(flat.shape[0]), np.asarray(w, float).copy()
+    iters = 0
+    for s in range(0, flat.shape[0], chunk):
+        h, tau = flat[s: s + chunk], np.asarray(start[s: s + chunk], dtype=float).copy()
+        k = h.sum(axis=1)
+        idx = np.clip(((tau - t0) / bin_width).astype(np.int64), 0, n_bins - 1)[:, None] + offs
+        valid = (idx >= 0) & (idx < n_bins)
+        hw = np.take_along_axis(h, np.clip(idx, 0, n_bins - 1), axis=1) * valid  # (P, 2 half + 1)
+        centres = t0 + bin_width * (idx + 0.5)
+        wv = out_w[s: s + chunk].copy()
+        act = np.flatnonzero(k > 0)  # pixels still moving
+        for it in range(1, max_iter + 1):
+            if act.size == 0:
+                break
+            c, ta, wa = centres[act], tau[act], wv[act]
+            r = _responsibility(c - ta[:, None], wa[:, None], sigma_t, t_range) * hw[act]
+            rs = r.sum(axis=1)
+            new = np.where(rs > 0, np.sum(r * c, axis=1) / np.maximum(rs, 1e-300), ta)
+            if learn_w:
+                wv[act] = np.clip(1.0 - rs / k[act], 0.0, 1.0 - 1e-9)
+            tau[act] = new
+            iters = max(iters, it)
+            act = act[np.abs(new - ta) >= 1e-10 * sigma_t]
+        out_tau[s: s + chunk], out_w[s: s + chunk] = tau, wv
+    return out_tau, out_w, iters
 
 
 def _lmf_numpy(flat: Array, edges: Array, sigma_t: float, subdiv: int, chunk: int = 8192) -> Array:
@@ -401,7 +529,7 @@ def timestamp_log_likelihood(tau: torch.Tensor, t: torch.Tensor, sigma_t: float,
 
 
 def newton_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, start: Array,
-                     w: float = 0.0, *, chunk: int = 8192, max_iter: int = 30,
+                     w: float | Array = 0.0, *, chunk: int = 8192, max_iter: int = 30,
                      reach: float = 6.0) -> tuple[Array, int]:
     """Vectorised Newton on L7 for P pixels at once, from ``start`` (the LMF peaks).
 
@@ -416,10 +544,12 @@ def newton_histogram(flat: Array, t0: float, bin_width: float, sigma_t: float, s
     offs = np.arange(-half, half + 1)
     out = np.empty(flat.shape[0])
     bound = 2 * sigma_t + bin_width
-    bg = w / n_bins  # uniform background share of one bin
+    w_all = np.broadcast_to(np.asarray(w, float), (flat.shape[0],))
     iters = 0
     for s in range(0, flat.shape[0], chunk):
         h, tau0 = flat[s: s + chunk], np.asarray(start[s: s + chunk], dtype=float)
+        w = w_all[s: s + chunk, None]
+        bg = w / n_bins  # uniform background share of one bin
         idx = np.clip(((tau0 - t0) / bin_width).astype(np.int64), 0, n_bins - 1)[:, None] + offs
         valid = (idx >= 0) & (idx < n_bins)
         hw = np.take_along_axis(h, np.clip(idx, 0, n_bins - 1), axis=1) * valid  # (P, 2 half + 1)

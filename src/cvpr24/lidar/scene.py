@@ -482,20 +482,23 @@ class PixelMoments:
         return float(np.sum(self.sqdev + self.area * (self.mean - self.mu) ** 2))
 
 
-def pixel_moments(scene: Scene1D | Scene2D, n: int, fine: int | None = None) -> PixelMoments:
-    """Pixel moments of ``scene`` for ``n`` pixels (per side in 2-D).
+def pixel_moments(scene: Scene1D | Scene2D, n: int | tuple[int, int],
+                  fine: int | None = None) -> PixelMoments:
+    """Pixel moments of ``scene`` for ``n`` pixels (per side in 2-D, or (rows, cols) there).
 
     A 1-D scene with an :class:`AnalyticProfile` and uniform flux gets them in closed form
     unless ``fine`` is given; otherwise they are integrated on ``fine`` quadrature nodes.
     """
-    n = check_pixels(n)
+    n = check_grid(n, scene.dims)
+    if isinstance(n, tuple):
+        return _pixel_moments_2d(scene, n, check_fine(fine, max(n), 2))
     if has_closed_form(scene) and fine is None:
         mean, var = scene.profile.pixel_moments([n])
         area = 1.0 / n
         return PixelMoments((n,), area, np.full(n, area), mean, var, mean, area * var)
     fine = check_fine(fine, n, scene.dims)
     if scene.dims == 2:
-        return _pixel_moments_2d(scene, n, fine)
+        return _pixel_moments_2d(scene, (n, n), fine)
     tab = scene.table(fine)
     rows = tab.increments(np.arange(n + 1) / n)  # each row (n,)
     if scene.alpha is None:
@@ -601,27 +604,43 @@ class Scene2D:
 C_LIGHT = 299_792_458.0  # m/s
 
 
-def _pixel_moments_2d(scene: Scene2D, n: int, fine: int) -> PixelMoments:
-    p = max(1, math.ceil(fine / (4 * n)))  # panels per pixel per axis
-    edges = np.linspace(0.0, 1.0, n * p + 1)
-    half = np.diff(edges)[:, None] / 2
-    nodes = ((edges[:-1] + edges[1:])[:, None] / 2 + half * _GL_X).ravel()  # (n p 4,)
-    w = (half * _GL_W).ravel()
-    tau = scene.tau(nodes[None, :], nodes[:, None])  # (rows=y, cols=x)
-    k = 4 * p
-    tau = tau.reshape(n, k, n, k)
-    ww = (w.reshape(n, k)[:, :, None, None] * w.reshape(n, k)[None, None, :, :])  # (n, k, n, k)
-    area = 1.0 / n**2
+def _pixel_moments_2d(scene: Scene2D, n: tuple[int, int], fine: int) -> PixelMoments:
+    """Pixel moments of an (rows, cols) = n grid of rectangular pixels by Gauss-Legendre."""
+    ny, nx = n
+
+    def axis(k: int) -> tuple[Array, Array, int]:
+        p = max(1, math.ceil(fine / (4 * k)))  # panels per pixel on this axis
+        edges = np.linspace(0.0, 1.0, k * p + 1)
+        half = np.diff(edges)[:, None] / 2
+        return (((edges[:-1] + edges[1:])[:, None] / 2 + half * _GL_X).ravel(),  # (k p 4,)
+                (half * _GL_W).ravel(), 4 * p)
+
+    (yn, yw, ky), (xn, xw, kx) = axis(ny), axis(nx)
+    tau = scene.tau(xn[None, :], yn[:, None]).reshape(ny, ky, nx, kx)  # (rows=y, cols=x)
+    ww = yw.reshape(ny, ky)[:, :, None, None] * xw.reshape(nx, kx)[None, None, :, :]
+    area = 1.0 / (ny * nx)
     mean = np.einsum("ikjl,ikjl->ij", tau, ww) / area
     sqdev = np.einsum("ikjl,ikjl->ij", (tau - mean[:, None, :, None]) ** 2, ww)
-    return PixelMoments((n, n), area, np.full((n, n), area), mean, sqdev / area, mean, sqdev)
+    return PixelMoments((ny, nx), area, np.full((ny, nx), area), mean, sqdev / area, mean, sqdev)
 
 
-def slope_energy(scene: Scene1D | Scene2D, fine: int = 2**14) -> float:
+def check_grid(n: object, dims: int) -> int | tuple[int, int]:
+    """A pixel count N (per side in 2-D), or in 2-D a (rows, cols) pair of rectangular pixels."""
+    if dims == 2 and isinstance(n, (tuple, list)):
+        if len(n) != 2:
+            raise ValueError(f"n must be N or a (rows, cols) pair, got {n!r}")
+        return check_pixels(n[0], "n (rows)"), check_pixels(n[1], "n (cols)")
+    return check_pixels(n)
+
+
+def slope_energy(scene: Scene1D | Scene2D, fine: int = 2**14, *,
+                 directional: bool = False) -> float | tuple[float, float]:
     """The slope energy S = int tau'(x)^2 dx (L12), or S2 = int |grad tau|^2 in 2-D (L16).
 
-    Jumps contribute nothing here (only the smooth part is counted) and a warning says that
-    the closed form does not apply to such a scene; use :func:`mse_exact` there.
+    With ``directional=True`` a 2-D scene gives (S_y, S_x) = (int (d tau/dy)^2, int (d tau/dx)^2),
+    whose sum is S2: what rectangular pixels need (L16). Jumps contribute nothing here (only
+    the smooth part is counted) and a warning says that the closed form does not apply to such
+    a scene; use :func:`mse_exact` there.
     """
     if scene.dims == 2:
         m = max(64, int(math.isqrt(fine)))
@@ -633,7 +652,9 @@ def slope_energy(scene: Scene1D | Scene2D, fine: int = 2**14) -> float:
             h = 1e-6
             gx = (scene.tau(x + h, y) - scene.tau(x - h, y)) / (2 * h)
             gy = (scene.tau(x, y + h) - scene.tau(x, y - h)) / (2 * h)
-        return float(np.sum((np.asarray(gx) ** 2 + np.asarray(gy) ** 2) * w[None, :] * w[:, None]))
+        wq = w[None, :] * w[:, None]
+        s_y, s_x = float(np.sum(np.asarray(gy) ** 2 * wq)), float(np.sum(np.asarray(gx) ** 2 * wq))
+        return (s_y, s_x) if directional else s_y + s_x
     if scene.breakpoints:
         warnings.warn(f"scene {scene.name!r} has depth discontinuities at {scene.breakpoints}: "
                       "the slope energy counts only its smooth part and the closed form (L14) "

@@ -1,7 +1,8 @@
 """The resolution limit: exact and closed-form MSE of the per-pixel ML depth map versus N.
 
-Equation labels L8-L17 follow ``papers/lidar.md``; [P-sum] marks the paper's result as quoted,
-[D] our derivation from the paper's model, [X] our extension (background).
+Equation labels are defined in the Equations section of ``docs/lidar.md``; [P-sum] marks the
+paper's result as quoted, [D] our derivation from the paper's model, [X] our extension
+(background, lock-in, the per-pixel error).
 
 - :func:`inv_poisson_moment`   g(Lambda) = E[1/K | K >= 1]                       (L11)
 - :func:`mse_exact`            bias + variance with exact moments                 (L9-L11, [D])
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -26,6 +28,7 @@ from cvpr24.lidar.scene import (
     Scene1D,
     Scene2D,
     check_fine,
+    check_grid,
     check_pixels,
     has_closed_form,
     pixel_moments,
@@ -144,8 +147,8 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     Parameters
     ----------
     scene : Scene1D or Scene2D
-    n : int
-        Pixels (per side in 2-D).
+    n : int or (rows, cols)
+        Pixels (per side in 2-D; a pair gives rectangular pixels, as a non-square binning does).
     alpha0 : float
         Total expected signal photons over the whole field of view (L2): fixed as N varies.
     sigma_t : float
@@ -159,7 +162,7 @@ def mse_exact(scene: Scene1D | Scene2D, n: int, alpha0: float, sigma_t: float, *
     moments : PixelMoments, optional
         Precomputed ``pixel_moments(scene, n, fine)``.
     """
-    n = check_pixels(n)
+    n = check_grid(n, scene.dims)
     alpha0 = check_positive(alpha0, "alpha0")
     sigma_t = check_positive(sigma_t, "sigma_t")
     background = check_background(background)
@@ -242,12 +245,28 @@ def mse_closed_form(S: Any, n: Any, alpha0: Any, sigma_t: Any, *, dims: int = 1,
     1-D:  MSE_cf = S/(12 N^2) + (N/alpha0) (sigma_t^2 + S sigma_x^2)
     2-D:  MSE_cf = S2/(12 N^2) + (N^2/alpha0) (sigma_t^2 + S2 sigma_x^2)
 
+    Rectangular 2-D pixels: ``n = (rows, cols)`` and ``S = (S_y, S_x)`` (see
+    ``slope_energy(directional=True)``; a single S is split evenly), with the footprint spread
+    S_y/(12 rows^2) + S_x/(12 cols^2) in both the bias and the variance (L16).
     ``sigma_x="matched"`` is the variance-matched Gaussian footprint sigma_x^2 = 1/(12 N^2)
     (our reading, see the docs); a float is a footprint std in field-of-view units. Works on
     floats, numpy arrays and torch tensors (differentiable in every argument).
     """
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+    if isinstance(n, (tuple, list)):
+        if dims != 2 or len(n) != 2:
+            raise ValueError(f"a (rows, cols) pixel grid needs dims=2, got n={n!r}, dims={dims}")
+        ny, nx = n
+        s_y, s_x = S if isinstance(S, (tuple, list)) else (S / 2, S / 2)
+        for name, v in (("S_y", s_y), ("S_x", s_x), ("rows", ny), ("cols", nx), ("alpha0", alpha0),
+                        ("sigma_t", sigma_t)):
+            if not _all_positive(v):
+                raise ValueError(f"{name} must be positive, got {v!r}")
+        if not isinstance(sigma_x, str):
+            raise ValueError("rectangular pixels take sigma_x='matched' only")
+        spread = s_y / (12.0 * ny**2) + s_x / (12.0 * nx**2)
+        return spread + (ny * nx / alpha0) * (sigma_t**2 + spread)
     for name, v in (("S", S), ("N", n), ("alpha0", alpha0), ("sigma_t", sigma_t)):
         if not _all_positive(v):
             raise ValueError(f"{name} must be positive, got {v!r}")
@@ -308,23 +327,49 @@ def optimal_pixels(scene_or_S: Scene1D | Scene2D | float, alpha0: float, sigma_t
     if method == "exact":
         if scene is None:
             raise ValueError("method='exact' needs a scene, not only its slope energy")
-        return _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine)
+        n_best, n_top = _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine)
+        if n_best == n_top and n_top > 1:
+            warnings.warn(f"the exact optimum N = {n_best} sits on the scan limit n_max = {n_top}: "
+                          "the true optimum may be larger; pass a larger n_max", UserWarning, stacklevel=2)
+        warn_low_flux(n_best, alpha0, dims)
+        return n_best
     S = check_positive(slope_energy(scene) if scene is not None else scene_or_S, "S")
     if dims == 2:
-        return (S * alpha0 / (12.0 * sigma_t**2)) ** 0.25
-    if method == "approx":
-        return (S * alpha0 / (6.0 * sigma_t**2)) ** (1.0 / 3.0)
-    roots = np.roots([sigma_t**2, 0.0, -S / 12.0, -S * alpha0 / 6.0])
-    real = roots[np.abs(roots.imag) < 1e-9 * np.abs(roots).max()].real
-    return float(real[real > 0].max())
+        n_star = (S * alpha0 / (12.0 * sigma_t**2)) ** 0.25
+    elif method == "approx":
+        n_star = (S * alpha0 / (6.0 * sigma_t**2)) ** (1.0 / 3.0)
+    else:
+        roots = np.roots([sigma_t**2, 0.0, -S / 12.0, -S * alpha0 / 6.0])
+        real = roots[np.abs(roots.imag) < 1e-9 * np.abs(roots).max()].real
+        n_star = float(real[real > 0].max())
+    warn_low_flux(n_star, alpha0, dims)
+    return n_star
 
 
-def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> int:
+LOW_FLUX = 5.0  # photons per pixel below which L9-L11 stop predicting the error
+
+
+def warn_low_flux(n: float, alpha0: float, dims: int) -> None:
+    """Warn, naming Lambda, when N pixels (per side in 2-D) leave fewer than 5 photons each."""
+    lam = alpha0 / n**dims
+    if lam < LOW_FLUX:
+        side = " per side" if dims == 2 else ""
+        warnings.warn(f"Lambda = {lam:.3g} photons per pixel at N = {n:.4g}{side} (< {LOW_FLUX:g}): "
+                      f"outside the theory's domain; {math.exp(-lam):.0%} of pixels are empty and "
+                      "the fill and (with background) lock-in errors it ignores can make the real "
+                      "error several times larger (a depth-map scene measured 2.6-4x at Lambda = 0.09-0.8)",
+                      UserWarning, stacklevel=3)
+
+
+def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> tuple[int, int]:
+    """The integer argmin of the exact MSE and the top of the scan."""
     if n_max is None:
         smooth = scene.dims == 2 or not scene.breakpoints
         S = slope_energy(scene) if smooth else 0.0
         if S > 0:  # 3x the closed-form optimum brackets the exact one comfortably
-            guess = optimal_pixels(S, alpha0, sigma_t, dims=scene.dims, method="approx")
+            with warnings.catch_warnings():  # the caller warns about its own optimum
+                warnings.simplefilter("ignore", UserWarning)
+                guess = optimal_pixels(S, alpha0, sigma_t, dims=scene.dims, method="approx")
             n_max = max(16, math.ceil(3 * guess))
         else:  # jumps or a flat scene: scan down to 5 photons per pixel
             n_max = max(16, math.ceil((alpha0 / 5) ** (1 / scene.dims)))
@@ -332,7 +377,7 @@ def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> int:
     if scene.dims == 1:  # one vectorised pass, or one shared quadrature table
         totals = mse_curve(scene, np.arange(1, n_max + 1), alpha0, sigma_t, background=background,
                            fine=fine).total
-        return int(np.argmin(totals)) + 1
+        return int(np.argmin(totals)) + 1, n_max
 
     def f(n: int) -> float:
         return mse_exact(scene, n, alpha0, sigma_t, background=background, fine=fine).total
@@ -344,7 +389,7 @@ def _exact_argmin(scene, alpha0, sigma_t, background, n_max, fine) -> int:
             hi = b
         else:
             lo = a
-    return min(range(lo, hi + 1), key=f)
+    return min(range(lo, hi + 1), key=f), n_max
 
 
 def continuous_mse(tau_hat: Array, scene: Scene1D | Scene2D | None = None, *,
@@ -371,3 +416,110 @@ def continuous_mse(tau_hat: Array, scene: Scene1D | Scene2D | None = None, *,
     axes = tuple(range(tau_hat.ndim - nd, tau_hat.ndim))
     dev = np.sum((tau_hat - moments.mean) ** 2, axis=axes) * moments.area
     return float(np.sum(moments.sqdev)) + dev
+
+
+# ------------------------------------------------------------------ the estimator at low counts
+SIGMA_MAX_WINDOW = 0.1  # sigma_t above this share of the timing window: refused (no pulse fits)
+SIGMA_MIN_BIN = 0.1  # sigma_t below this share of a TDC bin: warned (a unit slip, most likely)
+LMF_MAX_CELLS = 2**22  # a timestamp filter grid of 4 T_r / sigma_t cells beyond this: refused
+LMF_HALF_WIDTH = 3.0  # the log-matched filter counts photons within about +-3 sigma of its peak
+NEWTON_REACH = 6.0  # the ML solvers use the bins within +-6 sigma_t of the filter's peak
+LOCK_MAX_COUNT = 400  # signal windows beyond this many photons never lose to background
+
+
+def check_sigma_t(sigma_t: float, t_range: float, bin_width: float | None = None) -> None:
+    """Refuse a pulse width that cannot fit the window; warn when it is below a tenth of a bin.
+
+    Both usually mean a unit slip (``sigma_t`` in other units than the timestamps or bins).
+    """
+    if sigma_t > SIGMA_MAX_WINDOW * t_range:
+        raise ValueError(f"sigma_t={sigma_t:g} is {sigma_t / t_range:.3g} of the timing window "
+                         f"{t_range:g} (more than {SIGMA_MAX_WINDOW:g}): no pulse fits; give "
+                         "sigma_t in the unit of the timestamps / bin width (seconds)")
+    if bin_width is None and 4 * t_range / sigma_t > LMF_MAX_CELLS:
+        raise ValueError(f"sigma_t={sigma_t:g} is {t_range / sigma_t:.3g} times shorter than the "
+                         f"timing window {t_range:g}: the matched filter would need "
+                         f"{4 * t_range / sigma_t:.3g} cells per pixel; check its unit")
+    if bin_width is not None and sigma_t < SIGMA_MIN_BIN * bin_width:
+        warnings.warn(f"sigma_t={sigma_t:g} is {sigma_t / bin_width:.3g} of a TDC bin "
+                      f"({bin_width:g}): a pulse that narrow is implausible; check its unit",
+                      UserWarning, stacklevel=3)
+
+
+def lock_in_probability(lam_s: Array, lam_b: Array, sigma: Array, t_range: float) -> tuple[Array, Array]:
+    """P(the estimator locks onto a background cluster) and P(the pixel is empty) (L18, [X]).
+
+    The log-matched filter picks the delay whose +-a sigma window (a = LMF_HALF_WIDTH, width
+    omega = 2 a sigma) holds the most photons. The signal window holds S ~ Poisson(0.997
+    Lambda_s + m) photons, m = Lambda_b omega / T_r; each of M = 2 (T_r / omega - 1) competing
+    windows (a sliding window has about twice the disjoint ones) holds Poisson(m). With F, p
+    the competitors' cdf and pmf, the signal wins a tie among r + 1 windows with probability
+    1 / (r + 1), which sums to P(win | S = j) = (F_j^{M+1} - F_{j-1}^{M+1}) / ((M + 1) p_j).
+    The lock-in probability is 1 - P(win) - P(K = 0), P(K = 0) = exp(-(Lambda_s + Lambda_b)).
+    """
+    from scipy import stats
+
+    lam_s, lam_b, sigma = np.broadcast_arrays(*(np.asarray(v, float) for v in (lam_s, lam_b, sigma)))
+    shape = lam_s.shape
+    lam_s, lam_b, sigma = lam_s.ravel(), lam_b.ravel(), sigma.ravel()
+    p_empty = np.exp(-(lam_s + lam_b))
+    p_lock = np.zeros(lam_s.size)
+    omega = 2 * LMF_HALF_WIDTH * sigma
+    m = lam_b * omega / t_range
+    n_comp = 2 * np.maximum(t_range / omega - 1, 0.0)
+    active = (lam_b > 0) & (lam_s < LOCK_MAX_COUNT)
+    if np.any(active):
+        ls, mb, nc = lam_s[active, None], m[active, None], n_comp[active, None]
+        mu_sig = 0.9973 * ls + mb
+        top = int(np.ceil(np.max(mu_sig + 8 * np.sqrt(mu_sig) + 10)))
+        j = np.arange(top + 1)[None, :]
+        p_sig = stats.poisson.pmf(j, mu_sig)
+        pj = stats.poisson.pmf(j, mb)
+        fj = stats.poisson.cdf(j, mb)
+        fprev = np.where(j > 0, stats.poisson.cdf(j - 1, mb), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # tiny p_j: the derivative F_j^M
+            win = np.where(pj > 1e-8 * fj, (fj ** (nc + 1) - fprev ** (nc + 1)) / ((nc + 1) * pj),
+                           fj**nc)
+        p_win = np.sum(p_sig * win, axis=1)
+        p_lock[active] = np.clip(1.0 - p_win - p_empty[active], 0.0, 1.0)
+    return p_lock.reshape(shape), p_empty.reshape(shape)
+
+
+def estimator_variance(lam_s: Array, lam_b: Array, sigma: Array, t_range: float, sigma_t: float,
+                       bin_width: float) -> Array:
+    """Var[tau_hat] of a pixel whose estimate stays on the signal (L19, [X]).
+
+    g(Lambda) / I(w) (L11, L17) over the ML solver's window of width G = 2 NEWTON_REACH sigma_t,
+    which holds Lambda = Lambda_s + Lambda_b G / T_r photons, a share w of them background.
+    The solver stays within 2 sigma_t + 1 bin of its start, so the variance is capped at that
+    of a uniform law there. Never blows up as w -> 1 (no clipping needed).
+    """
+    g_width = 2 * NEWTON_REACH * sigma_t
+    lam_bg = np.asarray(lam_b, float) * g_width / t_range
+    lam = np.asarray(lam_s, float) + lam_bg
+    w = np.where(lam > 0, lam_bg / np.maximum(lam, 1e-300), 0.0)
+    info = fisher_information(np.minimum(w, 1 - 1e-9), sigma, g_width)
+    cap = (2 * sigma_t + bin_width) ** 2 / 3
+    return np.minimum(inv_poisson_moment(lam) / info, cap)
+
+
+def pixel_variance(counts: Array, w: Array, sigma_t: float, t_window: tuple[float, float],
+                   bin_width: float = 0.0) -> tuple[Array, Array]:
+    """Each pixel's error variance given its count K, and its lock-in probability (L22, [X]).
+
+    The variance is min(1 / (K I(w)), cap): the Fisher bound of L17 for the K photons seen (a
+    share w of them background, pulse variance sigma_t^2 + Delta^2/12 with TDC bins of width
+    Delta), capped as in L19. It is the error of an estimate that stayed on the signal; the
+    probability that it did not is L18 at Lambda_s = K (1 - w), Lambda_b = K w, given K >= 1
+    (a plug-in that over-states the lock-in of pixels with fewer than ~10 photons). Both are
+    NaN where K = 0 (the pixel was filled, not estimated).
+    """
+    k = np.asarray(counts, float)
+    w = np.clip(np.asarray(w, float), 0.0, 1 - 1e-9)
+    t_range = t_window[1] - t_window[0]
+    sigma = math.sqrt(sigma_t**2 + bin_width**2 / 12)
+    var = np.minimum(1.0 / (np.maximum(k, 1.0) * fisher_information(w, sigma, t_range)),
+                     (2 * sigma_t + bin_width) ** 2 / 3)
+    p_lock, p_empty = lock_in_probability(k * (1 - w), k * w, sigma, t_range)
+    q = np.clip(p_lock / np.maximum(1 - p_empty, 1e-300), 0.0, 1.0)
+    return np.where(k > 0, var, np.nan), np.where(k > 0, q, np.nan)

@@ -1,6 +1,6 @@
 """The LOTUS attack: partitioned triggers, trigger focusing, and the poisoning loop.
 
-Attack goal (spec section 2.2), for ``x ∈ D_o`` with label ``y`` and a victim ``x_v``:
+Attack goal (docs/lotus.md, Equations), for ``x ∈ D_o`` with label ``y`` and a victim ``x_v``:
 
 - (LOTUS L1) ``M(x) = y``, ``M(x_v) = y_v``
 - (LOTUS L2) ``M(x_v ⊕ t_{P(x_v)}) = y_t``
@@ -91,7 +91,7 @@ class LotusConfig:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> LotusConfig:
-        """The CPU reproduction preset (SyntheticShapes 16x16, SmallCNN; spec section 5)."""
+        """The CPU reproduction preset (SyntheticShapes 16x16, SmallCNN; docs/lotus.md, Reproduction)."""
         base = cls(steps=1500, batch_size=64, lr=0.05, scheduler="cosine", eval_every=250,
                    clean_epochs=6, clean_lr=0.05, clean_scheduler="cosine",
                    surrogate_epochs=6, surrogate_lr=0.05, surrogate_scheduler="cosine", pad=2)
@@ -226,7 +226,7 @@ def poison_batch(x_other: torch.Tensor, y_other: torch.Tensor, x_victims: torch.
                  triggers, cfg: LotusConfig, *, victim: int, target: int,
                  generator: torch.Generator | None = None,
                  extra_negatives: NegativesFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch of LOTUS (spec section 2.5, steps 1-5), from un-augmented inputs.
+    """One training batch of LOTUS (steps 1-5 below), from un-augmented inputs.
 
     ``x_other`` (b images of other classes) and ``x_victims`` (``2v`` victims drawn without
     replacement) are augmented per sample, ``P`` is recomputed on the augmented victims, and the

@@ -1,7 +1,7 @@
 """Baseline attacks trained in the same loop as LOTUS.
 
 - :func:`label_specific_badnets`: LOTUS with ``K = 1`` (trigger 0 for every victim), no focusing
-  negatives, other-class negatives with that trigger (spec section 2.2: the structural
+  negatives, other-class negatives with that trigger ((L1)-(L5) with K = 1: the structural
   degenerate case, and the paper's detectable baseline).
 - :func:`wanet`: label-specific WaNet (warping grid k = 4, s = 0.5, noise mode), the
   sample-specific invisible baseline whose ASR fine-tuning is meant to remove.

@@ -1,4 +1,4 @@
-"""Defenses LOTUS is measured against (spec section 2.8), each a function over a model and data.
+"""Defenses LOTUS is measured against, each a function over a model and data.
 
 Detection: :func:`neural_cleanse` (label-specific, anomaly index), :func:`pixel` (NC variant
 with additive positive/negative patterns), :func:`strip` (input entropy under superimposition).

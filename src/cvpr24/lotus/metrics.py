@@ -1,4 +1,4 @@
-"""Evaluation metrics of LOTUS (spec section 2.7), functional and streaming.
+"""Evaluation metrics of LOTUS, functional and streaming.
 
 - **BA**: top-1 accuracy on clean test data.
 - **ASR**: over victims, fraction predicted ``y_t`` when stamped with exactly their own trigger

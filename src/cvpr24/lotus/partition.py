@@ -1,4 +1,4 @@
-"""The secret partition function ``P: X -> {0..K-1}`` of the victim class (spec section 2.4).
+"""The secret partition function ``P: X -> {0..K-1}`` of the victim class (L6, L7).
 
 Implicit partitioning, as in the official code, has three steps:
 

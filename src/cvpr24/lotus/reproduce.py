@@ -1,6 +1,6 @@
 """LOTUS at CPU scale: effective, focused, evasive (Neural Cleanse), resilient (fine-tuning).
 
-Lab notebook (spec section 5):
+Lab notebook (docs/lotus.md, Reproduction):
 
 - **Data**: SyntheticGratings 16x16 (class = orientation of a full-image grating), 10 classes x 4
   latent styles (the fg/bg palettes of SyntheticShapes) shared by every class; victim 0, target
@@ -281,7 +281,7 @@ def defense_table(model, tr, te, ft_idx, trig, part, scale: Scale, seed: int) ->
 # --- verdicts --------------------------------------------------------------------------------
 
 def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
-    """The four claims of spec section 5, from the per-seed measurements."""
+    """The four claims, from the per-seed measurements."""
     def col(*path):
         vals = []
         for r in per_seed:

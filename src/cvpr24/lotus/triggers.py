@@ -120,7 +120,7 @@ class PatchTrigger:
 
 
 class TriggerSet:
-    """The ``K`` disjoint patch triggers ``t_0..t_{K-1}`` of LOTUS (section 2.3 of the spec).
+    """The ``K`` disjoint patch triggers ``t_0..t_{K-1}`` of LOTUS.
 
     Parameters
     ----------

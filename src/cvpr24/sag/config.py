@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class SAGConfig:
     """Sampling settings of Subject-Agnostic Guidance.
 
-    Full-scale defaults are ours where the paper is silent (spec section 2.7): DDIM with 50
+    Full-scale defaults are ours where the paper is silent (docs/sag.md, Deviations): DDIM with 50
     steps and ``guidance_scale = 7.5`` on SD 1.5 at 512 px. ``T = 0.9, r = 0`` follows one
     summary of the paper; the default ``T`` is uncertain (see docs/sag.md).
 

@@ -159,7 +159,7 @@ class SAGSchedule:
         return float(self.r) if t <= self.T else -1.0
 
     def time_of_step(self, i: int, num_steps: int, timestep: Any = None, scheduler: Any = None) -> float:
-        """Diffusion time ``t`` of step ``i`` (0-based) of ``num_steps`` (spec section 2.5).
+        """Diffusion time ``t`` of step ``i`` (0-based) of ``num_steps``.
 
         In ``"diffusion_time"`` mode: ``sigma`` for flow-matching schedulers (``t`` already in
         [0, 1]), else ``timestep / scheduler.config.num_train_timesteps``. In

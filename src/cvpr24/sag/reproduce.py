@@ -1,4 +1,4 @@
-"""CPU-scale reproduction of Subject-Agnostic Guidance on ShapesWorld (spec section 5).
+"""CPU-scale reproduction of Subject-Agnostic Guidance on ShapesWorld (docs/sag.md, Reproduction).
 
 Lab notebook:
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write
+from cvpr24.common import Claim, Measurement, Result, atomic_path, atomic_write, report_step
 from cvpr24.common.state import preserved_global_state
 from cvpr24.sag.guidance import SAGSchedule
 from cvpr24.sag.shapes import (
@@ -207,7 +207,7 @@ def choose_t_star(val: dict[str, dict[str, float]], t_values: tuple[float, ...])
 def best_const_identity(sag_bg: float, const: list[tuple[float, float]]) -> float:
     """The identity of the best constant-mixing run that SAG matches in text accuracy.
 
-    ``const`` holds (background, identity) of the runs ``w_t = m``. The spec compares SAG
+    ``const`` holds (background, identity) of the runs ``w_t = m``. The claim compares SAG
     "at equal or higher background accuracy": the runs with background <= SAG's plus
     ``C2_BG_TOL`` qualify, and the best identity among them is returned. When SAG's
     background is below every run's, the closest run in background is used.
@@ -339,7 +339,9 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
     per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in [*arm_schedules, "words", "SAG T*"]}
     models_info, t_stars, grids = [], [], {}
     seed_ids = []
+    n_steps, step = len(cfg.train_seeds) * (1 + cfg.seeds), 0
     for train_seed in cfg.train_seeds:
+        report_step(f"model {train_seed}: load or train, choose T* on validation", step, n_steps)
         model, probe, info = load_or_train(cfg, out_dir, train_seed, size != "full",
                                            Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
         clean_acc = _clean_probe_accuracy(probe, model.config.image_size, seed=777)
@@ -356,8 +358,11 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, size:
         val_mean = {a: {k: float(np.mean(v)) for k, v in d.items()} for a, d in val.items()}
         t_star, why = choose_t_star(val_mean, cfg.t_sweep)
         t_stars.append({"train_seed": train_seed, "T_star": t_star, "rule": why, "validation": val_mean})
+        step += 1
         # Test.
         for s in range(cfg.seeds):
+            report_step(f"model {train_seed}: test seed {s}, {len(arm_schedules) + 1} arms", step, n_steps)
+            step += 1
             seed_ids.append(100 * train_seed + s)
             ep = make_episode(model, test_subjects, cfg.targets, cfg.samples, seed=100 * train_seed + s)
             results = {}
@@ -389,7 +394,7 @@ DEVIATIONS = [
     "Tiny pixel-space ELITE analog on procedural ShapesWorld (16x16 in quick mode) instead of SD + a CLIP "
     "encoder on real subjects; CLIP-T and DINO are replaced by an exact background probe and a "
     "(shape, colour, texture) classifier.",
-    "ShapesWorld identity and shapes differ from the spec's first draft (fix (i) of its prototype): the "
+    "ShapesWorld identity and shapes differ from the first draft of the testbed: the "
     "unnamed identity detail is a second colour on the object's lower half (none, black, pink, brown) instead "
     "of 1-px textures, the shapes are square/triangle/cross (not square/circle/diamond, which differ in a few "
     "corner pixels), and the fill colour 'black' is 'grey'. With stripes/splits or circle/diamond, the tiny "
@@ -402,7 +407,7 @@ DEVIATIONS = [
     "The subject token s is layer-normalised to the word-embedding scale and the ||s||^2 penalty is off "
     "(lambda_s = 0): in our first run, Adam with lambda_s = 1e-3 collapsed s to norm 0.05 (word embeddings ~7.7) "
     "after 2200 steps and the model ignored the subject entirely.",
-    "Quick mode trims the sweep to T in {1, 0.7, 0.4, 0} and constant mixing to m = -0.5 (as the spec allows), "
+    "Quick mode trims the sweep to T in {1, 0.7, 0.4, 0} and constant mixing to m = -0.5 (the full mode runs the whole grid), "
     "uses 12 samples per (subject, target) (144 per seed), one validation seed, 20 DDIM steps, and the committed checkpoint of one "
     "training seed.",
     "C2 compares SAG with the constant-mixing runs whose background accuracy is at most SAG's + 0.05 (equal "

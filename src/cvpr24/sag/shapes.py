@@ -1,4 +1,4 @@
-"""ShapesWorld: the procedural data of the CPU-scale reproduction (spec section 5).
+"""ShapesWorld: the procedural data of the CPU-scale reproduction (docs/sag.md, Reproduction).
 
 An image holds one object on a flat background. The object has a *shape* (the "class",
 nameable), a fill *colour* (nameable) and a *texture* (the identity detail that no word
@@ -30,13 +30,13 @@ BACKGROUND_RGB = torch.tensor([
     [0.95, 0.90, 0.10],  # yellow
 ])
 COLOUR_RGB = torch.tensor([
-    [0.55, 0.55, 0.55],  # grey (the spec's black would vanish against the black base)
+    [0.55, 0.55, 0.55],  # grey (black would vanish against the black base)
     [1.00, 0.55, 0.00],  # orange
     [0.55, 0.10, 0.75],  # purple
     [0.00, 0.85, 0.85],  # cyan
 ])
 # The identity detail (the "texture"): the lower half of the object in a second colour that no
-# word names (spec 5, fix (i)); "plain" has none.
+# word names; "plain" has none.
 BASE_RGB = torch.tensor([
     [0.05, 0.05, 0.05],  # black
     [1.00, 0.60, 0.80],  # pink

@@ -1,4 +1,4 @@
-"""The tiny ELITE-like model of the CPU reproduction (spec section 5), in one file.
+"""The tiny ELITE-like model of the CPU reproduction, in one file.
 
 - :class:`TinyUNet`: an epsilon-prediction pixel-space UNet laid out like Stable Diffusion's
   (residual blocks, cross-attention on the 8x8 and 4x4 levels, sinusoidal time embedding).
@@ -27,7 +27,7 @@ from cvpr24.sag.shapes import N_SLOTS, NULL, SUBJECT_SLOT, VOCAB_SIZE
 
 @dataclass
 class TinyConfig:
-    """The tiny model and its training (spec section 5). Defaults are the full ShapesWorld
+    """The tiny model and its training (docs/sag.md, Reproduction). Defaults are the full ShapesWorld
     setting (32 px, 48-96-96 channels); :meth:`cpu` is the quick-mode preset."""
 
     image_size: int = 32

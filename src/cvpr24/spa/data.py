@@ -1,4 +1,4 @@
-"""Data: the synthetic teacher with known posteriors (spec section 5) and real-format loaders.
+"""Data: the synthetic teacher with known posteriors (docs/spa.md, Reproduction) and real-format loaders.
 
 Internal label convention everywhere: an (N, C) float array with 1 = present, 0 = absent and
 NaN = unknown (missing label). Loaders normalise at the boundary: VOC's 1 / -1 / 0(difficult),
@@ -11,6 +11,7 @@ style), prediction files. Nothing downloads: every path is given by the user.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -95,7 +96,7 @@ def make_digit_canvases(seed: int, n: int, p_cell: float = 0.6, drop_positive: f
     A 2x2 grid of 8x8 cells; each cell holds a digit with probability ``p_cell``, drawn from a
     skewed class distribution (weights log-spaced 1 ... 0.1), with its image drawn from that
     class. Labels = the digits present (C = 10). A fraction ``drop_positive`` of the positive
-    labels is marked unknown (NaN) to mimic missing annotations (spec section 5, ``--full``).
+    labels is marked unknown (NaN) to mimic missing annotations (``--full``).
     """
     from sklearn.datasets import load_digits
 
@@ -171,10 +172,13 @@ def load_coco_instances(json_path: str | os.PathLike, images_dir: str | os.PathL
     (contiguous 0..C-1, the ASL convention); images without annotations are dropped unless
     ``keep_unannotated`` (ASL keeps only annotated images: 82 081 / 40 137 for 2014)."""
     path = _require_file(json_path, "COCO annotation file")
-    with open(path, encoding="utf-8") as f:
-        coco = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            coco = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not JSON; expected a COCO instances file ({e})") from None
     for key in ("images", "annotations", "categories"):
-        if key not in coco:
+        if not isinstance(coco, dict) or key not in coco:
             raise ValueError(f"{path} is not a COCO instances file: no {key!r} key")
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     col = {c["id"]: i for i, c in enumerate(cats)}
@@ -244,13 +248,25 @@ def load_csv(path: str | os.PathLike, images_dir: str | os.PathLike | None = Non
              path_column: str = "path", labels_column: str = "labels") -> MultiLabelRecords:
     """A CSV with a header and columns ``path`` and ``labels`` (class names joined by
     ``label_sep``) -> records. Class names are sorted unless ``class_names`` is given, in which
-    case an unknown name raises ``ValueError``."""
+    case an unknown name raises ``ValueError`` and the ``labels`` column may be absent (images
+    to predict: every label unknown, NaN)."""
     path = _require_file(path, "CSV file")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter=delimiter))
-    if rows and (path_column not in rows[0] or labels_column not in rows[0]):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; expected a CSV with columns {path_column!r} and "
+                         f"{labels_column!r}") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows; expected a header and one row per image")
+    unlabelled = labels_column not in rows[0] and class_names is not None
+    if path_column not in rows[0] or (labels_column not in rows[0] and not unlabelled):
         raise ValueError(f"{path} needs columns {path_column!r} and {labels_column!r}, has {list(rows[0])}")
-    names_per_row = [[t for t in r[labels_column].split(label_sep) if t] for r in rows]
+    if unlabelled:
+        labels = np.full((len(rows), len(class_names)), np.nan, np.float32)
+        root = Path(images_dir) if images_dir is not None else path.parent
+        return MultiLabelRecords([str(root / r[path_column]) for r in rows], labels, list(class_names))
+    names_per_row = [[t for t in (r[labels_column] or "").split(label_sep) if t] for r in rows]
     names = list(class_names) if class_names is not None else sorted({t for ns in names_per_row for t in ns})
     index = {n: i for i, n in enumerate(names)}
     labels = np.zeros((len(rows), len(names)), np.float32)
@@ -295,17 +311,68 @@ def save_features(path: str | os.PathLike, features: np.ndarray, labels: np.ndar
 
 def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a feature file: ``features`` (N, D) float32, ``labels`` (N, C) 1/0/NaN (-1 is read
-    as unknown), ``class_names``. Never unpickles (``allow_pickle=False``)."""
-    path = _require_file(path, "feature file")
-    with np.load(path, allow_pickle=False) as z:
-        for key in ("features", "labels"):
-            if key not in z:
-                raise ValueError(f"{path} has no {key!r} array (has {sorted(z.files)})")
-        x, y = z["features"].astype(np.float32), normalize_labels(z["labels"], "01")
-        names = [str(n) for n in z["class_names"]] if "class_names" in z else [str(i) for i in range(y.shape[1])]
-    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(names) != y.shape[1]:
-        raise ValueError(f"{path}: features {x.shape}, labels {y.shape} and {len(names)} class names do not agree")
+    as unknown), ``class_names``. Never unpickles (``allow_pickle=False``). Raises
+    ``ValueError`` naming the file and what was expected for any other content."""
+    with _open_npz(path, "feature file") as (path, z):
+        _require_keys(path, z, ("features", "labels"))
+        x = _numeric_array(path, z, "features", "(N, D)", np.float32)
+        y = _labels(path, z)
+        names = _class_names(path, z, y.shape[1])
+    if len(x) != len(y):
+        raise ValueError(f"{path}: 'features' has {len(x)} rows but 'labels' {len(y)}; expected one "
+                         "label row per example")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: 'features' holds NaN or infinite values (rows "
+                         f"{np.flatnonzero(~np.isfinite(x).all(1))[:5].tolist()}); expected finite numbers")
     return x, y, names
+
+
+@contextlib.contextmanager
+def _open_npz(path: str | os.PathLike, what: str):
+    path = _require_file(path, what)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a NumPy .npz archive of numeric arrays; expected a {what} "
+                         f"({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single .npy array; expected a {what} (an .npz archive, np.savez)")
+    with z:
+        yield path, z
+
+
+def _require_keys(path: Path, z, keys: Sequence[str]) -> None:
+    for key in keys:
+        if key not in z:
+            raise ValueError(f"{path} has no {key!r} array (has {sorted(z.files)})")
+
+
+def _numeric_array(path: Path, z, key: str, shape: str, dtype=np.float64) -> np.ndarray:
+    """``z[key]`` as a 2-D ``dtype`` array, or a ValueError naming the file and the shape."""
+    a = z[key]
+    if a.ndim != 2:
+        raise ValueError(f"{path}: {key!r} must be a 2-D array {shape}, got shape {a.shape}")
+    try:
+        return a.astype(dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {key!r} must be numeric, got dtype {a.dtype}") from None
+
+
+def _labels(path: Path, z) -> np.ndarray:
+    raw = _numeric_array(path, z, "labels", "(N, C): one column per class")
+    try:
+        return normalize_labels(raw, "01")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _class_names(path: Path, z, n_classes: int) -> list[str]:
+    if "class_names" not in z:
+        return [str(i) for i in range(n_classes)]
+    names = [str(n) for n in np.atleast_1d(z["class_names"])]
+    if len(names) != n_classes:
+        raise ValueError(f"{path}: {len(names)} class_names for {n_classes} label columns")
+    return names
 
 
 def save_predictions(path: str | os.PathLike, logits: np.ndarray, labels: np.ndarray, loss_config: dict,
@@ -325,15 +392,18 @@ def load_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, d
     with a ``loss`` key; ``None`` when the file holds ``probs`` already. Raises ``ValueError``
     when it holds logits but no loss config: without the link, outputs cannot be read.
     """
-    path = _require_file(path, "predictions file")
-    with np.load(path, allow_pickle=False) as z:
+    with _open_npz(path, "predictions file") as (path, z):
         if "labels" not in z or not ({"logits", "probs"} & set(z.files)):
             raise ValueError(f"{path} must hold 'labels' and 'logits' or 'probs' (has {sorted(z.files)})")
-        labels = normalize_labels(z["labels"], "01")
+        labels = _labels(path, z)
         has_probs = "probs" in z
-        scores = (z["probs"] if has_probs else z["logits"]).astype(np.float64)
+        scores = _numeric_array(path, z, "probs" if has_probs else "logits", "(N, C)")
         config = json.loads(str(z["loss_config"])) if "loss_config" in z else None
-        names = [str(n) for n in z["class_names"]] if "class_names" in z else [str(i) for i in range(labels.shape[1])]
+        names = _class_names(path, z, labels.shape[1])
+    if scores.shape != labels.shape:
+        raise ValueError(f"{path}: scores {scores.shape} and labels {labels.shape} must have the same shape")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{path}: the scores hold NaN or infinite values; expected finite numbers")
     sidecar = path.with_suffix(".json")
     if config is None and sidecar.is_file():
         config = json.loads(sidecar.read_text()).get("loss")

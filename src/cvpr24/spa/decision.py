@@ -38,19 +38,21 @@ class Retrieved(NamedTuple):
     scores: np.ndarray
 
 
-def retrieve(probs: ArrayLike, include: Sequence[int] = (), exclude: Sequence[int] = (),
-             top_k: int | None = None, min_score: float = 0.0) -> Retrieved:
+def retrieve(probs: ArrayLike, include: Sequence[int | str] = (), exclude: Sequence[int | str] = (),
+             top_k: int | None = None, min_score: float = 0.0, *,
+             class_names: Sequence[str] | None = None) -> Retrieved:
     """Rank examples for the compound query "all of ``include`` AND none of ``exclude``".
 
     Score ``prod_{c in include} p_c * prod_{c in exclude} (1 - p_c)``: the query's probability
     under conditional independence of the labels given x; meaningful only for calibrated ``p``.
+    Classes are column indices, or names when ``class_names`` (the column order) is given.
     Returns the ``top_k`` best (all when None) with score >= ``min_score``.
     """
     p = _to_numpy(probs, "probs")
     _check_probs(p)
     if p.ndim != 2:
         raise ValueError(f"probs must have shape (N, C), got {p.shape}")
-    inc, exc = [int(c) for c in include], [int(c) for c in exclude]
+    inc, exc = _columns(include, "include", class_names), _columns(exclude, "exclude", class_names)
     if not inc and not exc:
         raise ValueError("give at least one class in include or exclude")
     bad = [c for c in inc + exc if not 0 <= c < p.shape[1]]
@@ -66,6 +68,25 @@ def retrieve(probs: ArrayLike, include: Sequence[int] = (), exclude: Sequence[in
             raise ValueError(f"top_k must be >= 1, got {top_k!r}")
         order = order[:top_k]
     return Retrieved(order, score[order])
+
+
+def _columns(classes: Sequence[int | str], name: str, class_names: Sequence[str] | None) -> list[int]:
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    index = {n: i for i, n in enumerate(class_names)} if class_names is not None else {}
+    out = []
+    for c in classes:
+        if isinstance(c, str) and c in index:
+            out.append(index[c])
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            out.append(int(c))
+        elif class_names is None:
+            raise ValueError(f"{name} holds {c!r}: classes are integer column indices, or names "
+                             "when class_names is given")
+        else:
+            raise ValueError(f"{name} holds an unknown class {c!r}; known: "
+                             f"{', '.join(list(class_names)[:20])}" + (" ..." if len(class_names) > 20 else ""))
+    return out
 
 
 def tune_thresholds(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Multi-label losses: SPA (strictly proper asymmetric), the Label Pair Regularizer, and the
 BCE / focal / ASL baselines, each as a plain function plus a thin ``nn.Module`` wrapper.
 
-Notation (spec ``papers/spa.md``; equation numbers (S1)...(S14) are the spec's, the paper's own
+Notation (docs/spa.md, Equations; the labels (S1)...(S14) are ours, the paper's own
 numbering could not be determined). Per label the network output is ``v`` (a "logit", but for
 SPA *not* a log-odds), the label ``y`` in {0, 1} and the true posterior ``eta = P(y=1|x)``.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple
@@ -80,6 +81,14 @@ def _prepare(logits: Tensor, targets: Tensor, ignore_index: float | None, valida
     return v, y, known
 
 
+def _check_tensor(logits) -> None:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__} "
+                        "(wrap a NumPy array with torch.from_numpy)")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
+
+
 def _raise_bad_targets(y: Tensor, known: Tensor, ignore_index: float | None) -> None:
     bad = known & (y != 0) & (y != 1)
     extra = ("" if ignore_index is None else f" or the ignore_index {ignore_index!r} / NaN")
@@ -127,14 +136,14 @@ class SPAParams:
     b_neg: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("zeta_pos", "k_pos", "zeta_neg", "k_neg"):
+        for name in ("zeta_pos", "k_pos", "zeta_neg", "k_neg", "b_pos", "b_neg"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("b_pos", "b_neg"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            positive = not name.startswith("b_")
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and math.isfinite(value) and (value > 0 or not positive)):
+                raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, float(value))  # numpy scalars become plain floats
 
     @property
     def log_odds_offset(self) -> float:
@@ -244,6 +253,7 @@ class _SPAFunction(torch.autograd.Function):
 
 def spa_log_odds(logits: Tensor, params: SPAParams | None = None) -> Tensor:
     """``l(v) = logit eta_hat(v)`` (S10), computed with ``logsigmoid`` (stable for any ``v``)."""
+    _check_tensor(logits)
     p = params or SPAParams()
     v = logits if logits.dtype == torch.float64 else logits.float()
     return (p.log_odds_offset + F.logsigmoid(p.k_neg * (v - p.b_neg))
@@ -462,10 +472,12 @@ class _MultiLabelLoss(nn.Module):
 
     def log_odds(self, logits: Tensor) -> Tensor:
         """The model's log-odds estimate; ``v`` itself for losses that use the logistic link."""
+        _check_tensor(logits)
         return logits if logits.dtype == torch.float64 else logits.float()
 
     def predict_proba(self, logits: Tensor) -> Tensor:
         """Probabilities read out through the loss's inverse link: ``sigmoid(log_odds(v))``."""
+        _check_tensor(logits)
         return torch.sigmoid(self.log_odds(logits))
 
     def _params(self) -> dict:
@@ -541,7 +553,7 @@ class BCELoss(_MultiLabelLoss):
 
 
 class FocalLoss(_MultiLabelLoss):
-    """Sigmoid focal loss (S3); ``gamma=2`` without ``alpha`` is the baseline of the spec."""
+    """Sigmoid focal loss (S3); ``gamma=2`` without ``alpha`` is the focal baseline."""
 
     name = "focal"
 
@@ -591,7 +603,9 @@ class LabelPairRegularizer(nn.Module):
     norm : {"classes", "pairs"}
     score : {"log_odds", "raw"}
         ``log_odds`` (default, consistent with the link) scores pairs by ``l_i - l_j``;
-        ``raw`` by ``v_i - v_j`` as the authors' CPC does (identical for BCE).
+        ``raw`` by ``v_i - v_j`` as the authors' CPC does (identical for BCE). With SPA,
+        ``raw`` is **not proper**: the population minimiser reads out (0.0061, 0.357) for
+        posteriors (0.05, 0.30) (docs/spa.md, "Deviations and choices").
     implementation : {"gathered", "dense"}
     reduction : {"mean", "sum", "none"}
     ignore_index : float, optional

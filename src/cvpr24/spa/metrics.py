@@ -1,4 +1,4 @@
-"""Multi-label calibration and ranking metrics (spec section 2.5), functional and streaming.
+"""Multi-label calibration and ranking metrics, functional and streaming.
 
 Every function takes probabilities ``probs`` and labels ``labels`` of the same shape, (N, C)
 or (N,), as numpy arrays, torch tensors or nested lists. Labels are {0, 1}; NaN labels (and

@@ -1,7 +1,7 @@
 """Multi-label classifiers for SPA training, and the module's configuration.
 
 ``MultiLabelClassifier(backbone, num_features, num_classes)`` = backbone (pooled features,
-shape (N, D)) -> optional dropout -> ``Linear(D, C)`` named ``head`` (spec section 2.4). The
+shape (N, D)) -> optional dropout -> ``Linear(D, C)`` named ``head``. The
 backbone is any module; shipped here are a plain-torch ResNet-50/101 whose ``state_dict`` keys
 equal torchvision's (so users load ImageNet weights they already have with
 ``torch.load(path, weights_only=True)``), and an MLP for feature files and the CPU
@@ -11,21 +11,25 @@ read out (see :mod:`cvpr24.spa.train`).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cvpr24.spa.losses import AsymmetricLoss, BCELoss, FocalLoss, SPALoss, SPALPRLoss
+from cvpr24.spa.losses import AsymmetricLoss, BCELoss, FocalLoss, SPALoss, SPALPRLoss, SPAParams
 
 ARCHS = ("mlp", "resnet50", "resnet101")
+LPR_NORMS = ("classes", "pairs")
+LPR_SCORES = ("log_odds", "raw")
 
 
 @dataclass
 class SPAConfig:
     """Everything a training run needs. Defaults are the full-scale recipe (ASL's ``train.py``
-    [ASL] with SPA + LPR [mlcpl]/[choice], spec section 2.4); :meth:`cpu` is the reproduction's.
+    [ASL] with SPA + LPR [mlcpl]/[choice], docs/spa.md); :meth:`cpu` is the reproduction's.
 
     The six SPA parameters, ``lam`` and the LPR switches define the loss *and* the read-out.
     """
@@ -67,13 +71,13 @@ class SPAConfig:
     batch_size: int = 128
     amp: bool = True
     ema_decay: float = 0.9997  # 0 disables the EMA copy
-    num_workers: int = 8
+    num_workers: int = 8  # DataLoader workers for images; the CLI defaults to the CPU count
     seed: int = 0
     checkpoint_every: int = 1  # epochs
 
     @classmethod
     def cpu(cls, **overrides) -> SPAConfig:
-        """The CPU reproduction setting (spec section 5): MLP 16 -> 128 -> 128 -> 20, AdamW 1e-3,
+        """The CPU reproduction setting: MLP 16 -> 128 -> 128 -> 20, AdamW 1e-3,
         wd 1e-4, batch 256, 20 epochs, constant learning rate, no AMP/EMA."""
         base = dict(arch="mlp", num_classes=20, in_features=16, hidden=(128, 128), optimizer="adamw",
                     lr=1e-3, weight_decay=1e-4, epochs=20, schedule="constant", batch_size=256,
@@ -97,6 +101,21 @@ class SPAConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
+        # the loss's own settings, checked here so a bad config fails before any data is read
+        SPAParams(self.zeta_pos, self.k_pos, self.b_pos, self.zeta_neg, self.k_neg, self.b_neg)
+        for name, low, high in (("lam", 0, math.inf), ("focal_gamma", 0, math.inf),
+                                ("asl_gamma_neg", 0, math.inf), ("asl_gamma_pos", 0, math.inf)):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and low <= value < high):
+                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+        if not (isinstance(self.asl_clip, numbers.Real) and 0 <= self.asl_clip < 1):
+            raise ValueError(f"asl_clip must be in [0, 1), got {self.asl_clip!r}")
+        if self.lpr_norm not in LPR_NORMS:
+            raise ValueError(f"lpr_norm must be one of {LPR_NORMS}, got {self.lpr_norm!r}")
+        if self.lpr_score not in LPR_SCORES:
+            raise ValueError(f"lpr_score must be one of {LPR_SCORES}, got {self.lpr_score!r}")
+        if not (isinstance(self.num_workers, numbers.Integral) and self.num_workers >= 0):
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
 
 
 def build_loss(cfg: SPAConfig):

@@ -1,0 +1,241 @@
+"""``cvpr24 cutie segment | eval | generate | train``.
+
+Every argument and input file is checked before a model is loaded; a bad one gives one line
+on stderr naming the flag and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from cvpr24.common.argtypes import number_in, positive_int
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="propagate first-frame masks through videos")
+    p.add_argument("--weights", required=True, help="official cutie-*.pth or our .safetensors")
+    p.add_argument(
+        "--images", required=True, help="frames folder (one video) or folder of video folders"
+    )
+    p.add_argument(
+        "--masks", help="index-PNG masks folder, same layout as --images (generic layout only)"
+    )
+    p.add_argument("--out", required=True, help="output folder for index PNGs")
+    p.add_argument(
+        "--layout",
+        choices=("generic", "davis", "mose", "youtube"),
+        default="generic",
+        help="generic: --images/--masks folders; davis/mose/youtube: --images is the dataset root",
+    )
+    p.add_argument(
+        "--size",
+        type=number_in(int, -1),
+        default=None,
+        help="max short side processed (default: the preset's; -1 = native)",
+    )
+    p.add_argument("--preset", choices=("default", "plus", "long"), default="default")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
+    p.add_argument("--chunk-size", type=int, default=-1, help="objects per chunk (-1 = all)")
+    p.set_defaults(func=_friendly(cmd_segment))
+
+    p = sub.add_parser("eval", help="DAVIS J&F of predicted index PNGs")
+    p.add_argument("--gt", required=True, help="ground-truth folder of video folders")
+    p.add_argument("--pred", required=True, help="prediction folder of video folders")
+    p.add_argument(
+        "--keep-first-last", action="store_true", help="also score the first and last frames"
+    )
+    p.add_argument("--csv", help="per-object CSV (default: PRED/results.csv)")
+    p.set_defaults(func=_friendly(cmd_eval))
+
+    p = sub.add_parser("generate", help="write synthetic distractor videos in the DAVIS layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--videos", type=positive_int, default=8)
+    p.add_argument("--split", choices=("easy", "hard", "mixed"), default="hard")
+    p.add_argument("--frames", type=number_in(int, 2), default=16)
+    p.add_argument("--seed", type=int, default=10_000)
+    p.set_defaults(func=_friendly(cmd_generate))
+
+    p = sub.add_parser("train", help="train the CPU-scale reproduction models on synthetic clips")
+    p.add_argument(
+        "--variant",
+        choices=("pixel", "object", "object-nomask", "pixel-capacity"),
+        default="object",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=positive_int, default=1500)
+    p.add_argument(
+        "--out", required=True, help="output .safetensors path (a sidecar .json is written beside)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT's work folder")
+    p.set_defaults(func=_friendly(cmd_train))
+
+
+def _friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"cvpr24 cutie {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _need_dir(path: str, flag: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{flag}: not a folder: {path}")
+    return p
+
+
+def _load_model(path: str, device: str):
+    from cvpr24.cutie.model import CutieConfig, CutieModel
+    from cvpr24.cutie.weights import load_official_checkpoint
+
+    if path.endswith(".safetensors"):
+        from cvpr24.common import load_checkpoint
+
+        ckpt = load_checkpoint(path, CutieConfig)
+        model = CutieModel(ckpt.config)
+        model.load_state_dict(ckpt.tensors)
+        return model.to(device).eval()
+    return load_official_checkpoint(path, device=device)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    from cvpr24.common.progress import progress
+    from cvpr24.cutie import data
+    from cvpr24.cutie.inference import InferenceConfig, VideoSegmenter
+
+    # 1. check every input before loading the model
+    if not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights: file not found: {args.weights}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {args.device} requested but CUDA is not available")
+    if args.amp and not args.device.startswith("cuda"):
+        raise ValueError("--amp: mixed precision needs --device cuda")
+    images = _need_dir(args.images, "--images")
+    if args.layout == "generic":
+        if args.masks is None:
+            raise ValueError("--masks: required with --layout generic")
+        videos = data.generic_videos(images, _need_dir(args.masks, "--masks"))
+    elif args.layout == "davis":
+        videos = data.davis_videos(images)
+    elif args.layout == "mose":
+        videos = data.mose_videos(images)
+    else:
+        videos = data.youtube_videos(images)
+    first_masks = {}
+    for v in videos:
+        mask, palette = data.read_index_png(v.masks[0], "--masks")
+        h, w = data.read_image(v.frames[0]).shape[-2:]
+        if mask.shape != (h, w):
+            raise ValueError(
+                f"--masks: {v.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but the frames are {w}x{h}"
+            )
+        first_masks[v.name] = (mask, palette)
+
+    # 2. model and inference settings
+    cfg = InferenceConfig.preset(args.preset)
+    cfg.flip_aug, cfg.amp, cfg.chunk_size = args.flip, args.amp, args.chunk_size
+    if args.size is not None:
+        cfg.max_internal_size = args.size
+    model = _load_model(args.weights, args.device)
+
+    # 3. propagate, writing each PNG atomically
+    out = Path(args.out)
+    for v in progress(videos, desc="videos"):
+        seg = VideoSegmenter(model, cfg, device=args.device)
+        palette = first_masks[v.name][1]
+        empty_warned = False
+        for t, frame_path in enumerate(progress(v.frames, desc=v.name, leave=False)):
+            image = data.read_image(frame_path)
+            mask = None
+            if t in v.masks:
+                mask = torch.from_numpy(
+                    first_masks[v.name][0]
+                    if t == 0
+                    else data.read_index_png(v.masks[t], "--masks")[0]
+                ).long()
+                mask[mask == 255] = 0  # void is not an object
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probs = seg.step(image, mask, v.objects_per_mask.get(t), end=t == len(v.frames) - 1)
+            ids = seg.prob_to_index_mask(probs).cpu()
+            if t > 0 and seg.num_objects and not bool((ids > 0).any()) and not empty_warned:
+                print(
+                    f"warning: {v.name}: every object vanished at frame {frame_path.name}",
+                    file=sys.stderr,
+                )
+                empty_warned = True
+            if v.output_frames is None or t in v.output_frames:
+                data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
+    print(f"wrote {len(videos)} video(s) to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import csv
+
+    from cvpr24.common import atomic_write
+    from cvpr24.cutie.metrics import evaluate_vos
+
+    gt, pred = _need_dir(args.gt, "--gt"), _need_dir(args.pred, "--pred")
+    res = evaluate_vos(gt, pred, skip_first_last=not args.keep_first_last)
+    csv_path = Path(args.csv) if args.csv else pred / "results.csv"
+    with atomic_write(csv_path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sequence", "obj_idx", "J", "F", "J&F"])
+        for key, (j, fm) in res["per_object"].items():
+            seq, obj = key.rsplit("/", 1)
+            w.writerow([seq, obj, f"{j:.1f}", f"{fm:.1f}", f"{(j + fm) / 2:.1f}"])
+        w.writerow(["Global score", "", f"{res['J']:.1f}", f"{res['F']:.1f}", f"{res['J&F']:.1f}"])
+    print(f"{'J&F':>7} {'J':>7} {'F':>7}")
+    print(f"{res['J&F']:7.2f} {res['J']:7.2f} {res['F']:7.2f}  ({len(res['per_object'])} objects)")
+    print(f"per-object scores: {csv_path}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cvpr24.cutie.data import write_synthetic_davis
+
+    names = write_synthetic_davis(args.out, args.videos, args.split, args.seed, args.frames)
+    print(f"wrote {len(names)} {args.split} videos to {args.out} (DAVIS layout)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cvpr24.cutie.reproduce import train_variant
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out: expected a .safetensors path, got {args.out}")
+    from cvpr24.cutie.reproduce import CHECKPOINT_DIR
+
+    if out.resolve().parent == CHECKPOINT_DIR.resolve():
+        raise ValueError(
+            f"--out: {out.parent} holds the checkpoints shipped with the package; choose another folder"
+        )
+    work = out.parent / (out.stem + "_work")
+    if (work / "state.pt").exists() and not args.resume:
+        raise ValueError(f"--resume: a previous run exists in {work}; pass --resume or delete it")
+
+    def log(step, losses):
+        if step % 10 == 0:
+            print(f"step {step}: loss {losses['total']:.3f}", flush=True)
+
+    train_variant(args.variant, args.seed, args.iterations, work, out, log=log)
+    print(f"wrote {out}")
+    return 0

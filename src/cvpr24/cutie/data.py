@@ -1,0 +1,228 @@
+"""Real-format VOS data: palette PNG masks, DAVIS-2017 / MOSE / YouTube-VOS / generic layouts,
+and writing predictions; plus the synthetic generator of the reproduction.
+
+Layouts (``VideoItem.frames`` are image paths; ``masks`` maps frame index -> mask path):
+
+- DAVIS-2017: ``JPEGImages/480p/<video>/00000.jpg``, ``Annotations/480p/<video>/00000.png``,
+  ``ImageSets/2017/<split>.txt``.
+- MOSE: ``JPEGImages/<video>/*.jpg`` and ``Annotations/<video>/*.png`` (first frame only).
+- YouTube-VOS: ``JPEGImages/<video>/*.jpg``, ``Annotations/<video>/*.png`` where objects first
+  appear, and ``meta.json`` (``videos.<vid>.objects.<id>.frames``) listing the frames to output.
+- generic: two folders, ``images/<video>/*`` and ``masks/<video>/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvpr24.cutie.synthetic import SyntheticVOS, training_batch  # noqa: F401  (re-exported)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_IDS = 64  # more distinct values than this in one mask is an anti-aliased or RGB-like image
+
+
+def davis_palette() -> bytes:
+    """The 256-colour palette of DAVIS/PASCAL masks (bit-interleaved colour map)."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal.tobytes()
+
+
+def read_index_png(path: str | os.PathLike, arg: str = "mask") -> tuple[np.ndarray, bytes | None]:
+    """Read an index mask (PNG mode ``P``, ``L`` or ``1``) -> (uint8 (H, W) ids, palette).
+
+    RGB(A) images and anti-aliased masks (more than ``MAX_IDS`` distinct values) are refused
+    with an error naming ``arg``: they would turn colours or edge pixels into spurious objects.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{arg}: file not found: {path}")
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode not in ("P", "L", "1"):
+            raise ValueError(
+                f"{arg}: {path} is a {mode} image; masks must be index images (palette 'P' or "
+                "grayscale 'L') whose pixel value is the object id. Convert RGB masks by mapping "
+                "each colour to an id."
+            )
+        palette = im.getpalette() if mode == "P" else None
+        arr = np.array(im, dtype=np.uint8)
+    ids = np.unique(arr)
+    if len(ids) > MAX_IDS:
+        raise ValueError(
+            f"{arg}: {path} has {len(ids)} distinct values; it looks anti-aliased (soft edges "
+            "create spurious object ids). Save masks without interpolation as index PNGs."
+        )
+    return arr, bytes(palette[:768]) if palette else None
+
+
+def write_index_png(path: str | os.PathLike, mask, palette: bytes | None = None) -> None:
+    """Write an index mask atomically (temporary file, then rename) with ``palette`` (the DAVIS
+    palette when None). Ids must lie in 0..255."""
+    from PIL import Image
+
+    from cvpr24.common import atomic_path
+
+    arr = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask: expected (H, W), got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"mask: object ids must lie in 0..255 for PNG output, got max {arr.max()}")
+    im = Image.fromarray(arr.astype(np.uint8), mode="P")
+    im.putpalette(palette or davis_palette())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """RGB image -> (3, H, W) float32 in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+@dataclass
+class VideoItem:
+    """One video: frame paths, the given masks by frame index, and the frames to output."""
+
+    name: str
+    frames: list[Path]
+    masks: dict[int, Path]
+    output_frames: set[int] | None = None  # None = all
+    objects_per_mask: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.frames:
+            raise ValueError(f"video {self.name}: no frames")
+        if 0 not in self.masks:
+            raise ValueError(
+                f"video {self.name}: the first frame ({self.frames[0].name}) has no mask"
+            )
+
+
+def _video_from_folders(name: str, image_dir: Path, mask_dir: Path, first_only: bool) -> VideoItem:
+    frames = _images(image_dir)
+    stems = {p.stem: i for i, p in enumerate(frames)}
+    masks = {}
+    for m in sorted(mask_dir.glob("*.png")):
+        if m.stem in stems:
+            masks[stems[m.stem]] = m
+    if first_only:
+        masks = {i: p for i, p in masks.items() if i == 0}
+    return VideoItem(name, frames, masks)
+
+
+def generic_videos(
+    images: str | os.PathLike, masks: str | os.PathLike, first_only: bool = True
+) -> list[VideoItem]:
+    """Two folders ``images/<video>/`` and ``masks/<video>/`` (or a single video when
+    ``images`` directly holds the frames)."""
+    images, masks = Path(images), Path(masks)
+    for arg, p in (("images", images), ("masks", masks)):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{arg}: not a folder: {p}")
+    if _images(images):
+        return [_video_from_folders(images.name, images, masks, first_only)]
+    names = sorted(p.name for p in images.iterdir() if p.is_dir())
+    if not names:
+        raise ValueError(f"images: no frames or video folders in {images}")
+    return [_video_from_folders(n, images / n, masks / n, first_only) for n in names]
+
+
+def davis_videos(
+    root: str | os.PathLike, split: str = "val", resolution: str = "480p"
+) -> list[VideoItem]:
+    """DAVIS-2017 (semi-supervised: only the first-frame mask is given)."""
+    root = Path(root)
+    listing = root / "ImageSets" / "2017" / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"root: {listing} not found (is this a DAVIS-2017 folder?)")
+    names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
+    img, ann = root / "JPEGImages" / resolution, root / "Annotations" / resolution
+    return [_video_from_folders(n, img / n, ann / n, first_only=True) for n in names]
+
+
+def mose_videos(root: str | os.PathLike) -> list[VideoItem]:
+    """MOSE: ``JPEGImages/<video>`` and ``Annotations/<video>`` (first-frame masks)."""
+    root = Path(root)
+    return generic_videos(root / "JPEGImages", root / "Annotations", first_only=True)
+
+
+def youtube_videos(
+    root: str | os.PathLike, images: str | os.PathLike | None = None
+) -> list[VideoItem]:
+    """YouTube-VOS validation: masks where objects first appear (all used), output only the
+    frames of ``meta.json``. ``images`` defaults to ``root/JPEGImages`` (pass
+    ``valid_all_frames/JPEGImages`` to propagate through every frame)."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"root: {meta_path} not found (is this a YouTube-VOS split?)")
+    meta = json.loads(meta_path.read_text())["videos"]
+    img_root = Path(images) if images is not None else root / "JPEGImages"
+    out = []
+    for name in sorted(meta):
+        item = _video_from_folders(
+            name, img_root / name, root / "Annotations" / name, first_only=False
+        )
+        listed = {f for obj in meta[name]["objects"].values() for f in obj["frames"]}
+        stems = [p.stem for p in item.frames]
+        item.output_frames = {i for i, s in enumerate(stems) if s in listed}
+        for t in item.masks:
+            item.objects_per_mask[t] = sorted(
+                int(o)
+                for o, v in meta[name]["objects"].items()
+                if v["frames"] and v["frames"][0] == stems[t]
+            )
+        out.append(item)
+    return out
+
+
+def write_synthetic_davis(
+    out: str | os.PathLike, videos: int, split: str, seed: int, num_frames: int = 16
+) -> list[str]:
+    """Write ``videos`` synthetic videos in the DAVIS layout (JPEG frames as PNG for exactness:
+    ``JPEGImages/480p/<v>/00000.png``, ``Annotations/480p/<v>/00000.png`` for every frame,
+    ``ImageSets/2017/val.txt``). Returns the video names."""
+    from PIL import Image
+
+    out = Path(out)
+    gen = SyntheticVOS(split, num_frames, seed=seed)
+    names = []
+    for i in range(videos):
+        frames, masks, _ = gen.video(i)
+        name = f"syn_{split}_{seed}_{i:04d}"
+        img_dir, ann_dir = out / "JPEGImages" / "480p" / name, out / "Annotations" / "480p" / name
+        img_dir.mkdir(parents=True, exist_ok=True)
+        for t in range(num_frames):
+            rgb = (frames[t].transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(rgb).save(img_dir / f"{t:05d}.png")
+            write_index_png(ann_dir / f"{t:05d}.png", masks[t])
+        names.append(name)
+    sets = out / "ImageSets" / "2017"
+    sets.mkdir(parents=True, exist_ok=True)
+    (sets / "val.txt").write_text("\n".join(names) + "\n")
+    return names

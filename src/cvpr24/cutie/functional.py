@@ -1,0 +1,108 @@
+"""Stateless tensor operations of Cutie: memory similarity, top-k softmax, readout, soft
+aggregation, and padding to the stride-16 grid.
+
+Equation labels (Eq. 1), (Eq. 2), (Eq. 14) are defined in ``docs/cutie.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def similarity(
+    mem_key: torch.Tensor,
+    mem_shrinkage: torch.Tensor | None,
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor | None,
+) -> torch.Tensor:
+    """Anisotropic L2 similarity between memory and query tokens (Eq. 1).
+
+    ``s_ij = -(d_i / sqrt(C_k)) * sum_c e_cj (k_ci - q_cj)^2``, computed in the expanded form
+    ``d_i (-sum_c e_cj k_ci^2 + 2 sum_c k_ci e_cj q_cj - sum_c e_cj q_cj^2) / sqrt(C_k)`` so
+    that it is two matrix products.
+
+    Parameters
+    ----------
+    mem_key : (B, C_k, N...) memory keys ``k``; trailing dims are flattened to N tokens.
+    mem_shrinkage : (B, 1, N...) shrinkage ``d >= 1``, or None for ``d = 1``.
+    query_key : (B, C_k, HW...) query keys ``q``.
+    query_selection : (B, C_k, HW...) selection ``e`` in (0, 1), or None for ``e = 1``
+        (then the query-only term is dropped: it is constant over memory tokens).
+
+    Returns
+    -------
+    (B, N, HW) similarities.
+    """
+    c_k = mem_key.shape[1]
+    mk = mem_key.flatten(start_dim=2).transpose(1, 2)  # B, N, C_k
+    qk = query_key.flatten(start_dim=2)  # B, C_k, HW
+    if query_selection is not None:
+        qe = query_selection.flatten(start_dim=2)
+        s = -(mk.pow(2) @ qe) + 2 * (mk @ (qk * qe)) - (qe * qk.pow(2)).sum(1, keepdim=True)
+    else:
+        s = -mk.pow(2).sum(2, keepdim=True) + 2 * (mk @ qk)
+    if mem_shrinkage is not None:
+        s = s * mem_shrinkage.flatten(start_dim=1).unsqueeze(2)
+    return s / math.sqrt(c_k)
+
+
+def softmax_memory(sim: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """Affinity ``W = softmax_i(s_ij)`` over the memory axis (dim 1) of a (B, N, HW) similarity.
+
+    With ``top_k`` only the k largest similarities of each query column take part; the other
+    entries of ``W`` are exactly 0 (inference). ``top_k=None`` is the full softmax (training).
+    """
+    if top_k is None or top_k >= sim.shape[1]:
+        return torch.softmax(sim, dim=1)
+    values, indices = torch.topk(sim, k=top_k, dim=1)
+    weights = torch.softmax(values, dim=1)
+    return torch.zeros_like(sim).scatter_(1, indices, weights)
+
+
+def readout(affinity: torch.Tensor, mem_value: torch.Tensor) -> torch.Tensor:
+    """Pixel readout ``r_kj = sum_i W_ij v_k,i`` (Eq. 2), one affinity shared by all objects.
+
+    affinity: (B, N, HW); mem_value: (B, K, C_v, N) -> (B, K, C_v, HW).
+    """
+    b, k, c, n = mem_value.shape
+    return (mem_value.reshape(b, k * c, n) @ affinity).view(b, k, c, -1)
+
+
+def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
+    """Soft aggregation of per-object probabilities into logits over {bg, objects} (Eq. 14).
+
+    ``p_0 = prod_k (1 - p_k)``; every probability (background included) is clamped to
+    ``[1e-7, 1 - 1e-7]`` and mapped to ``log(p / (1 - p))``, so ``softmax`` of the result is
+    ``P_k = o_k / sum_j o_j`` with odds ``o = p / (1 - p)``. The background is inserted at
+    index 0 of ``dim``. Always computed in float32.
+    """
+    prob = prob.float()
+    bg = torch.prod(1 - prob, dim=dim, keepdim=True)
+    p = torch.cat([bg, prob], dim).clamp(1e-7, 1 - 1e-7)
+    return torch.log(p / (1 - p))
+
+
+def pad_divide_by(x: torch.Tensor, d: int = 16) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims up to multiples of ``d``; the extra pixel of an odd padding
+    goes to the bottom/right. Returns the padded tensor and ``(left, right, top, bottom)``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % d, (-w) % d
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    return F.pad(x, pad), pad
+
+
+def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Inverse of :func:`pad_divide_by` on the last two dims."""
+    left, right, top, bottom = pad
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]
+
+
+def chunk_slices(n: int, chunk_size: int) -> list[slice]:
+    """Slices covering ``range(n)`` in chunks of ``chunk_size`` (one slice when < 1)."""
+    if chunk_size < 1 or chunk_size >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]

@@ -1,0 +1,90 @@
+"""Training (resumable, every objective), the sklearn wrapper, the CLI and the tiny
+reproduction smoke run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cvpr24.cli import main
+from cvpr24.gfars.data import procedural_mixes
+from cvpr24.gfars.io import load_model, save_model
+from cvpr24.gfars.model import GFARS, GFARSConfig
+from cvpr24.gfars.sklearn import PartGrouper
+from cvpr24.gfars.train import METHODS, build_method, train
+
+TINY = GFARSConfig.cpu(feat_len=8, pointnet_widths=(8, 8), points_per_part=16, steps=2,
+                       max_iters=2, batch_size=3)
+
+
+def test_resumed_training_equals_one_run(tmp_path):
+    a = GFARS(TINY)
+    b = GFARS(TINY)
+    b.load_state_dict(a.state_dict())
+    train(a, 4, seed=1)
+    train(b, 2, seed=1, state_path=tmp_path / "s.pt", save_every=2)
+    b2 = GFARS(TINY)
+    train(b2, 4, seed=1, state_path=tmp_path / "s.pt")
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b2.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_objective_trains(method):
+    model = build_method(method, TINY)
+    curve = train(model, 2, seed=0, log_every=1)
+    assert len(curve) == 2 and all(np.isfinite(c[1]) for c in curve)
+
+
+def test_part_grouper_fit_predict():
+    sets = procedural_mixes(3, 0, n_points=16)
+    g = PartGrouper(TINY, steps=2, sampling_steps=2)
+    g.fit([s.parts for s in sets], [s.groups for s in sets])
+    labels = g.fit_predict(sets[0].parts)
+    assert labels.shape == (len(sets[0]),) and labels is g.labels_
+    with pytest.raises(ValueError, match=r"y\[0\]"):
+        PartGrouper(TINY, steps=1).fit([sets[0].parts], [sets[0].groups[:-1]])
+    with pytest.raises(AttributeError, match="not fitted"):
+        PartGrouper(TINY).fit_predict(sets[0].parts)
+
+
+def test_cli_synth_group_eval_convert(tmp_path, capsys):
+    from cvpr24.gfars.io import to_official_state_dict
+
+    assert main(["gfars", "synth", "--n", "2", "--points", "16", "--out", str(tmp_path / "d")]) == 0
+    model = GFARS(TINY)
+    save_model(tmp_path / "m.safetensors", model, seed=0)
+    mix = sorted((tmp_path / "d").glob("*.npz"))[0]
+    out = tmp_path / "g.json"
+    assert main(["gfars", "group", "--parts", str(mix), "--checkpoint",
+                 str(tmp_path / "m.safetensors"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) >= {"groups", "unassigned"} and out.with_suffix(".png").is_file()
+    assert main(["gfars", "eval", "--data", str(tmp_path / "d"), "--checkpoint",
+                 str(tmp_path / "m.safetensors"), "--metric", "official"]) == 0
+    torch.save(to_official_state_dict(model), tmp_path / "o.pth")
+    with pytest.raises(KeyError):  # a width-8 official file needs its PointNet widths
+        load_model(tmp_path / "o.pth")
+    capsys.readouterr()
+    assert main(["gfars", "group", "--parts", str(tmp_path / "nope.npz"), "--checkpoint",
+                 str(tmp_path / "m.safetensors"), "--out", str(out)]) == 2
+    assert "--parts" in capsys.readouterr().err
+    assert main(["gfars", "convert-checkpoint", str(tmp_path / "o.pth"),
+                 str(tmp_path / "x.bin")]) == 2
+    assert "dst" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_numbers():
+    with pytest.raises(SystemExit) as e:
+        main(["gfars", "synth", "--n", "0", "--out", "x"])
+    assert e.value.code == 2
+
+
+def test_reproduce_tiny_smoke(tmp_path):
+    from cvpr24.gfars.reproduce import CLAIMS, run
+
+    result = run(tmp_path, size="tiny")
+    names = {c.name[0] for c in result.claims}
+    assert names == {c[0] for c in CLAIMS} and len(result.claims) == 2 * len(CLAIMS)
+    assert all((tmp_path / f).is_file() for f in result.figures)
