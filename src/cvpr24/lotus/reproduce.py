@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from cvpr24.common import report_step
 from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.result import Claim, Measurement, Result
 from cvpr24.common.state import preserved_global_state
@@ -183,16 +184,20 @@ def train(out_dir: str | Path = CHECKPOINTS, full: bool = False, seeds: int | No
     return out_dir
 
 
-def _checkpoints_match(d: Path, seeds: int, scale: Scale, arms) -> bool:
-    for s in range(seeds):
-        for name in ("clean", "surrogate", *arms):
-            side = d / f"seed{s}" / f"{name}.json"
-            if not side.is_file():
-                return False
-            meta = json.loads(side.read_text())["lotus"]
-            if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
-                return False
+def _seed_checkpoints_match(d: Path, seed: int, scale: Scale, arms) -> bool:
+    """Are all of one seed's checkpoints under ``d`` present and trained at this scale?"""
+    for name in ("clean", "surrogate", *arms):
+        side = d / f"seed{seed}" / f"{name}.json"
+        if not side.is_file():
+            return False
+        meta = json.loads(side.read_text())["lotus"]
+        if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
+            return False
     return True
+
+
+def _checkpoints_match(d: Path, seeds: int, scale: Scale, arms) -> bool:
+    return all(_seed_checkpoints_match(d, s, scale, arms) for s in range(seeds))
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -467,18 +472,42 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny:
     arms = ARMS + (("wanet",) if scale.wanet else ())
     d = Path(checkpoints) if checkpoints is not None else CHECKPOINTS
     if not (quick and not tiny and _checkpoints_match(d, n_seeds, scale, arms)):
-        d = train(out / "checkpoints", seeds=n_seeds, scale=scale)
-    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms) for s in range(n_seeds)]
+        d = out / "checkpoints"
+    deviations = list(DEVIATIONS)
+    if not quick:
+        deviations[-1] = "Full mode retrains every arm from scratch (5 seeds, 1000 images/class)."
+
+    def result(per_seed: list[dict[str, Any]]) -> Result:
+        return Result("lotus", claims=judge(per_seed), mode="quick" if quick else "full",
+                      seeds=list(range(len(per_seed))), wall_time_s=time.perf_counter() - t0,
+                      deviations=deviations)
+
+    # Seed by seed, each seed's measurements saved as soon as they exist (and reused by a rerun
+    # into the same folder), with a partial Result after each: a run stopped by its budget or
+    # interrupted still reports what it measured, and the next run resumes where it stopped.
+    per_seed = []
+    for s in range(n_seeds):
+        saved = out / "seeds" / f"seed{s}.json"
+        record = json.loads(saved.read_text()) if saved.is_file() else None
+        if record is not None and record.get("scale") == asdict(scale):
+            report_step(f"seed {s}: measurements already on disk, reused", s, n_seeds)
+        else:
+            if not _seed_checkpoints_match(d, s, scale, arms):
+                report_step(f"seed {s}: train clean model, surrogate and {len(arms)} arms", s, n_seeds)
+                train_seed(s, scale, d)
+            report_step(f"seed {s}: measure attacks and defenses", s, n_seeds)
+            record = {"scale": asdict(scale), **measure_seed(s, _load_seed(d, s, arms), scale, arms)}
+            with atomic_write(saved) as f:
+                json.dump(record, f, indent=2, default=float)
+        per_seed.append(record)
+        result(per_seed).save_partial(out)
+    report_step("judge the claims and plot", n_seeds, n_seeds)
     with atomic_write(out / "measurements.json") as f:
         json.dump(per_seed, f, indent=2, default=float)
     with atomic_write(out / "defense_gates.json") as f:   # which defenses work on BadNets at all
         json.dump(defense_gates(per_seed), f, indent=2)
-    figures = [plot_focusing_curve(d, n_seeds, out)]
-    deviations = list(DEVIATIONS)
-    if not quick:
-        deviations[-1] = "Full mode retrains every arm from scratch (5 seeds, 1000 images/class)."
-    return Result("lotus", claims=judge(per_seed), mode="quick" if quick else "full",
-                  seeds=list(range(n_seeds)), wall_time_s=time.perf_counter() - t0,
-                  figures=figures, deviations=deviations)
+    final = result(per_seed)
+    final.figures = [plot_focusing_curve(d, n_seeds, out)]
+    return final
 
 
