@@ -39,6 +39,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--cluster", choices=("kmeans", "gmm"), default="kmeans")
+    p.add_argument("--partition-features", metavar="FILE.npy",
+                   help="features to cluster the training victims on, one row per victim in dataset "
+                        "order (e.g. LPIPS-VGG computed with the official weights); default: 4x4 "
+                        "pooled pixels")
+    p.add_argument("--no-flip", action="store_true",
+                   help="no horizontal flips in training (classes that are not mirror-invariant)")
     p.add_argument("--asr-bound", type=float, default=0.9,
                    help="model selection: last evaluation with ASR >= this (official 0.9)")
     p.add_argument("--seed", type=int, default=1024)
@@ -60,6 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--partitioner", help="surrogate, to measure ASR / ASR_par after mitigation")
     p.add_argument("--nc-steps", type=int, default=1000)
     p.add_argument("--nc-samples", type=int, default=1000)
+    p.add_argument("--nc-all-classes", action="store_true",
+                   help="nc / pixel: probe images of every class and reverse every label (the "
+                        "original NC) instead of victim images with the victim label excluded")
     p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
     p.add_argument("--no-flip", action="store_true",
                    help="ft / fp / nad: no horizontal flips (classes that are not mirror-invariant)")
@@ -201,12 +210,22 @@ def cmd_attack(args: argparse.Namespace) -> int:
                                    "lr": args.lr, "clean_epochs": args.clean_epochs,
                                    "surrogate_epochs": args.surrogate_epochs}.items() if v is not None}
     cfg = replace(base, n_partitions=args.num_par, cluster=args.cluster, seed=args.seed,
-                  asr_bound=args.asr_bound, device=str(device), **overrides)
+                  asr_bound=args.asr_bound, device=str(device), **overrides,
+                  **({"flip": False} if args.no_flip else {}))
     cfg.validate()
     try:
         check_attack_inputs(x, y, args.victim, args.target, cfg)
     except ValueError as e:
         raise ValueError(f"--victim {args.victim} / --num-par / --batch-size: {e}") from None
+    features = None
+    if args.partition_features:
+        from cvpr24.lotus.partition import PrecomputedFeatures
+
+        try:
+            features = PrecomputedFeatures(args.partition_features)
+            features(x[y == args.victim])
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--partition-features: {e}") from None
     out = Path(args.out)
     if args.clean_model and not Path(args.clean_model).is_file():
         raise FileNotFoundError(f"--clean-model: {args.clean_model} not found")
@@ -222,7 +241,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if rank == 0:
             save_model(out / "clean.safetensors", clean, arch=args.arch, num_classes=num_classes,
                        meta={"image_size": x.shape[-1]}, config=cfg, seed=args.seed, data=args.data)
-    art = LotusAttack(cfg).fit(clean, x, y, args.victim, args.target, eval_data=(xt, yt),
+    art = LotusAttack(cfg).fit(clean, x, y, args.victim, args.target, eval_data=(xt, yt), features=features,
                                state_path=out / "poison_state.pt", resume=args.resume)
     if rank != 0:
         return 0
@@ -297,11 +316,12 @@ def cmd_defend(args: argparse.Namespace) -> int:
     idx = D.balanced_subset(y, args.clean_frac, seed=args.seed)
     xc, yc = x[idx], y[idx]
     xv = xt[yt == args.victim][:args.nc_samples]
+    probe, exclude = (xt[:args.nc_samples], None) if args.nc_all_classes else (xv, args.victim)
     if args.method == "nc":
-        rep = D.neural_cleanse(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+        rep = D.neural_cleanse(model, probe, exclude=exclude, steps=args.nc_steps, seed=args.seed)
         rep.details.pop("masks")
     elif args.method == "pixel":
-        rep = D.pixel(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+        rep = D.pixel(model, probe, exclude=exclude, steps=args.nc_steps, seed=args.seed)
     elif args.method == "strip":
         poisoned = trig.stamp(xv, part.predict(xv))
         rep = D.strip(model, xt[yt != args.victim][:len(xv)], poisoned, xc, seed=args.seed)
