@@ -18,8 +18,11 @@ Lab notebook (docs/lotus.md, Reproduction):
   split of victims (never on the test set).
 - Quick mode evaluates the checkpoints ``cvpr24 lotus train`` wrote into ``checkpoints/``
   (~96 s of CPU per seed for all arms), and trains them when they are missing or stale.
-- **Result** (quick, 3 seeds): C1, C2, C4 pass; C3 fails: NC flags BadNets (5.4, 5.2, 4.3) and
-  LOTUS (6.5, 3.4, 3.0), whose reversed mask avoids all four trigger patches.
+- **Validity gates**: every defense claim needs the defense to work on plain BadNets first (NC
+  must flag it for C3; FT must remove it, ASR <= 0.2 at a BA drop <= 5 points, for C4).
+- **Result** (quick, 3 seeds): C1, C2 pass; C3 fails: NC flags BadNets (5.4, 5.2, 4.3) and
+  LOTUS (6.5, 3.4, 3.0), whose reversed mask avoids all four trigger patches; C4 is not tested:
+  FT leaves the BadNets patch in place (ASR 1.0 after FT in 3/3 seeds).
 """
 
 from __future__ import annotations
