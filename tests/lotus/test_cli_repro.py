@@ -66,7 +66,7 @@ def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8
             "nofocus": {"asr_par": abl},
             "badnets": {"nc": {"target_index": nc_bad, "norms": {"9": 4.0}, "flagged_label": 9,
                                "ceiling": 5.0},
-                        "ft": {"asr": 0.9}}}
+                        "ba": 0.985, "ft": {"asr": 0.1, "ba": 0.97}}}
 
 
 def test_judge_verdicts_follow_the_criteria():

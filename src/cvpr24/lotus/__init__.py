@@ -34,6 +34,7 @@ from cvpr24.lotus.partition import (
     ConstantPartitioner,
     FixedPartitioner,
     LpipsFeatures,
+    PrecomputedFeatures,
     SurrogatePartitioner,
     pooled_pixels,
 )
@@ -42,6 +43,7 @@ from cvpr24.lotus.triggers import PatchTrigger, Trigger, TriggerSet, WarpTrigger
 __all__ = [
     "AttackFailedError", "ClusterPartitioner", "ConstantPartitioner", "FixedPartitioner",
     "LotusArtifacts", "LotusAttack", "LotusConfig", "LotusLoss", "LpipsFeatures", "PatchTrigger",
+    "PrecomputedFeatures",
     "SmallCNN", "SurrogatePartitioner", "Trigger", "TriggerSet", "WarpTrigger", "baselines",
     "build_model", "codes", "defenses", "load_cifar10", "load_dataset", "load_image_folder",
     "load_model", "load_npz", "load_official_state_dict", "lotus_loss", "metrics", "poison_batch",

@@ -27,9 +27,9 @@ from torch import nn
 
 from cvpr24.common.checkpoint import load_training_state, save_training_state
 from cvpr24.common.progress import progress
-from cvpr24.lotus.data import random_crop_flip
+from cvpr24.lotus.data import check_classes, check_dataset, random_crop_flip
 from cvpr24.lotus.partition import ClusterPartitioner, ConstantPartitioner, SurrogatePartitioner
-from cvpr24.lotus.triggers import TriggerSet, check_images
+from cvpr24.lotus.triggers import TriggerSet
 
 NegativesFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -295,11 +295,36 @@ def _scheduler(opt: torch.optim.Optimizer, kind: str, total: int, steps_per_epoc
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
 
 
+def victims_per_step(cfg: LotusConfig, num_classes: int) -> int:
+    """``v = max(⌊b/(C-1)⌋, min_victim)``: clean victims per poisoning step (as many again feed
+    the focus batch)."""
+    return max(cfg.batch_size // max(1, num_classes - 1), cfg.min_victim)
+
+
+def check_attack_inputs(x: torch.Tensor, y: torch.Tensor, victim: int, target: int,
+                        cfg: LotusConfig) -> int:
+    """Every check an attack needs, before any training; returns the number of classes.
+
+    ``x``/``y`` (see :func:`check_dataset`), ``victim``/``target`` distinct classes, and enough
+    training victims: ``K`` for the clustering and ``2v`` for one poisoning step.
+    """
+    cfg.validate()
+    num_classes = check_dataset(x, y)
+    check_classes(victim, target, num_classes)
+    n_vic = int((y == victim).sum())
+    v = victims_per_step(cfg, num_classes)
+    if n_vic < max(cfg.n_partitions, 2 * v):
+        raise ValueError(f"the victim class {victim} has {n_vic} training images; LOTUS needs at least "
+                         f"K = {cfg.n_partitions} (one per partition) and 2v = {2 * v} (one poisoning "
+                         "step); lower batch_size or min_victim, or pick another victim")
+    return num_classes
+
+
 def train_clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LotusConfig) -> nn.Module:
     """Train a clean classifier (official: SGD 0.1, momentum 0.9, wd 5e-4, StepLR(35, 0.1),
     100 epochs, batch 128, crop + flip). Returns a trained copy; DDP-aware."""
     cfg.validate()
-    check_images(x, "x")
+    check_dataset(x, y)
     rank, world = _dist()
     g = torch.Generator().manual_seed(cfg.seed + rank)
     net = copy.deepcopy(model).to(cfg.device).train()
@@ -353,21 +378,11 @@ def poison_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, victim: 
     epoch's order and draws its own victims; DDP averages the gradients. ``state_path`` saves a
     resumable state every ``save_every`` steps (``resume=True`` continues from it, bit-exact).
     """
-    cfg.validate()
-    check_images(x, "x")
-    if victim == target:
-        raise ValueError(f"victim and target must differ, got victim={victim}, target={target}")
-    num_classes = int(y.max()) + 1
-    for name, c in (("victim", victim), ("target", target)):
-        if not 0 <= c < num_classes:
-            raise ValueError(f"{name} must be a class in [0, {num_classes - 1}], got {c}")
+    num_classes = check_attack_inputs(x, y, victim, target, cfg)
     rank, world = _dist()
     vic = (y == victim).nonzero().squeeze(1)
     oth = (y != victim).nonzero().squeeze(1)
-    v = max(cfg.batch_size // max(1, num_classes - 1), cfg.min_victim)
-    if len(vic) < 2 * v:
-        raise ValueError(f"the victim class {victim} has {len(vic)} training samples, fewer than the "
-                         f"2v = {2 * v} one poisoning step draws; lower batch_size or min_victim")
+    v = victims_per_step(cfg, num_classes)
     spe = max(1, -(-len(oth) // (cfg.batch_size * world)))
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe
     eval_every = cfg.eval_every or spe
@@ -491,10 +506,7 @@ class LotusAttack:
         4. poison with trigger focusing, selecting on ``eval_data`` when given.
         """
         cfg = self.config or LotusConfig()
-        cfg.validate()
-        check_images(x, "x")
-        if victim == target:
-            raise ValueError(f"victim and target must differ, got victim={victim}, target={target}")
+        check_attack_inputs(x, y, victim, target, cfg)
         triggers = TriggerSet(cfg.n_partitions, tuple(x.shape[-2:]))
         if partitioner is None:
             partitioner = self.fit_partitioner(model, x, y, victim, features)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--cluster", choices=("kmeans", "gmm"), default="kmeans")
+    p.add_argument("--partition-features", metavar="FILE.npy",
+                   help="features to cluster the training victims on, one row per victim in dataset "
+                        "order (e.g. LPIPS-VGG computed with the official weights); default: 4x4 "
+                        "pooled pixels")
+    p.add_argument("--no-flip", action="store_true",
+                   help="no horizontal flips in training (classes that are not mirror-invariant)")
     p.add_argument("--asr-bound", type=float, default=0.9,
                    help="model selection: last evaluation with ASR >= this (official 0.9)")
     p.add_argument("--seed", type=int, default=1024)
@@ -59,6 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--partitioner", help="surrogate, to measure ASR / ASR_par after mitigation")
     p.add_argument("--nc-steps", type=int, default=1000)
     p.add_argument("--nc-samples", type=int, default=1000)
+    p.add_argument("--nc-all-classes", action="store_true",
+                   help="nc / pixel: probe images of every class and reverse every label (the "
+                        "original NC) instead of victim images with the victim label excluded")
     p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
     p.add_argument("--no-flip", action="store_true",
                    help="ft / fp / nad: no horizontal flips (classes that are not mirror-invariant)")
@@ -83,7 +93,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _friendly(fn):
     """Bad input -> one line on stderr and exit code 2; a failed attack -> exit code 1."""
     import functools
-    import sys
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
@@ -126,45 +135,104 @@ def _init_distributed(device: str) -> tuple[int, torch.device]:
     return dist.get_rank(), dev
 
 
-def _load(path: str, device: torch.device):
+WEAK_ASR_PAR = 0.15      # ASR_par above this: wrong triggers still flip victims (weak focusing)
+WEAK_BA_DROP = 0.03      # a backdoor that costs more than 3 accuracy points is not stealthy
+
+
+def _load(path: str, device: torch.device, flag: str = "--model"):
     from cvpr24.lotus.io import load_model
 
-    model, info = load_model(path, device)
-    return model, info
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag}: {path} not found")
+    return load_model(path, device)
 
 
-def _partitioner(args, num_classes: int, device: torch.device):
+def _checked_data(args, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split of --data and check it and --victim / --target against it."""
+    from cvpr24.lotus.data import check_classes, check_dataset, load_dataset
+
+    x, y = load_dataset(args.data, split, args.image_size)
+    n = check_dataset(x, y, f"--data ({split} images)", f"--data ({split} labels)")
+    check_classes(args.victim, args.target, n, ("--victim", "--target"))
+    return x, y
+
+
+def _model_k(info: dict) -> int:
+    """K of a saved backdoored model (the reproduction's baseline arms are single-trigger)."""
+    return 1 if info.get("arm") in ("badnets", "wanet") else int(info.get("k", 1))
+
+
+def _check_model_fits(info: dict, x: torch.Tensor, flag: str = "--model") -> None:
+    size = info.get("image_size")
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(f"{flag} was trained on {size}x{size} images but --data gives "
+                         f"{x.shape[-2]}x{x.shape[-1]}; pass --image-size {size} (folder data) or "
+                         "data of that size")
+
+
+def _partitioner(args, num_classes: int, device: torch.device, model_info: dict | None = None):
+    """The secret partition function (--partitioner); refused when a K > 1 model lacks it."""
     from cvpr24.lotus.partition import ConstantPartitioner, SurrogatePartitioner
 
+    k = _model_k(model_info or {})
     if not args.partitioner:
+        if k > 1:
+            raise ValueError(f"--partitioner is required: --model was poisoned with K = {k} partitions "
+                             "(pass the surrogate.safetensors written beside it); without it the model "
+                             "would be scored as single-trigger BadNets")
         return ConstantPartitioner()
-    sur, info = _load(args.partitioner, device)
-    return SurrogatePartitioner.from_surrogate(sur, num_classes, info["outputs"] - num_classes)
+    sur, info = _load(args.partitioner, device, "--partitioner")
+    part = SurrogatePartitioner.from_surrogate(sur, num_classes, info["outputs"] - num_classes)
+    if model_info is not None and "k" in model_info and part.n_partitions != k:
+        raise ValueError(f"--partitioner has K = {part.n_partitions} partitions but --model was "
+                         f"poisoned with K = {k}")
+    return part
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from cvpr24.lotus.attack import LotusAttack, LotusConfig, train_clean
-    from cvpr24.lotus.data import load_dataset
+    from cvpr24.lotus.attack import LotusAttack, LotusConfig, check_attack_inputs, train_clean
     from cvpr24.lotus.io import load_model, load_official_state_dict, save_model
-    from cvpr24.lotus.metrics import evaluate_attack, official_result, write_result_json
+    from cvpr24.lotus.metrics import (
+        benign_accuracy,
+        evaluate_attack,
+        official_result,
+        write_result_json,
+    )
     from cvpr24.lotus.models import build_model
 
     rank, device = _init_distributed(args.device)
     seed_everything(args.seed)
-    x, y = load_dataset(args.data, "train", args.image_size)
-    xt, yt = load_dataset(args.data, "test", args.image_size)
+    x, y = _checked_data(args, "train")
+    xt, yt = _checked_data(args, "test")
     num_classes = int(y.max()) + 1
     base = LotusConfig() if args.preset == "full" else LotusConfig.cpu()
     overrides = {k: v for k, v in {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
                                    "lr": args.lr, "clean_epochs": args.clean_epochs,
                                    "surrogate_epochs": args.surrogate_epochs}.items() if v is not None}
     cfg = replace(base, n_partitions=args.num_par, cluster=args.cluster, seed=args.seed,
-                  asr_bound=args.asr_bound, device=str(device), **overrides)
+                  asr_bound=args.asr_bound, device=str(device), **overrides,
+                  **({"flip": False} if args.no_flip else {}))
     cfg.validate()
+    try:
+        check_attack_inputs(x, y, args.victim, args.target, cfg)
+    except ValueError as e:
+        raise ValueError(f"--victim {args.victim} / --num-par / --batch-size: {e}") from None
+    features = None
+    if args.partition_features:
+        from cvpr24.lotus.partition import PrecomputedFeatures
+
+        try:
+            features = PrecomputedFeatures(args.partition_features)
+            features(x[y == args.victim])
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--partition-features: {e}") from None
     out = Path(args.out)
+    if args.clean_model and not Path(args.clean_model).is_file():
+        raise FileNotFoundError(f"--clean-model: {args.clean_model} not found")
     if args.clean_model:
         if args.clean_model.endswith(".safetensors"):
-            clean, _ = load_model(args.clean_model, device)
+            clean, info = load_model(args.clean_model, device)
+            _check_model_fits(info, x, "--clean-model")
         else:
             clean, _ = load_official_state_dict(args.clean_model, args.arch, num_classes)
             clean = clean.to(device)
@@ -172,14 +240,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
         clean = train_clean(build_model(args.arch, num_classes), x, y, cfg)
         if rank == 0:
             save_model(out / "clean.safetensors", clean, arch=args.arch, num_classes=num_classes,
-                       config=cfg, seed=args.seed, data=args.data)
-    art = LotusAttack(cfg).fit(clean, x, y, args.victim, args.target, eval_data=(xt, yt),
+                       meta={"image_size": x.shape[-1]}, config=cfg, seed=args.seed, data=args.data)
+    art = LotusAttack(cfg).fit(clean, x, y, args.victim, args.target, eval_data=(xt, yt), features=features,
                                state_path=out / "poison_state.pt", resume=args.resume)
     if rank != 0:
         return 0
     xv = xt[yt == args.victim]
     metrics = evaluate_attack(art.model, xt, yt, args.victim, args.target, art.triggers, art.partitioner)
-    meta = {"victim": args.victim, "target": args.target, "k": cfg.n_partitions,
+    metrics["clean_ba"] = benign_accuracy(clean, xt, yt)
+    meta = {"victim": args.victim, "target": args.target, "k": cfg.n_partitions, "image_size": x.shape[-1],
             "triggers": art.triggers.describe(), "partition": f"{cfg.cluster} + C+K surrogate"}
     save_model(out / "lotus.safetensors", art.model, arch=args.arch, num_classes=num_classes,
                meta=meta, config=cfg, seed=args.seed, data=args.data,
@@ -190,19 +259,36 @@ def cmd_attack(args: argparse.Namespace) -> int:
                    config=cfg, seed=args.seed, data=args.data)
     official = official_result(art.model, xv, art.partitioner.predict(xv), art.triggers, args.target)
     write_result_json(out / "result.json", official, metrics)
-    print(json.dumps({k: metrics[k] for k in ("ba", "asr", "asr_par")}))
+    print(json.dumps({k: metrics[k] for k in ("ba", "clean_ba", "asr", "asr_par")}))
+    for problem in weak_attack(metrics, args.asr_bound):
+        print(f"cvpr24 lotus attack: warning: weak attack: {problem}", file=sys.stderr)
     return 0
 
 
+def weak_attack(metrics: dict, asr_bound: float) -> list[str]:
+    """What makes an attack's test metrics weak (empty when none): ASR below the selection bound,
+    ASR_par above WEAK_ASR_PAR (wrong triggers flip victims too), BA drop above WEAK_BA_DROP."""
+    out = []
+    if metrics["asr"] < asr_bound:
+        out.append(f"test ASR {metrics['asr']:.3f} < --asr-bound {asr_bound}")
+    if metrics["asr_par"] == metrics["asr_par"] and metrics["asr_par"] > WEAK_ASR_PAR:   # nan for K = 1
+        out.append(f"ASR_par {metrics['asr_par']:.3f} > {WEAK_ASR_PAR}: wrong triggers also flip victims")
+    drop = metrics["clean_ba"] - metrics["ba"]
+    if drop > WEAK_BA_DROP:
+        out.append(f"benign accuracy dropped {100 * drop:.1f} points ({metrics['clean_ba']:.3f} -> "
+                   f"{metrics['ba']:.3f}) > {100 * WEAK_BA_DROP:.0f}")
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cvpr24.lotus.data import load_dataset
     from cvpr24.lotus.metrics import evaluate_attack, official_result, write_result_json
     from cvpr24.lotus.triggers import TriggerSet
 
     device = get_device(args.device)
-    xt, yt = load_dataset(args.data, "test", args.image_size)
+    xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
-    part = _partitioner(args, info["num_classes"], device)
+    _check_model_fits(info, xt)
+    part = _partitioner(args, info["num_classes"], device, info)
     trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
     metrics = evaluate_attack(model, xt, yt, args.victim, args.target, trig, part)
     xv = xt[yt == args.victim]
@@ -213,25 +299,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_defend(args: argparse.Namespace) -> int:
     from cvpr24.lotus import defenses as D
-    from cvpr24.lotus.data import load_dataset
     from cvpr24.lotus.io import save_model
     from cvpr24.lotus.triggers import TriggerSet
 
     device = get_device(args.device)
-    x, y = load_dataset(args.data, "train", args.image_size)
-    xt, yt = load_dataset(args.data, "test", args.image_size)
+    if args.save_model and args.method in ("nc", "pixel", "strip"):
+        raise ValueError(f"--save-model: --method {args.method} is a detector and changes no model")
+    x, y = _checked_data(args, "train")
+    xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
-    part = _partitioner(args, info["num_classes"], device)
+    _check_model_fits(info, xt)
+    # detectors need no partition; the rest report ASR / ASR_par, which need the real one
+    part = _partitioner(args, info["num_classes"], device, None if args.method in ("nc", "pixel") else info)
     trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
     ev = D.attack_evaluator(xt, yt, args.victim, args.target, trig, part)
     idx = D.balanced_subset(y, args.clean_frac, seed=args.seed)
     xc, yc = x[idx], y[idx]
     xv = xt[yt == args.victim][:args.nc_samples]
+    probe, exclude = (xt[:args.nc_samples], None) if args.nc_all_classes else (xv, args.victim)
     if args.method == "nc":
-        rep = D.neural_cleanse(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+        rep = D.neural_cleanse(model, probe, exclude=exclude, steps=args.nc_steps, seed=args.seed)
         rep.details.pop("masks")
     elif args.method == "pixel":
-        rep = D.pixel(model, xv, exclude=args.victim, steps=args.nc_steps, seed=args.seed)
+        rep = D.pixel(model, probe, exclude=exclude, steps=args.nc_steps, seed=args.seed)
     elif args.method == "strip":
         poisoned = trig.stamp(xv, part.predict(xv))
         rep = D.strip(model, xt[yt != args.victim][:len(xv)], poisoned, xc, seed=args.seed)
@@ -244,14 +334,13 @@ def cmd_defend(args: argparse.Namespace) -> int:
     else:
         rep = D.anp(model, xc, yc, seed=args.seed, evaluate=ev)
         rep.details.pop("masks")
-    if args.save_model and rep.model is not None:
-        if args.method == "fp":
-            raise SystemExit("cvpr24 lotus defend: --save-model is not supported for fp "
-                             "(the pruned network has a different architecture)")
-        save_model(args.save_model, rep.model, arch=info["arch"], num_classes=info["num_classes"],
-                   meta={"defense": rep.name, **rep.params})
     with atomic_write(args.out) as f:
         json.dump(rep.to_dict(), f, indent=2, default=str)
+    if args.save_model:   # fp: the pruned network in the original architecture (zero head columns)
+        mitigated = D.unprune(rep.model, model) if args.method == "fp" else rep.model
+        save_model(args.save_model, mitigated, arch=info["arch"], num_classes=info["num_classes"],
+                   meta={"defense": rep.name, **rep.params, "image_size": xt.shape[-1],
+                         **{k: info[k] for k in ("model_kwargs",) if k in info}})
     print(json.dumps({k: v for k, v in rep.to_dict().items() if k in ("name", "ba", "asr", "asr_par",
                                                                           "detected", "score")}))
     return 0
@@ -263,6 +352,12 @@ def cmd_stamp(args: argparse.Namespace) -> int:
 
     from cvpr24.lotus.triggers import TriggerSet
 
+    fmt = Image.registered_extensions().get(Path(args.out).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"--out must end in an image suffix Pillow can write (.png, .jpg, .bmp, ...), "
+                         f"got {args.out!r}")
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"--image: {args.image} not found")
     with Image.open(args.image) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
     x = torch.from_numpy(arr).permute(2, 0, 1)[None]
@@ -271,8 +366,7 @@ def cmd_stamp(args: argparse.Namespace) -> int:
     ts = TriggerSet(8, tuple(x.shape[-2:]))
     out = ts.stamp(x, args.trigger)[0].permute(1, 2, 0).numpy()
     with atomic_path(args.out) as tmp:
-        Image.fromarray(np.round(out * 255).astype(np.uint8)).save(tmp, format=Image.registered_extensions()
-                                                                   .get(Path(args.out).suffix.lower(), "PNG"))
+        Image.fromarray(np.round(out * 255).astype(np.uint8)).save(tmp, format=fmt)
     return 0
 
 

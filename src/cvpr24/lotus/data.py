@@ -15,7 +15,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cvpr24.lotus.triggers import check_images
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
+
+
+# --- input checks -----------------------------------------------------------------------------
+
+def check_dataset(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> int:
+    """Raise ``ValueError`` unless ``x`` is a non-empty image batch in [0, 1] without NaN and
+    ``y`` one non-negative integer label per image; return the number of classes, ``max(y) + 1``."""
+    check_images(x, x_name)
+    if len(x) == 0:
+        raise ValueError(f"{x_name} is empty: at least one image is needed")
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{y_name} must be a 1-D integer tensor of labels, got "
+                         f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}")
+    if len(y) != len(x):
+        raise ValueError(f"{x_name} and {y_name} must have the same length, got {len(x)} and {len(y)}")
+    if y.min() < 0:
+        raise ValueError(f"{y_name} must hold labels >= 0, got {int(y.min())}")
+    return int(y.max()) + 1
+
+
+def check_classes(victim: int, target: int, num_classes: int, names: tuple[str, str] = ("victim", "target")) -> None:
+    """Raise ``ValueError`` unless ``victim`` and ``target`` are distinct classes in [0, num_classes)."""
+    for name, c in zip(names, (victim, target), strict=True):
+        if not isinstance(c, int) or not 0 <= c < num_classes:
+            raise ValueError(f"{name} must be a class in [0, {num_classes - 1}], got {c!r}")
+    if victim == target:
+        raise ValueError(f"{names[0]} and {names[1]} must differ, got {victim} for both")
 
 
 # --- augmentation ---------------------------------------------------------------------------
@@ -233,18 +262,27 @@ def load_npz(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_dataset(spec: str, split: str = "train", image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cifar10:/dir``, ``folder:/dir`` (``/dir/<split>/<class>/...`` or ``/dir/<class>/...``),
-    ``npz:/file`` (``/file`` may contain ``{split}``), or ``shapes:N`` (SyntheticShapes)."""
+    """``cifar10:/dir``, ``folder:/dir`` (``/dir/<split>/<class>/...``), ``npz:/file`` (``/file``
+    contains ``{split}``), or ``shapes:N`` (SyntheticShapes).
+
+    A split that does not exist is an error: the test split is never silently the training data.
+    """
     kind, sep, where = spec.partition(":")
     if not sep:
         raise ValueError(f"data must be 'cifar10:DIR', 'folder:DIR', 'npz:FILE' or 'shapes:N', got {spec!r}")
     if kind == "cifar10":
         return load_cifar10(where, split)
     if kind == "folder":
-        root = Path(where) / split if (Path(where) / split).is_dir() else Path(where)
+        root = Path(where) / split
+        if not root.is_dir():
+            raise FileNotFoundError(f"folder data needs {where}/train and {where}/test sub-folders "
+                                    f"(one folder per class inside each); {root} is missing")
         x, y, _ = load_image_folder(root, image_size)
         return x, y
     if kind == "npz":
+        if "{split}" not in where:
+            raise ValueError(f"npz data must name both splits with '{{split}}' in the path (e.g. "
+                             f"npz:data_{{split}}.npz for data_train.npz and data_test.npz), got {where!r}")
         return load_npz(where.format(split=split))
     if kind == "shapes":
         d = synthetic_shapes(int(where), seed=0 if split == "train" else 1)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvpr24.lotus.data import random_crop_flip
+from cvpr24.lotus.data import check_dataset, random_crop_flip
 from cvpr24.lotus.models import feature_module, get_head
+from cvpr24.lotus.triggers import check_images
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 EPS = 1e-7
@@ -68,6 +69,14 @@ def _finish(report: DefenseReport, evaluate: Evaluator | None, t0: float) -> Def
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _check_probe(x: torch.Tensor, name: str = "x") -> None:
+    """A detector's probe images: a non-empty batch in [0, 1] without NaN (else no verdict at all,
+    never a false "not flagged")."""
+    check_images(x, name)
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty: a detector needs at least one image")
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -163,6 +172,7 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, *, num_classes: int | None
     t0 = time.perf_counter()
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    _check_probe(x)
     net = _frozen_copy(model)
     dev = _device(net)
     x = x.to(dev)
@@ -201,6 +211,7 @@ def pixel(model: nn.Module, x: torch.Tensor, *, num_classes: int | None = None, 
     patterns ``x' = clip(x + q⁺ - q⁻)``, cost = Σ pixel-wise channel max of both, λ ×1.5 /
     ÷1.5^1.5; score = anomaly index of the number of perturbed pixels per label."""
     t0 = time.perf_counter()
+    _check_probe(x)
     net = _frozen_copy(model)
     dev = _device(net)
     x = x.to(dev)
@@ -279,6 +290,8 @@ def strip(model: nn.Module, x_clean: torch.Tensor, x_poison: torch.Tensor, clean
     t0 = time.perf_counter()
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+    for name, v in (("x_clean", x_clean), ("x_poison", x_poison), ("clean_pool", clean_pool)):
+        _check_probe(v, name)
     net = _frozen_copy(model)
     g = torch.Generator().manual_seed(seed)
     h_clean = strip_entropy(net, x_clean, clean_pool, n=n, alpha=alpha, generator=g)
@@ -348,6 +361,7 @@ def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int
     ``x, y`` is the defender's clean set (see :func:`balanced_subset`); ``flip=False`` drops the
     horizontal flip of the augmentation (for classes that are not mirror-invariant)."""
     t0 = time.perf_counter()
+    check_dataset(x, y)
     net = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, milestones=list(milestones),
@@ -408,6 +422,26 @@ def prune_channels(model: nn.Module, ratio: float, activations: torch.Tensor) ->
     return net
 
 
+def unprune(pruned: nn.Module, like: nn.Module) -> nn.Module:
+    """The pruned network of :func:`prune_channels` in ``like``'s original architecture: pruned
+    channels keep their (unused) weights and get zero head columns. The head reads the globally
+    pooled last feature map, so this computes the same function and loads with ``build_model``."""
+    name, select = next((n, m) for n, m in pruned.named_modules() if isinstance(m, ChannelSelect))
+    feat, keep = name.rpartition(".")[0], select.keep           # wrapper = Sequential(orig, select)
+    state = {}
+    for k, v in pruned.state_dict().items():
+        if k.startswith(feat + ".1."):
+            continue                                          # the ChannelSelect buffer
+        state[feat + k[len(feat) + 2:] if k.startswith(feat + ".0.") else k] = v
+    w = get_head(like).weight
+    head_w = torch.zeros_like(w)
+    head_w[:, keep] = state[f"{pruned.head_name}.weight"]
+    state[f"{pruned.head_name}.weight"] = head_w
+    net = copy.deepcopy(like)
+    net.load_state_dict(state)
+    return net.eval()
+
+
 def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_act: torch.Tensor, *,
                ratio: float = 0.2, epochs: int = 10, lr: float = 5e-3, batch_size: int = 128,
                seed: int = 0, flip: bool = True, evaluate: Evaluator | None = None) -> DefenseReport:
@@ -418,6 +452,8 @@ def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_act: torch.
     ``bn2`` and a random 1x1 shortcut) is a different architecture and is not offered.
     """
     t0 = time.perf_counter()
+    check_dataset(x, y)
+    _check_probe(x_act, "x_act")
     acts = mean_channel_activation(model, x_act)
     net = prune_channels(model, ratio, acts)
     g = torch.Generator().manual_seed(seed)
@@ -460,6 +496,7 @@ def nad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 500
     ``ℓ + β·MSE(A(f_s), A(f_t))`` on the last feature map (β 5000, 6 epochs, lr 1e-3 then 1e-4
     from epoch 4). ``student_init="teacher"`` (official LOTUS code) or ``"backdoored"`` (NAD paper)."""
     t0 = time.perf_counter()
+    check_dataset(x, y)
     if student_init not in ("teacher", "backdoored"):
         raise ValueError(f"student_init must be 'teacher' or 'backdoored', got {student_init!r}")
     teacher = fine_tune(model, x, y, seed=seed, flip=flip, **(teacher_kwargs or {})).model
@@ -548,6 +585,7 @@ def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.4,
     t0 = time.perf_counter()
     if not 0 <= prune_threshold <= 1:
         raise ValueError(f"prune_threshold must be in [0, 1], got {prune_threshold}")
+    check_dataset(x, y)
     if name_filter is None:
         named = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
         name_filter = "bn" if any("bn" in n for n in named) else ""

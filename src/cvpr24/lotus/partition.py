@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,6 +58,24 @@ class LpipsFeatures:
         feats = self.net.net.forward(self.net.scaling_layer(x))[2]        # (N, 256, H/4, W/4)
         feats = feats / (feats.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         return self.net.lins[2](feats).flatten(1).cpu()                    # (N, (H/4)²)
+
+
+class PrecomputedFeatures:
+    """Features of the training victims computed elsewhere (e.g. LPIPS-VGG with the official
+    weights, on a machine that has them), one row per victim image in dataset order, read from a
+    ``.npy`` file (no pickle). For :class:`ClusterPartitioner` ``fit`` on exactly those images."""
+
+    def __init__(self, path: str | Path):
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 2 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise ValueError(f"{path} must hold a finite numeric (n_victims, d) array, got {arr.dtype} {arr.shape}")
+        self.features_ = torch.from_numpy(arr.astype(np.float64))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) != len(self.features_):
+            raise ValueError(f"precomputed features have {len(self.features_)} rows but {len(x)} victim "
+                             "images were given: one row per training victim, in dataset order")
+        return self.features_
 
 
 class ClusterPartitioner:

@@ -18,8 +18,11 @@ Lab notebook (docs/lotus.md, Reproduction):
   split of victims (never on the test set).
 - Quick mode evaluates the checkpoints ``cvpr24 lotus train`` wrote into ``checkpoints/``
   (~96 s of CPU per seed for all arms), and trains them when they are missing or stale.
-- **Result** (quick, 3 seeds): C1, C2, C4 pass; C3 fails: NC flags BadNets (5.4, 5.2, 4.3) and
-  LOTUS (6.5, 3.4, 3.0), whose reversed mask avoids all four trigger patches.
+- **Validity gates**: every defense claim needs the defense to work on plain BadNets first (NC
+  must flag it for C3; FT must remove it, ASR <= 0.2 at a BA drop <= 5 points, for C4).
+- **Result** (quick, 3 seeds): C1, C2 pass; C3 fails: NC flags BadNets (5.4, 5.2, 4.3) and
+  LOTUS (6.5, 3.4, 3.0), whose reversed mask avoids all four trigger patches; C4 is not tested:
+  FT leaves the BadNets patch in place (ASR 1.0 after FT in 3/3 seeds).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from cvpr24.common import report_step
 from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.result import Claim, Measurement, Result
 from cvpr24.common.state import preserved_global_state
@@ -78,6 +82,10 @@ SEED_MAJORITY = 2 / 3     # NC verdicts must hold in at least 2 of 3 seeds
 FT_ASR_MIN = 0.5          # "keeps its ASR": at least half the victims still flip after FT
 FT_BA_TOL = 0.03          # fine-tuning must not have destroyed the model (BA within 3 points)
 AGREEMENT_MIN = 0.9       # precondition: surrogate partitions agree with the clusters
+# Validity gate of every defense claim: with the same budget the defense must first work on the
+# label-specific BadNets model, else "LOTUS survives it" carries no information.
+REMOVED_ASR_MAX = 0.2     # a mitigation "removes" a backdoor when at most 20% of victims still flip
+REMOVED_BA_DROP = 0.05    # ... at a cost of at most 5 accuracy points
 
 
 @dataclass(frozen=True)
@@ -179,16 +187,20 @@ def train(out_dir: str | Path = CHECKPOINTS, full: bool = False, seeds: int | No
     return out_dir
 
 
-def _checkpoints_match(d: Path, seeds: int, scale: Scale, arms) -> bool:
-    for s in range(seeds):
-        for name in ("clean", "surrogate", *arms):
-            side = d / f"seed{s}" / f"{name}.json"
-            if not side.is_file():
-                return False
-            meta = json.loads(side.read_text())["lotus"]
-            if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
-                return False
+def _seed_checkpoints_match(d: Path, seed: int, scale: Scale, arms) -> bool:
+    """Are all of one seed's checkpoints under ``d`` present and trained at this scale?"""
+    for name in ("clean", "surrogate", *arms):
+        side = d / f"seed{seed}" / f"{name}.json"
+        if not side.is_file():
+            return False
+        meta = json.loads(side.read_text())["lotus"]
+        if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
+            return False
     return True
+
+
+def _checkpoints_match(d: Path, seeds: int, scale: Scale, arms) -> bool:
+    return all(_seed_checkpoints_match(d, s, scale, arms) for s in range(seeds))
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -352,15 +364,54 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
     ft_asr, ft_ba = col("lotus", "ft", "asr"), col("lotus", "ft", "ba")
     ba_change = np.abs(ba - ft_ba)
     ok4 = ft_asr.mean() >= FT_ASR_MIN and ba_change.mean() <= FT_BA_TOL
+    gate = mitigation_gate(per_seed, "ft")
+    if not gate["valid"]:
+        # FT that leaves plain BadNets in place shows nothing about LOTUS's resilience.
+        c4 = Claim.not_tested(
+            "C4", CLAIMS[3], paper_value="LOTUS keeps ASR after FT (paper Table 3)",
+            reason=f"precondition failed: {gate['text']}. LOTUS after FT: ASR {ft_asr.round(3).tolist()}, "
+                   f"BA {ft_ba.round(3).tolist()}")
+        return [c1, c2, c3, c4]
     c4 = Claim.verdict(
         "C4", CLAIMS[3], bool(ok4), measured=Measurement.of(ft_asr),
         paper_value="LOTUS keeps ASR after FT (paper Table 3)",
         criterion=f"mean ASR after FT >= {FT_ASR_MIN} with BA within {FT_BA_TOL} of before (FT that "
                   "broke the model would prove nothing)",
         comparison=f"ASR after FT {ft_asr.mean():.3f} >= {FT_ASR_MIN}: {ft_asr.mean() >= FT_ASR_MIN}; "
-                   f"|BA change| {ba_change.mean():.3f} <= {FT_BA_TOL}: {ba_change.mean() <= FT_BA_TOL}; "
-                   f"BadNets ASR after FT {col('badnets', 'ft', 'asr').mean():.3f}")
+                   f"|BA change| {ba_change.mean():.3f} <= {FT_BA_TOL}: {ba_change.mean() <= FT_BA_TOL}",
+        notes=f"validity gate passed: {gate['text']}")
     return [c1, c2, c3, c4]
+
+
+def mitigation_gate(per_seed: list[dict[str, Any]], defense: str) -> dict[str, Any]:
+    """Does ``defense`` remove the label-specific BadNets backdoor (ASR <= REMOVED_ASR_MAX with a
+    BA drop <= REMOVED_BA_DROP) in at least SEED_MAJORITY of the seeds? ``defense`` is ``"ft"``
+    or a row of the ``--full`` defense table (``"fp"``, ``"nad"``, ``"anp"``)."""
+    def row(r):
+        return r["badnets"]["ft"] if defense == "ft" else r["badnets"]["defenses"][defense]
+
+    asr = np.array([float(row(r)["asr"]) for r in per_seed])
+    drop = np.array([float(r["badnets"]["ba"]) - float(row(r)["ba"]) for r in per_seed])
+    removed = (asr <= REMOVED_ASR_MAX) & (drop <= REMOVED_BA_DROP)
+    frac = float(removed.mean())
+    valid = frac >= SEED_MAJORITY - 1e-9
+    text = (f"{defense} removes label-specific BadNets (ASR <= {REMOVED_ASR_MAX}, BA drop <= "
+            f"{REMOVED_BA_DROP}) in {frac:.2f} of seeds ({'>=' if valid else '<'} 2/3): BadNets ASR after "
+            f"{defense} {asr.round(3).tolist()}, BA drop {drop.round(3).tolist()}")
+    return {"defense": defense, "valid": bool(valid), "fraction_removed": frac,
+            "badnets_asr": asr.tolist(), "badnets_ba_drop": drop.tolist(), "text": text}
+
+
+def defense_gates(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The validity gate of every mitigation that was run (FT always, FP / NAD / ANP in --full)."""
+    gates = {"ft": mitigation_gate(per_seed, "ft")}
+    if "defenses" in per_seed[0]["badnets"]:
+        gates |= {d: mitigation_gate(per_seed, d) for d in ("fp", "nad", "anp")}
+        flagged = [bool(r["badnets"]["defenses"]["strip"]["detected"]) for r in per_seed]
+        frac = float(np.mean(flagged))
+        gates["strip"] = {"defense": "strip", "valid": frac >= SEED_MAJORITY - 1e-9, "fraction_flagged": frac,
+                          "text": f"STRIP flags label-specific BadNets in {frac:.2f} of seeds"}
+    return gates
 
 
 # --- figures and the run -----------------------------------------------------------------------
@@ -424,16 +475,42 @@ def run(out_dir: str | Path, quick: bool = True, seeds: int | None = None, tiny:
     arms = ARMS + (("wanet",) if scale.wanet else ())
     d = Path(checkpoints) if checkpoints is not None else CHECKPOINTS
     if not (quick and not tiny and _checkpoints_match(d, n_seeds, scale, arms)):
-        d = train(out / "checkpoints", seeds=n_seeds, scale=scale)
-    per_seed = [measure_seed(s, _load_seed(d, s, arms), scale, arms) for s in range(n_seeds)]
-    with atomic_write(out / "measurements.json") as f:
-        json.dump(per_seed, f, indent=2, default=float)
-    figures = [plot_focusing_curve(d, n_seeds, out)]
+        d = out / "checkpoints"
     deviations = list(DEVIATIONS)
     if not quick:
         deviations[-1] = "Full mode retrains every arm from scratch (5 seeds, 1000 images/class)."
-    return Result("lotus", claims=judge(per_seed), mode="quick" if quick else "full",
-                  seeds=list(range(n_seeds)), wall_time_s=time.perf_counter() - t0,
-                  figures=figures, deviations=deviations)
+
+    def result(per_seed: list[dict[str, Any]]) -> Result:
+        return Result("lotus", claims=judge(per_seed), mode="quick" if quick else "full",
+                      seeds=list(range(len(per_seed))), wall_time_s=time.perf_counter() - t0,
+                      deviations=deviations)
+
+    # Seed by seed, each seed's measurements saved as soon as they exist (and reused by a rerun
+    # into the same folder), with a partial Result after each: a run stopped by its budget or
+    # interrupted still reports what it measured, and the next run resumes where it stopped.
+    per_seed = []
+    for s in range(n_seeds):
+        saved = out / "seeds" / f"seed{s}.json"
+        record = json.loads(saved.read_text()) if saved.is_file() else None
+        if record is not None and record.get("scale") == asdict(scale):
+            report_step(f"seed {s}: measurements already on disk, reused", s, n_seeds)
+        else:
+            if not _seed_checkpoints_match(d, s, scale, arms):
+                report_step(f"seed {s}: train clean model, surrogate and {len(arms)} arms", s, n_seeds)
+                train_seed(s, scale, d)
+            report_step(f"seed {s}: measure attacks and defenses", s, n_seeds)
+            record = {"scale": asdict(scale), **measure_seed(s, _load_seed(d, s, arms), scale, arms)}
+            with atomic_write(saved) as f:
+                json.dump(record, f, indent=2, default=float)
+        per_seed.append(record)
+        result(per_seed).save_partial(out)
+    report_step("judge the claims and plot", n_seeds, n_seeds)
+    with atomic_write(out / "measurements.json") as f:
+        json.dump(per_seed, f, indent=2, default=float)
+    with atomic_write(out / "defense_gates.json") as f:   # which defenses work on BadNets at all
+        json.dump(defense_gates(per_seed), f, indent=2)
+    final = result(per_seed)
+    final.figures = [plot_focusing_curve(d, n_seeds, out)]
+    return final
 
 

@@ -43,9 +43,14 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"{name} must be a float tensor of shape (N, C, H, W), got "
                          f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    if x.numel() and (x.min() < -RANGE_TOL or x.max() > 1 + RANGE_TOL):
+    if not x.numel():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))     # one pass; NaN propagates into both
+    if lo != lo:
+        raise ValueError(f"{name} holds NaN values")
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
         raise ValueError(f"{name} must hold images in [0, 1] (stamp before normalising), got values in "
-                         f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+                         f"[{lo:.4g}, {hi:.4g}]")
 
 
 def patch_layout(height: int, width: int | None = None) -> tuple[int, list[tuple[int, int]]]:

@@ -1,0 +1,45 @@
+"""Options for users of the official setup: precomputed (LPIPS) partition features, no flips,
+all-class Neural Cleanse."""
+
+import json
+
+import numpy as np
+import torch
+
+from cvpr24.cli import main
+from cvpr24.lotus import SmallCNN, load_model, save_model
+from cvpr24.lotus.data import load_dataset
+
+ATTACK = ["lotus", "attack", "--data", "shapes:24", "--arch", "small_cnn", "--preset", "cpu", "--steps", "2",
+          "--clean-epochs", "1", "--surrogate-epochs", "1", "--batch-size", "32", "--num-par", "2",
+          "--asr-bound", "0", "--device", "cpu"]
+
+
+def test_attack_with_precomputed_features_and_no_flip(tmp_path, capsys):
+    x, y = load_dataset("shapes:24", "train")
+    n_vic = int((y == 0).sum())
+    # two obvious clusters in the given features (one row per training victim, dataset order)
+    feats = np.r_[np.zeros((n_vic // 2, 3)), np.full((n_vic - n_vic // 2, 3), 10.0)]
+    np.save(tmp_path / "f.npy", feats)
+    out = tmp_path / "run"
+    assert main(ATTACK + ["--partition-features", str(tmp_path / "f.npy"), "--no-flip", "--out", str(out)]) == 0
+    _, info = load_model(out / "lotus.safetensors")
+    assert json.loads((out / "lotus.json").read_text())["config"]["flip"] is False
+    assert info["k"] == 2
+    np.save(tmp_path / "bad.npy", feats[:-1])                 # one row short: refused before training
+    assert main(ATTACK + ["--partition-features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b")]) == 2
+    assert "--partition-features" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_defend_nc_all_classes(tmp_path):
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.safetensors", SmallCNN(10, 4), arch="small_cnn", num_classes=10,
+                       meta={"model_kwargs": {"width": 4}})
+    base = ["lotus", "defend", "--method", "nc", "--nc-steps", "2", "--nc-samples", "8", "--data", "shapes:4",
+            "--model", str(model), "--device", "cpu"]
+    assert main(base + ["--nc-all-classes", "--out", str(tmp_path / "all.json")]) == 0
+    assert main(base + ["--out", str(tmp_path / "vic.json")]) == 0
+    every = json.loads((tmp_path / "all.json").read_text())
+    victim_only = json.loads((tmp_path / "vic.json").read_text())
+    assert len(every["details"]["norms"]) == 10 and every["params"]["exclude"] is None
+    assert len(victim_only["details"]["norms"]) == 9 and victim_only["params"]["exclude"] == 0
