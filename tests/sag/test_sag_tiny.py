@@ -159,3 +159,24 @@ def test_sampler_T0_is_cfg_on_the_agnostic_condition():
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     d = sample_sag(model, c, c0, null, SAGSchedule(T=1.0), steps=6, noise=noise)
     assert (a - d).abs().max() > 1e-4
+
+
+def test_sampler_reports_each_steps_clean_prediction():
+    torch.manual_seed(0)
+    model = ShapesELITE(TinyConfig.tiny()).eval()
+    c, c0, null = _contexts(model, 2)
+    seen = []
+    out = sample_sag(model, c, c0, null, SAGSchedule(T=0.5), steps=4, generator=torch.Generator(),
+                     on_step=lambda i, t, x0: seen.append((i, t, x0)))
+    assert [(i, t) for i, t, _ in seen] == [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25)]
+    # The last step lands on its x0_hat (up to alpha_bar(0) ~ 1), unlike the first step's guess.
+    assert (seen[-1][2] - out).abs().max() < 0.01 < (seen[0][2] - out).abs().max()
+
+
+def test_settle_time_is_the_first_step_that_stays_decided():
+    from cvpr24.sag.testbed import settle_time
+
+    ts = [1.0, 0.75, 0.5, 0.25]
+    assert settle_time(ts, [0.95, 0.5, 0.92, 1.0]) == 0.5  # an early agreement that is lost again does not count
+    assert settle_time(ts, [0.9, 0.9, 0.9, 1.0]) == 1.0
+    assert settle_time(ts, [0.1, 0.2, 0.3, 0.5]) == 0.0

@@ -102,11 +102,26 @@ class SubjectAgnosticGuidance(BaseGuidance):
         return self._count_prepared <= len(names) and names[self._count_prepared - 1] != "pred_uncond"
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, ...]]) -> list[Any]:
-        return [self._prepare_batch(data, _TUPLE_INDEX[name], name) for name in self._names()]
+        names = self._names()
+        self._check_agnostic_given(data, names)
+        return [self._prepare_batch(data, _TUPLE_INDEX[name], name) for name in names]
 
     def prepare_inputs_from_block_state(self, data: Any, input_fields: dict[str, str | tuple[str, ...]]) -> list[Any]:
-        return [self._prepare_batch_from_block_state(input_fields, data, _TUPLE_INDEX[name], name)
-                for name in self._names()]
+        names = self._names()
+        self._check_agnostic_given(input_fields, names)
+        return [self._prepare_batch_from_block_state(input_fields, data, _TUPLE_INDEX[name], name) for name in names]
+
+    def _check_agnostic_given(self, fields: dict[str, Any], names: list[str]) -> None:
+        """A step that needs ``c0`` must get it as the third entry of every tuple field."""
+        if "pred_agnostic" not in names:
+            return
+        short = [k for k, v in fields.items() if isinstance(v, tuple) and len(v) < 3]
+        if short:
+            raise ValueError(
+                f"SubjectAgnosticGuidance needs the subject-agnostic condition c0 at this step (w_t = "
+                f"{self.current_weight():g}), but the fields {short} are (cond, uncond) pairs; give each as a "
+                "(cond, uncond, agnostic) tuple. Denoise blocks written for CFG pass pairs only: with them, "
+                "use sag_T=1, sag_r=0 (plain CFG).")
 
     def forward(self, pred_cond: torch.Tensor | None = None, pred_uncond: torch.Tensor | None = None,
                 pred_agnostic: torch.Tensor | None = None) -> GuiderOutput:

@@ -15,6 +15,7 @@ Diffusion time ``t`` is continuous in [0, 1] (1 = noise) with the cosine schedul
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -270,7 +271,8 @@ def denoising_loss(model: ShapesELITE, batch: dict[str, torch.Tensor], generator
 def sample_sag(model: ShapesELITE, ctx_cond: torch.Tensor, ctx_agnostic: torch.Tensor,
                ctx_null: torch.Tensor, schedule: SAGSchedule, w: float = 3.0, steps: int = 20,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-               counter: list[int] | None = None) -> torch.Tensor:
+               counter: list[int] | None = None,
+               on_step: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
     """DDIM (eta = 0, x0 clipped to [-1, 1]) with Eqs. (2)-(4).
 
     Parameters
@@ -289,6 +291,9 @@ def sample_sag(model: ShapesELITE, ctx_cond: torch.Tensor, ctx_agnostic: torch.T
         The initial ``x_1``; drawn from ``generator`` when not given.
     counter : list of one int, optional
         Incremented by the number of rows each network evaluation processes (NFE accounting).
+    on_step : callable, optional
+        Called as ``on_step(i, t, x0_hat)`` after step ``i`` (at diffusion time ``t``) with the
+        clipped clean-image prediction of that step, e.g. to see when a detail is decided.
 
     Returns
     -------
@@ -311,6 +316,8 @@ def sample_sag(model: ShapesELITE, ctx_cond: torch.Tensor, ctx_agnostic: torch.T
         eps = dual_cfg(preds.get("cond"), preds.get("agnostic"), preds["uncond"], w, w_t)
         ab, ab_next = alpha_bar(torch.tensor(t)), alpha_bar(torch.tensor(t_next))
         x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+        if on_step is not None:
+            on_step(i, t, x0)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
         x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
     return x.clamp(-1, 1)
