@@ -1,4 +1,4 @@
-"""G-FARS benchmarks (spec section 7): dense EdgeConv factorised vs naive, group() time per
+"""G-FARS benchmarks (docs/gfars.md, Benchmarks): dense EdgeConv factorised vs naive, group() time per
 sampler vs Comp-Net's one-shot inference, sets per second vs batch size, PointNet vs points.
 
     python benchmarks/gfars.py [--repeats 3] [--out benchmarks/results/gfars.json]
