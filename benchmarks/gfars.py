@@ -1,4 +1,4 @@
-"""G-FARS benchmarks (spec section 7): dense EdgeConv factorised vs naive, group() time per
+"""G-FARS benchmarks (docs/gfars.md, Benchmarks): dense EdgeConv factorised vs naive, group() time per
 sampler vs Comp-Net's one-shot inference, sets per second vs batch size, PointNet vs points.
 
     python benchmarks/gfars.py [--repeats 3] [--out benchmarks/results/gfars.json]
@@ -88,7 +88,7 @@ def _load_or_init(method: str) -> torch.nn.Module | None:
     return build_method(method, BASE).eval()
 
 
-def bench_group(repeats: int, n_sets: int = 8, with_500: bool = False) -> dict:
+def bench_group(repeats: int, n_sets: int = 4, with_500: bool = False) -> dict:
     """(b) end-to-end grouping time per set for each sampler vs Comp-Net's one-shot."""
     sets = [s.parts for s in procedural_mixes(n_sets, 123)]
     model, comp = _load_or_init("gfars_ef"), _load_or_init("compnet")
@@ -105,7 +105,7 @@ def bench_group(repeats: int, n_sets: int = 8, with_500: bool = False) -> dict:
     return times
 
 
-def bench_batch(repeats: int, sizes=(1, 4, 16, 64)) -> dict:
+def bench_batch(repeats: int, sizes=(1, 4, 16)) -> dict:
     """(c) PC-100 AR grouping: sets per second against the lock-step batch size."""
     model = _load_or_init("gfars_ef")
     sets = [s.parts for s in procedural_mixes(max(sizes), 321)]

@@ -438,8 +438,8 @@ DEVIATIONS = [
     "Data: procedural cuboid chairs/tables whose legs share (H, T) with the back or side "
     "panels (the leg-to-body link of the spec's generator existed only with a stretcher); "
     "per dimension, the shapes of a mix differ by >= 20 % (log-uniform draws).",
-    "Scale: F = 64, batch 16, 500-2000 Adam steps per method on fresh mixes per step, PC-100 "
-    "with at most 8 AR iterations (paper: F = 256, 3000 epochs of PartNet, PC-500, 15).",
+    "Scale: F = 64, batch 16, 600 Adam steps per method (w/o GF 300) on fresh mixes per step, "
+    "PC-100 with at most 8 AR iterations (paper: F = 256, 3000 epochs of PartNet, PC-500, 15).",
     "w/o GNN: per-node MLPs of the same widths; w/o GF: the same net with x = 0, t = 1 held "
     "constant, BCE to a random target group (our readings of the ablations).",
     "Comp-Net 4a is our reconstruction; 4b (GNN context) and GRU-Mask are implemented or "

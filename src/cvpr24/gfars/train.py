@@ -101,11 +101,14 @@ def objective_for(model: nn.Module) -> Callable:
     return dsm_objective
 
 
-def init_encoder_stats(model: nn.Module, seed: int, n_points: int, n_mixes: int = 256) -> None:
-    """Set the descriptor standardisation from training mixes (a no-op for PointNet)."""
+def init_encoder_stats(model: nn.Module, seed: int, n_points: int,
+                       data: Sequence[MixedPartSet] | None = None, n_mixes: int = 256) -> None:
+    """Set the descriptor standardisation from training mixes (the first ``n_mixes`` of
+    ``data``, or fresh procedural mixes); a no-op for PointNet."""
     enc = model.point_encoder
     if isinstance(enc, DescriptorEncoder):
-        sets = procedural_mixes(n_mixes, seed * 1000 + 7, n_points=n_points)
+        sets = (list(data[:n_mixes]) if data is not None
+                else procedural_mixes(n_mixes, seed * 1000 + 7, n_points=n_points))
         enc.set_stats(torch.from_numpy(np.concatenate([s.parts for s in sets])))
 
 
@@ -152,8 +155,8 @@ def train(
         st = load_training_state(state_path, model=model, optimizer=opt, restore_rng=False)
         start, curve = st["step"], [tuple(c) for c in json.loads(st["extra"]["curve"])]
         gen.set_state(st["extra"]["gen"])
-    elif not isinstance(data, Sequence):
-        init_encoder_stats(model, seed, cfg.points_per_part)
+    else:
+        init_encoder_stats(model, seed, cfg.points_per_part, data)
     model.to(device).train()
     if world > 1:
         for tensor in model.state_dict().values():
