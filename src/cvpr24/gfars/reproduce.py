@@ -436,7 +436,7 @@ DEVIATIONS = [
     "Encoder: 6 geometric descriptors (log extent, log s.d. per axis) through a 3-layer MLP "
     "instead of PointNet, for every method (PointNet is implemented and is the default).",
     "Data: procedural cuboid chairs/tables whose legs share (H, T) with the back or side "
-    "panels (the leg-to-body link of the spec's generator existed only with a stretcher); "
+    "panels (the leg-to-body link of the first generator existed only with a stretcher); "
     "per dimension, the shapes of a mix differ by >= 20 % (log-uniform draws).",
     "Scale: F = 64, batch 16, 600 Adam steps per method (w/o GF 300) on fresh mixes per step, "
     "PC-100 with at most 8 AR iterations (paper: F = 256, 3000 epochs of PartNet, PC-500, 15).",
