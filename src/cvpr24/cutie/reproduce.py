@@ -6,7 +6,7 @@ Lab notebook:
 - **Data**: ``SyntheticVOS`` 96x96 videos. Training: on-the-fly 5-frame clips, half ``easy``
   (0-1 distractor with other textures), half ``hard`` (three distractors that reuse the target's
   textures in other arrangements, a close pass and an occluder). Test: per seed, 48 easy + 48
-  hard 16-frame videos from the disjoint seed range 10_000 + seed.
+  hard 16-frame videos from the disjoint seed range 10_000 + seed (32 + 32 in quick mode).
 - **Arms** (same classes, data, schedule, init seed): ``pixel`` (L = 0, pixel readout only,
   the XMem-style reader and the paper's ablation) and ``object`` (L = 2, object memory + object
   transformer with fg/bg masked attention). ``--full`` adds ``object-nomask`` and a
@@ -73,7 +73,7 @@ class Scale:
     frames: int = 16
 
 
-QUICK = Scale(seeds=3, iterations=200, videos_per_split=48, variants=("pixel", "object"))
+QUICK = Scale(seeds=3, iterations=200, videos_per_split=32, variants=("pixel", "object"))
 PRELIMINARY = Scale(seeds=2, iterations=300, videos_per_split=48, variants=("pixel", "object"))
 FULL = Scale(seeds=5, iterations=1500, videos_per_split=48, variants=tuple(VARIANTS))
 TINY = Scale(seeds=1, iterations=2, videos_per_split=1, variants=("pixel", "object"), frames=5)
@@ -83,7 +83,8 @@ DEVIATIONS = [
     "ff 128, random initialisation (no ImageNet), 96x96 synthetic videos.",
     "Committed checkpoints are trained for 200 iterations (not ~1500): on the shared, overloaded "
     "2-core machine an iteration took 3-8 s of wall time; --full retrains 1500 iterations.",
-    "Quick mode's training smoke step runs 5 iterations (spec: 20) to stay inside the 5-minute budget.",
+    "Quick mode's training smoke step runs 5 iterations (spec: 20) and evaluates 32 + 32 test videos "
+    "per seed (spec: 48 + 48; --full uses 48) to stay inside the 5-minute budget.",
     "The capacity control needs 4 (not 2) extra CAResBlocks to be within 10% of L=2 at these widths.",
     "Easy-split distractors use two extra palette textures (6 in all) so that none shares a texture "
     "with either target.",

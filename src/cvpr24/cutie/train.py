@@ -253,18 +253,24 @@ def train(
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     rank0 = not ddp or torch.distributed.get_rank() == 0
+    device = next(model.parameters()).device
+    amp = cfg.amp and device.type == "cuda"  # AMP on CUDA only, with loss scaling
+    scaler = torch.amp.GradScaler("cuda", init_scale=8192, enabled=amp)
     losses = []
     for step in range(start, min(cfg.iterations, stop_at or cfg.iterations)):
         rng = np.random.default_rng([cfg.seed, step])
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        f, first, sel, gt, counts = to_training_tensors(*batches(step), cfg.max_objects)
-        with torch.autocast("cuda", enabled=cfg.amp and torch.cuda.is_available()):
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        tensors = to_training_tensors(*batches(step), cfg.max_objects)
+        f, first, sel, gt = (x.to(device) for x in tensors[:4])
+        with torch.autocast(device.type, enabled=amp):
             out = net(f, first, sel, rng)
-        loss = cutie_loss(out, gt, counts, cfg.num_points, cfg.aux_weight, gen)
+        loss = cutie_loss(out, gt, tensors[4], cfg.num_points, cfg.aux_weight, gen)
         opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
+        scaler.scale(loss["total"]).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         losses.append(float(loss["total"].detach()))
         if log is not None:
