@@ -45,7 +45,7 @@ CLAIMS = [
     "C2 direction: the gain of object reading is larger on hard videos than on easy ones",
 ]
 
-# Thresholds, fixed before any run (spec section 5), with their reasons.
+# Thresholds, fixed before any run, with their reasons.
 GATE_DROP = 5.0  # the data must exercise the mechanism (mirrors the paper's DAVIS -> MOSE drop)
 MAIN_DELTA = 2.0  # ~1/4 of the paper's MOSE gain (+7.7), ~2x the seed spread of tiny models
 DIRECTION_MARGIN = 0.0  # paper: +7.7 on MOSE vs +2.6 on DAVIS
