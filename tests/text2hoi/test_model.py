@@ -140,3 +140,25 @@ def test_build_is_seeded_and_leaves_the_global_rng_alone():
     a, b = Text2HOI.build(cfg, hands, 7), Text2HOI.build(cfg, hands, 7)
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_training_rejects_a_bad_batch_by_name():
+    from cvpr24.text2hoi.diffusion import GaussianDiffusion
+    from cvpr24.text2hoi.reproduce import hand_models
+    from cvpr24.text2hoi.train import HOIBatch, Text2HOI, train_motion
+
+    cfg = tiny_cfg()
+    m = Text2HOI.build(cfg, hand_models(), 0)
+    t = cfg.max_frames
+    ok = dict(
+        x_l=torch.zeros(2, t, 99), x_r=torch.zeros(2, t, 99), x_o=torch.zeros(2, t, 9), mask_l=torch.ones(2, t),
+        mask_r=torch.ones(2, t), mask_o=torch.ones(2, t), points=torch.zeros(2, cfg.n_points, 3),
+        contact=torch.zeros(2, cfg.n_points), text=torch.zeros(2, cfg.text_dim), length=torch.ones(2),
+        action=torch.zeros(2, dtype=torch.long),
+    )
+    bad = HOIBatch(**{**ok, "x_r": torch.full((2, t, 99), float("nan"))})
+    with pytest.raises(ValueError, match="x_rhand contains NaN"):
+        train_motion(m.texthom, GaussianDiffusion(10), m.pointnet, m.hands, bad, 1, True)
+    bad = HOIBatch(**{**ok, "x_o": torch.zeros(2, t, 8)})
+    with pytest.raises(ValueError, match=r"x_obj must have shape \(B, T, 9\)"):
+        train_motion(m.texthom, GaussianDiffusion(10), m.pointnet, m.hands, bad, 1, True)

@@ -211,7 +211,16 @@ def repeat(batch: HOIBatch, k: int) -> HOIBatch:
     return batch.index(torch.arange(len(batch)).repeat(k))
 
 
-def evaluate_seed(method: Text2HOI, baseline: Text2HOI, test_samples, test: HOIBatch, train: HOIBatch, hands, classifier, sizes: Sizes, seed: int) -> dict:
+def reference_metrics(test_samples, test: HOIBatch, train: HOIBatch, hands, classifier) -> tuple[float, dict]:
+    """What does not depend on the seed: the prior's IoU and the GT motions' metrics."""
+    iou_prior = float(contact_iou(nearest_shape_prior(test, train), test.contact).mean())
+    gt = motion_metrics(list(test_samples), {"x_l": test.x_l, "x_r": test.x_r, "x_o": test.x_o}, hands, classifier)
+    return iou_prior, gt
+
+
+def evaluate_seed(
+    method: Text2HOI, baseline: Text2HOI, test_samples, test: HOIBatch, reference: tuple, hands, classifier, sizes: Sizes, seed: int
+) -> dict:
     k = sizes.samples_per_text
     rep = repeat(test, k)
     samples = list(test_samples) * k
@@ -227,9 +236,8 @@ def evaluate_seed(method: Text2HOI, baseline: Text2HOI, test_samples, test: HOIB
     res["baseline"] = motion_metrics(samples, baseline.sample(rep, g()), hands, classifier)
     res["method_oracle_contact"] = motion_metrics(samples, method.sample(rep, g(), contact=rep.contact), hands, classifier)
     res["iou_vae"] = float(contact_iou(coarse["contact"], rep.contact).mean())
-    res["iou_prior"] = float(contact_iou(nearest_shape_prior(test, train), test.contact).mean())
-    gt = {"x_l": test.x_l, "x_r": test.x_r, "x_o": test.x_o}
-    res["gt"] = motion_metrics(list(test_samples), gt, hands, classifier)
+    res["iou_prior"], res["gt"] = reference
+    res["gt"] = dict(res["gt"])
     groups = np.array([s.key for s in samples])
     for arm in ("method", "method_no_refiner", "baseline", "method_oracle_contact"):
         f = res[arm].pop("features")
@@ -270,6 +278,7 @@ def run(
     _log("data built")
     (train_s, train_b), (test_s, test_b) = data["train"], data["heldout"]
     classifier = fit_classifier(train_s, train_b, hands)
+    reference = reference_metrics(test_s, test_b, train_b, hands, classifier)
     per_seed = {}
     for seed in seed_list:
         path = checkpoint_path(seed, out_dir / "checkpoints" if train else CHECKPOINTS)
@@ -282,7 +291,7 @@ def run(
         else:
             state = load_checkpoint(path).tensors
         method, baseline = load_arms(state, cfg, hands)
-        per_seed[seed] = evaluate_seed(method, baseline, test_s, test_b, train_b, hands, classifier, sizes, seed)
+        per_seed[seed] = evaluate_seed(method, baseline, test_s, test_b, reference, hands, classifier, sizes, seed)
         _log(f"seed {seed} evaluated: {json.dumps(per_seed[seed])}")
     result = judge(per_seed, quick)
     result.figures = [plot_arms(per_seed, out_dir / "phy_depth.png")]

@@ -31,12 +31,14 @@ from cvpr24.text2hoi.losses import (
 )
 from cvpr24.text2hoi.mano import ManoLayer, vertex_normals
 from cvpr24.text2hoi.model import (
+    HAND_DIM,
     ContactCVAE,
     HandRefiner,
     LengthCVAE,
     PointNetfeat,
     Text2HOIConfig,
     TextHOM,
+    check_motion,
 )
 from cvpr24.text2hoi.rotations import axis_angle_to_rotmat
 
@@ -62,6 +64,15 @@ class HOIBatch:
 
     def __len__(self) -> int:
         return self.x_l.shape[0]
+
+
+def check_batch(b: HOIBatch, cfg: Text2HOIConfig) -> None:
+    """Shapes and finiteness of a batch, with the field's name in the error."""
+    check_motion(b.x_l, HAND_DIM, "x_lhand", cfg.max_frames)
+    check_motion(b.x_r, HAND_DIM, "x_rhand", cfg.max_frames)
+    check_motion(b.x_o, cfg.obj_dim, "x_obj", cfg.max_frames)
+    if b.points.ndim != 3 or b.points.shape[1:] != (cfg.n_points, 3):
+        raise ValueError(f"obj_points must have shape (B, {cfg.n_points}, 3), got {tuple(b.points.shape)}")
 
 
 def collate(samples: Sequence, text_features: dict[str, torch.Tensor]) -> HOIBatch:
@@ -208,6 +219,7 @@ def train_motion(
     lambda_dm: float = 1.0, lambda_ro: float = 1.0, log: Callable[[int, dict], None] | None = None,
 ) -> None:
     """TextHOM with x̂_0 prediction; GT contact maps condition it during training (faithful)."""
+    check_batch(data, model.cfg)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     with torch.no_grad():
