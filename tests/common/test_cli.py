@@ -83,3 +83,25 @@ def test_status_line_shows_module_step_bar_and_time_on_a_terminal_only():
     pipe.show(Progress("lotus", "training seed 1", 3, 8, 75.2))
     pipe.print("[lotus] passed")
     assert pipe.stream.getvalue() == "[lotus] passed\n"  # no control characters in a log
+
+
+def test_one_line_errors_turn_bad_input_into_exit_2(capsys):
+    import argparse
+
+    from cvpr24.common.argtypes import one_line_errors
+
+    @one_line_errors("demo", ValueError, KeyError)
+    def cmd(args):
+        raise {"value": ValueError("--x: expected a number"), "key": KeyError("missing key 'w'")}[args.what]
+
+    assert cmd(argparse.Namespace(cmd="run", what="value")) == 2
+    assert capsys.readouterr().err == "cvpr24 demo run: error: --x: expected a number\n"
+    assert cmd(argparse.Namespace(cmd="run", what="key")) == 2
+    assert capsys.readouterr().err == "cvpr24 demo run: error: missing key 'w'\n"  # no KeyError quotes
+
+    @one_line_errors("demo")
+    def crash(args):
+        raise RuntimeError("a bug, not bad input")
+
+    with pytest.raises(RuntimeError):
+        crash(argparse.Namespace(cmd="run"))

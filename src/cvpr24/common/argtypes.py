@@ -1,8 +1,11 @@
-"""Argument types for ``argparse``: a bad value exits with code 2 and one line naming it."""
+"""Argument types for ``argparse`` (a bad value exits with code 2 and one line naming it), and
+:func:`one_line_errors` for the errors a subcommand finds in its inputs."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 from collections.abc import Callable
 
 
@@ -45,3 +48,26 @@ def _describe(kind: type, low: float | None, high: float | None, low_open: bool)
 positive_int = number_in(int, 1)
 positive_float = number_in(float, 0, low_open=True)
 unit_interval = number_in(float, 0, 1)
+
+
+def one_line_errors(
+    module: str, *errors: type[Exception]
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Wrap a subcommand ``fn(args) -> exit code`` so that bad input (``errors``: by default
+    ``ValueError`` and ``FileNotFoundError``) becomes one line on stderr,
+    ``cvpr24 MODULE CMD: error: ...``, and exit code 2. A ``KeyError`` shows its message bare."""
+    caught = errors or (ValueError, FileNotFoundError)
+
+    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(fn)
+        def wrapper(args: argparse.Namespace) -> int:
+            try:
+                return fn(args)
+            except caught as e:
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+                print(f"cvpr24 {module} {args.cmd}: error: {msg}", file=sys.stderr)
+                return 2
+
+        return wrapper
+
+    return wrap

@@ -7,11 +7,10 @@ on stderr naming the flag and exit code 2.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
-from cvpr24.common.argtypes import number_in, positive_int
+from cvpr24.common.argtypes import number_in, one_line_errors, positive_int
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -77,16 +76,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_friendly(cmd_train))
 
 
-def _friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"cvpr24 cutie {args.cmd}: error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper
+_friendly = one_line_errors("cutie")
 
 
 def _need_dir(path: str, flag: str) -> Path:

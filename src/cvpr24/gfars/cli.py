@@ -6,13 +6,12 @@ Bad input exits with code 2 and one line naming the flag; outputs are written at
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import sys
+import pickle
 from pathlib import Path
 
-from cvpr24.common.argtypes import number_in, positive_int
+from cvpr24.common.argtypes import number_in, one_line_errors, positive_int
 
 unit_open = number_in(float, 0.0, 1.0, low_open=True, hint="below 1")
 
@@ -82,21 +81,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_friendly(cmd_convert))
 
 
-def _friendly(fn):
-    """Bad input -> one line on stderr naming what was wrong, exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        import pickle
-
-        try:
-            return fn(args)
-        except (ValueError, FileNotFoundError, KeyError, pickle.UnpicklingError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"cvpr24 gfars {args.cmd}: error: {msg}", file=sys.stderr)
-            return 2
-
-    return wrapper
+_friendly = one_line_errors("gfars", ValueError, FileNotFoundError, KeyError, pickle.UnpicklingError)
 
 
 def _npz_folder(path: str, flag: str) -> list:

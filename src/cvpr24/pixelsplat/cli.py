@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
 from pathlib import Path
 
-from cvpr24.common.argtypes import positive_int
+from cvpr24.common.argtypes import one_line_errors, positive_int
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -66,18 +64,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_friendly(cmd_train))
 
 
-def _friendly(fn):
-    """Bad input -> one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"cvpr24 pixelsplat {args.cmd}: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper
+_friendly = one_line_errors("pixelsplat")
 
 
 def _load_model(path: str):
