@@ -62,7 +62,7 @@ def _results():
                     paper_value=1.25,
                     notes="a long explanation",
                 ),
-                Claim.compare("C2", "small error", [0.5], "<", 0.1, reason="r"),
+                Claim.compare("C2", "C2: small error", [0.5], "<", 0.1, reason="r"),
             ],
             seeds=[0, 1],
             wall_time_s=12.3,
@@ -104,7 +104,7 @@ def test_claim_rows_are_short_and_the_reasoning_is_folded():
     assert c1[0] == "C1 ratio holds <script>"  # the statement, shown as text ...
     assert "<script>" not in text  # ... because it was escaped
     assert c1[1].startswith("1.25 ± 0.05") and c1[3] == "passed"
-    assert c2[3] == "failed"
+    assert c2[0] == "C2 small error" and c2[3] == "failed"  # the name is not said twice
     assert page.claims["beta"][0][3] == "not tested"
     for folded in ("why this threshold", "a long explanation", "1.2, 1.3", "Paper.</b> 1.25"):
         assert folded in text

@@ -103,13 +103,19 @@ def _claim_details(c: Claim) -> str:
     return "<details><summary>criterion, reasoning, per-seed values</summary>" + "".join(items) + "</details>"
 
 
+def _statement(c: Claim) -> str:
+    """The statement without a leading "NAME:" that repeats the claim's name beside it."""
+    head = f"{c.name}:"
+    return c.statement[len(head):].lstrip() if c.statement.startswith(head) else c.statement
+
+
 def _claims_table(r: Result) -> str:
     rows = []
     for c in r.claims:
         measured = "-" if c.measured is None else str(c.measured)
         rows.append(
             f'<tr class="claim" data-status="{_e(c.status)}">'
-            f"<td><b>{_e(c.name)}</b> {_e(c.statement)}{_claim_details(c)}</td>"
+            f"<td><b>{_e(c.name)}</b> {_e(_statement(c))}{_claim_details(c)}</td>"
             f'<td class="num">{_e(measured)}</td>'
             f'<td class="num">{_e(c.comparison or c.criterion)}</td>'
             f"<td>{_badge(c.status)}</td></tr>"
