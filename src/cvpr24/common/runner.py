@@ -61,25 +61,26 @@ class Progress:
 
 
 class _LogFollower:
-    """Reads the lines a child appends to its log, and remembers the latest step."""
+    """Reads the lines a child appends to its log: its latest step, else its latest line."""
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._pending = b""
-        self.step: tuple[str, int | None, int | None] | None = None
+        self._step: tuple[str, int | None, int | None] | None = None
+        self._line: str | None = None
 
-    def poll(self) -> None:
+    def poll(self) -> tuple[str, int | None, int | None] | None:
+        """Read what was appended; return ``(label, done, total)`` of where the child is."""
         self._pending += self._file.read()
         *lines, self._pending = self._pending.split(b"\n")
         for raw in lines:
             line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            parsed = parse_step(line)
-            if parsed is not None:
-                self.step = parsed
-            elif self.step is None or self.step[0].startswith("log: "):
-                self.step = (f"log: {line[:80]}", None, None)
+            if line:
+                self._step = parse_step(line) or self._step
+                self._line = line[:80]
+        if self._step is None and self._line is not None:
+            return f"log: {self._line}", None, None
+        return self._step
 
     def close(self) -> None:
         self._file.close()
@@ -153,9 +154,9 @@ def run_job(
                     f"exceeded its time budget of {job.budget_s:g} s and was stopped.\n"
                     f"Last lines of {log_path}:\n{_tail(log_path)}",
                 )
-            follower.poll()
-            if on_progress is not None and follower.step is not None:
-                on_progress(Progress(job.module, *follower.step, elapsed))
+            where = follower.poll()
+            if on_progress is not None and where is not None:
+                on_progress(Progress(job.module, *where, elapsed))
     finally:
         follower.close()
     if result_path.is_file():
