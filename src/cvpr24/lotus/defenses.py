@@ -622,8 +622,8 @@ def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.4,
     """Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021), official LOTUS preset.
 
     Masks ``m`` (init 1) and noise ``δ, ξ ~ U(-ε, ε)`` on BN neurons; per batch one noise step
-    (maximise CE, signed gradient, lr ε) then a mask step on ``α·L_nat + (1-α)·L_rob`` (ANP Eq. 5;
-    SGD ``mask_lr``, momentum 0.9), masks clipped to [0, 1]. The budget is ``epochs`` passes over
+    (maximise CE, signed gradient, lr ε) then a mask step on ``α·L_nat + (1-α)·L_rob``
+    (SGD ``mask_lr``, momentum 0.9), masks clipped to [0, 1]. The budget is ``epochs`` passes over
     ``(x, y)`` or, when given, ``iterations`` batches (the ANP code's ``nb_iter``, 2000).
     ``batch_stats=True`` normalises with each batch's statistics during the optimisation, as the
     ANP code does (it trains the masks in train mode); ``False`` uses the running statistics.
