@@ -103,8 +103,8 @@ def test_fp_ratio_zero_is_identity_and_shapes():
 
 @pytest.fixture(scope="module")
 def badnets():
-    """A tiny label-specific BadNets model on SyntheticShapes (victim 0 -> target 9), for the
-    defenses that read the input (STRIP) or dormant channels (fine-pruning)."""
+    """A tiny label-specific BadNets model on SyntheticShapes (victim 0 -> target 9), for STRIP,
+    the defense that reads the input (on gratings its superimposed images stay ambiguous)."""
     torch.manual_seed(0)
     tr, te = synthetic_shapes(40, seed=0), synthetic_shapes(10, seed=1)
     cfg = LotusConfig.cpu(clean_epochs=10, steps=120, batch_size=32, min_victim=8, eval_every=None,
@@ -119,7 +119,8 @@ def badnets():
 def gratings_badnets():
     """Label-specific BadNets (victim 0 -> target 9) on SyntheticGratings, the reproduction's data.
 
-    The case where NC, fine-tuning, NAD and ANP must work: the class evidence covers the whole
+    The case where NC, fine-tuning, fine-pruning and NAD must work (and where ANP, measured, does
+    not remove the backdoor; see its test): the class evidence covers the whole
     image, so a clean model has no small natural trigger (NC masks of 15-25 pixels) and the 3x3
     patch is the one shortcut the model learned; the clean model reaches BA 1.0 on it, so a
     defense that costs accuracy shows it. (On SyntheticShapes every label has a natural trigger
@@ -238,15 +239,6 @@ def test_anp_prunes_by_threshold_or_by_number():
     for bad in (dict(prune_fraction=1.0), dict(iterations=0), dict(prune_threshold=1.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             anp(m, x, y, **bad)
-
-
-def test_anp_on_badnets_keeps_the_model(gratings_badnets):
-    # ANP (the ANP code's settings: eps 0.4, alpha 0.2, mask lr 0.2, train-mode BN, 300 mask
-    # steps, threshold 0.2) does NOT remove this BadNets: SWEEP_ANP_ASR. What holds on every run
-    # is that it prunes a few neurons and keeps the accuracy: SWEEP_ANP_BA.
-    tr, _, _, art, ev = gratings_badnets
-    rep = anp(art.model, tr.x, tr.y, iterations=300, alpha=0.2, mask_lr=0.2, batch_size=32, evaluate=ev)
-    assert ev(art.model)["ba"] - rep.ba <= MAX_BA_DROP, rep.ba
 
 
 def test_official_fine_prune_rebuilds_the_last_resnet_block():

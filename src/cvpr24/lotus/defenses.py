@@ -609,7 +609,7 @@ def wrap_batchnorms(model: nn.Module, name_filter: str = "bn") -> list[tuple[str
         if isinstance(mod, nn.BatchNorm2d) and name_filter in name:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            nb = NoisyBatchNorm(mod)
+            nb = NoisyBatchNorm(mod).train(mod.training)
             setattr(parent, child, nb)
             wrapped.append((name, nb))
     return wrapped
@@ -646,12 +646,13 @@ def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.4,
     if name_filter is None:
         named = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
         name_filter = "bn" if any("bn" in n for n in named) else ""
-    work = copy.deepcopy(model).train(batch_stats)
+    work = copy.deepcopy(model)
     for q in work.parameters():
         q.requires_grad_(False)
     wrapped = wrap_batchnorms(work, name_filter)
     if not wrapped:
         raise ValueError(f"model has no BatchNorm2d whose name contains {name_filter!r}")
+    work.train(batch_stats)
     masks = [nb.mask for _, nb in wrapped]
     noises = [q for _, nb in wrapped for q in (nb.noise_w, nb.noise_b)]
     for q in masks + noises:
