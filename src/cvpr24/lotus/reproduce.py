@@ -268,7 +268,8 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
         "test_partition_ari": float(adjusted_rand_score(te.style[te.y == VICTIM].numpy(),
                                                         part.predict(xv_test).numpy())),
     }
-    clean_idx = balanced_subset(tr.y, 0.05, seed=seed)
+    clean_idx = balanced_subset(tr.y, 0.05, seed=seed)        # the defender's 5% clean set
+    x5, y5 = tr.x[clean_idx], tr.y[clean_idx]
     for arm in arms:
         trig = triggers_for(arm, te.x.shape[-1], seed)
         p = part if arm in ("lotus", "nofocus") else ConstantPartitioner()
@@ -276,7 +277,6 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
         rec = evaluate_attack(m, te.x, te.y, VICTIM, TARGET, trig, p, full=arm != "wanet")
         rec["reached_asr_bound"] = infos[arm]["reached_asr_bound"]
         ev = attack_evaluator(te.x, te.y, VICTIM, TARGET, trig, p)
-        x5, y5 = tr.x[clean_idx], tr.y[clean_idx]
         rec["ft"] = fine_tune(m, x5, y5, seed=seed, flip=False, evaluate=ev,
                               **ft_schedule(len(x5), scale.defense_steps)).to_dict()
         if arm in ("lotus", "badnets"):
