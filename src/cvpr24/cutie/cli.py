@@ -19,12 +19,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("segment", help="propagate first-frame masks through videos")
     p.add_argument("--weights", required=True, help="official cutie-*.pth or our .safetensors")
     p.add_argument(
-        "--images", required=True, help="frames folder (one video) or folder of video folders"
+        "--images",
+        required=True,
+        help="frames folder (one video), folder of video folders, or a video file (.mp4, ...)",
     )
     p.add_argument(
-        "--masks", help="index-PNG masks folder, same layout as --images (generic layout only)"
+        "--masks",
+        help="index-PNG masks folder, same layout as --images (generic layout only); "
+        "for a video file: its first frame's index PNG",
     )
     p.add_argument("--out", required=True, help="output folder for index PNGs")
+    p.add_argument("--overlay", help="also write OVERLAY/<video>.mp4 with the masks blended in")
+    p.add_argument("--fps", type=number_in(float, 0.1), default=24.0, help="overlay frame rate")
     p.add_argument(
         "--layout",
         choices=("generic", "davis", "mose", "youtube"),
@@ -101,6 +107,7 @@ def _load_model(path: str, device: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    import contextlib
     import warnings
 
     import torch
@@ -116,21 +123,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--device: {args.device} requested but CUDA is not available")
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError("--amp: mixed precision needs --device cuda")
-    images = _need_dir(args.images, "--images")
-    if args.layout == "generic":
+    images = Path(args.images)
+    if images.suffix.lower() in data.VIDEO_EXTS:
+        if not images.is_file():
+            raise FileNotFoundError(f"--images: video file not found: {args.images}")
+        if args.layout != "generic" or args.masks is None:
+            raise ValueError("--masks: a video file needs --layout generic and its first mask")
+        if not Path(args.masks).exists():
+            raise FileNotFoundError(f"--masks: not found: {args.masks}")
+        videos = [data.video_file_item(images, args.masks)]
+    elif args.layout == "generic":
+        _need_dir(args.images, "--images")
         if args.masks is None:
             raise ValueError("--masks: required with --layout generic")
         videos = data.generic_videos(images, _need_dir(args.masks, "--masks"))
     elif args.layout == "davis":
-        videos = data.davis_videos(images)
+        videos = data.davis_videos(_need_dir(args.images, "--images"))
     elif args.layout == "mose":
-        videos = data.mose_videos(images)
+        videos = data.mose_videos(_need_dir(args.images, "--images"))
     else:
-        videos = data.youtube_videos(images)
+        videos = data.youtube_videos(_need_dir(args.images, "--images"))
     first_masks = {}
     for v in videos:
         mask, palette = data.read_index_png(v.masks[0], "--masks")
-        h, w = data.read_image(v.frames[0]).shape[-2:]
+        if v.video_file is not None:
+            h, w = data.video_size(v.video_file)
+        else:
+            h, w = data.read_image(v.frames[0]).shape[-2:]
         if mask.shape != (h, w):
             raise ValueError(
                 f"--masks: {v.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but the frames are {w}x{h}"
@@ -150,28 +169,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
         seg = VideoSegmenter(model, cfg, device=args.device)
         palette = first_masks[v.name][1]
         empty_warned = False
-        for t, frame_path in enumerate(progress(v.frames, desc=v.name, leave=False)):
-            image = data.read_image(frame_path)
-            mask = None
-            if t in v.masks:
-                mask = torch.from_numpy(
-                    first_masks[v.name][0]
-                    if t == 0
-                    else data.read_index_png(v.masks[t], "--masks")[0]
-                ).long()
-                mask[mask == 255] = 0  # void is not an object
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                probs = seg.step(image, mask, v.objects_per_mask.get(t), end=t == len(v.frames) - 1)
-            ids = seg.prob_to_index_mask(probs).cpu()
-            if t > 0 and seg.num_objects and not bool((ids > 0).any()) and not empty_warned:
-                print(
-                    f"warning: {v.name}: every object vanished at frame {frame_path.name}",
-                    file=sys.stderr,
-                )
-                empty_warned = True
-            if v.output_frames is None or t in v.output_frames:
-                data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
+        overlay_ctx = (
+            data.OverlayVideoWriter(Path(args.overlay) / f"{v.name}.mp4", args.fps)
+            if args.overlay
+            else contextlib.nullcontext()
+        )
+        frames = zip(v.frames, data.item_frames(v), strict=True)
+        with overlay_ctx as writer:
+            for t, (frame_path, image) in enumerate(
+                progress(frames, total=len(v.frames), desc=v.name, leave=False)
+            ):
+                mask = None
+                if t in v.masks:
+                    mask = torch.from_numpy(
+                        first_masks[v.name][0]
+                        if t == 0
+                        else data.read_index_png(v.masks[t], "--masks")[0]
+                    ).long()
+                    mask[mask == 255] = 0  # void is not an object
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    probs = seg.step(
+                        image, mask, v.objects_per_mask.get(t), end=t == len(v.frames) - 1
+                    )
+                ids = seg.prob_to_index_mask(probs).cpu()
+                if t > 0 and seg.num_objects and not bool((ids > 0).any()) and not empty_warned:
+                    print(
+                        f"warning: {v.name}: every object vanished at frame {frame_path.name}",
+                        file=sys.stderr,
+                    )
+                    empty_warned = True
+                if v.output_frames is None or t in v.output_frames:
+                    data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
+                if writer is not None:
+                    writer.write(image, ids, palette)
     print(f"wrote {len(videos)} video(s) to {out}")
     return 0
 
