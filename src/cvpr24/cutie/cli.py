@@ -67,11 +67,38 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=10_000)
     p.set_defaults(func=_friendly(cmd_generate))
 
-    p = sub.add_parser("train", help="train the CPU-scale reproduction models on synthetic clips")
+    p = sub.add_parser(
+        "train",
+        help="train on real videos (--data) or the CPU-scale reproduction models on synthetic clips",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        help="training dataset folder (DAVIS-2017, YouTube-VOS or custom images/ + masks/); "
+        "repeat to mix datasets. Without it: synthetic clips of the reproduction",
+    )
+    p.add_argument(
+        "--model",
+        choices=("base", "small", "cpu"),
+        default="base",
+        help="architecture for --data training",
+    )
+    p.add_argument(
+        "--init", help="start --data training from these weights (official .pth or .safetensors)"
+    )
+    p.add_argument(
+        "--stage", choices=("main", "cpu"), default="main", help="training preset for --data"
+    )
+    p.add_argument("--batch-size", type=positive_int, help="clips per step (default: the preset's)")
+    p.add_argument("--frames", type=number_in(int, 2), help="frames per clip (default: preset's)")
+    p.add_argument("--crop", type=positive_int, default=480, help="clip side, multiple of 16")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (--data training)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument(
         "--variant",
         choices=("pixel", "object", "object-nomask", "pixel-capacity"),
         default="object",
+        help="synthetic reproduction arm (without --data)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=positive_int, default=1500)
@@ -257,6 +284,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         if step % 10 == 0:
             print(f"step {step}: loss {losses['total']:.3f}", flush=True)
 
-    train_variant(args.variant, args.seed, args.iterations, work, out, log=log)
+    if args.data:
+        _train_on_data(args, out, work, log)
+    else:
+        train_variant(args.variant, args.seed, args.iterations, work, out, log=log)
     print(f"wrote {out}")
     return 0
+
+
+def _train_on_data(args: argparse.Namespace, out: Path, work: Path, log) -> None:
+    """``cvpr24 train cutie --data DIR``: the paper's main training stage on real videos."""
+    import torch
+
+    from cvpr24.common import save_checkpoint
+    from cvpr24.cutie.clips import ClipSampler, training_videos
+    from cvpr24.cutie.model import CutieConfig, CutieModel
+    from cvpr24.cutie.train import TrainConfig, train
+
+    if args.crop % 16:
+        raise ValueError(f"--crop: must be a multiple of 16, got {args.crop}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {args.device} requested but CUDA is not available")
+    if args.amp and not args.device.startswith("cuda"):
+        raise ValueError("--amp: mixed precision needs --device cuda")
+    if args.init is not None and not Path(args.init).is_file():
+        raise FileNotFoundError(f"--init: file not found: {args.init}")
+    videos = [v for d in args.data for v in training_videos(d, "--data")]
+    cfg = TrainConfig.main() if args.stage == "main" else TrainConfig.cpu()
+    cfg.iterations, cfg.seed, cfg.amp = args.iterations, args.seed, args.amp
+    cfg.batch_size = args.batch_size or cfg.batch_size
+    cfg.num_frames = args.frames or cfg.num_frames
+    cfg.num_ref_frames = min(cfg.num_ref_frames, cfg.num_frames - 1)
+    sampler = ClipSampler(
+        videos,
+        cfg.iterations,
+        batch_size=cfg.batch_size,
+        num_frames=cfg.num_frames,
+        max_objects=cfg.max_objects,
+        crop=args.crop,
+        min_pixels=max(1, round(100 * (args.crop / 480) ** 2)),
+        seed=args.seed,
+    )
+    if args.init is not None:
+        model = _load_model(args.init, args.device)
+    else:
+        model_cfg = {"base": CutieConfig.base, "small": CutieConfig.small, "cpu": CutieConfig.cpu}
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            model = CutieModel(model_cfg[args.model]()).to(args.device)
+    losses = train(model, cfg, sampler, out_dir=work, resume=True, log=log)
+    save_checkpoint(
+        out,
+        model.state_dict(),
+        config=model.cfg,
+        seed=args.seed,
+        data={"folders": [str(d) for d in args.data], "videos": len(videos), "crop": args.crop},
+        metrics={"final_loss_mean_last_20": sum(losses[-20:]) / max(1, len(losses[-20:]))},
+    )
