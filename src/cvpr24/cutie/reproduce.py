@@ -79,12 +79,16 @@ FULL = Scale(seeds=5, iterations=1500, videos_per_split=48, variants=tuple(VARIA
 TINY = Scale(seeds=1, iterations=2, videos_per_split=1, variants=("pixel", "object"), frames=5)
 
 DEVIATIONS = [
-    "CPU scale: half the spec's CPU widths: trunks 8/8/16/32, C_k=8, C_v=C=32, C_h=16, N=8, "
-    "2 heads, ff 64, decoder 32/16/16 (0.23 M parameters for L=0, 0.31 M for L=2), random "
-    "initialisation (no ImageNet), 96x96 synthetic videos.",
+    "CPU scale, half the planned CPU widths (16/16/32/64): trunks 8/8/16/32, C_k=8, C_v=C=32, "
+    "C_h=16, N=8, 2 heads, ff 64, decoder 32/16/16 (0.23 M parameters for L=0, 0.31 M for L=2), "
+    "random initialisation (no ImageNet), 96x96 synthetic videos.",
     "Committed checkpoints are trained for 400 iterations (spec: ~1500) and stored in float16: "
     "the session had ~20 CPU-minutes for all six runs (0.21 / 0.27 CPU-s per iteration for "
     "L=0 / L=2 on one thread); --full retrains 1500 iterations.",
+    "Training computes Eq. 14 in log space without the probability clamp (exact_aggregation "
+    "in TrainConfig.cpu): with the clamp, a 600-iteration pixel run (seed 0) locked into "
+    "all-background (max foreground probability 1e-14), since the clamp passes no gradient once "
+    "every object logit is below -16.",
     "Quick mode's training smoke step runs 5 iterations (spec: 20) and evaluates 32 + 32 test videos "
     "per seed (spec: 48 + 48; --full uses 48) to stay inside the 5-minute budget.",
     "The capacity control needs 4 (not 2) extra CAResBlocks to be within 10% of L=2 at these widths.",
