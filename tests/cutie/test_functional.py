@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cvpr24.cutie.functional import (
     aggregate,
+    aggregate_logits,
     pad_divide_by,
     readout,
     similarity,
@@ -99,6 +101,23 @@ def test_soft_aggregation_matches_the_odds_formula():
     assert torch.allclose(
         torch.softmax(aggregate(torch.rand(3, 4, 5), 0), 0).sum(0), torch.ones(4, 5)
     )
+
+
+def test_log_space_aggregation_equals_the_clamped_one_and_keeps_a_gradient():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) * 4
+    sel = torch.tensor([[1.0, 1, 0], [1, 0, 0]], dtype=torch.float64).view(2, 3, 1, 1)
+    clamped = aggregate(torch.sigmoid(z) * sel, dim=1).softmax(1)
+    torch.testing.assert_close(aggregate_logits(z, 1, sel).softmax(1), clamped, atol=1e-6, rtol=0)
+    # all objects far below the clamp: the clamped form has no gradient, the log-space one
+    # pulls a foreground pixel's logit up (its log-odds also lowers the background's)
+    target = torch.ones(1, 1, 1, dtype=torch.long)
+    dead = torch.full((1, 1, 1, 1), -30.0, requires_grad=True)
+    F.cross_entropy(aggregate(torch.sigmoid(dead), dim=1), target).backward()
+    assert dead.grad.abs().max() == 0
+    live = torch.full((1, 1, 1, 1), -30.0, requires_grad=True)
+    F.cross_entropy(aggregate_logits(live, 1), target).backward()
+    assert live.grad.item() < -1.9  # d/dz of -log P_1 with log o_0 = -z: -2 (1 - P_1)
 
 
 @pytest.mark.parametrize("shape", [(97, 131), (64, 48), (1, 17)])

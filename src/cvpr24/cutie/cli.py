@@ -19,12 +19,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("segment", help="propagate first-frame masks through videos")
     p.add_argument("--weights", required=True, help="official cutie-*.pth or our .safetensors")
     p.add_argument(
-        "--images", required=True, help="frames folder (one video) or folder of video folders"
+        "--images",
+        required=True,
+        help="frames folder (one video), folder of video folders, or a video file (.mp4, ...)",
     )
     p.add_argument(
-        "--masks", help="index-PNG masks folder, same layout as --images (generic layout only)"
+        "--masks",
+        help="index-PNG masks folder, same layout as --images (generic layout only); "
+        "for a video file: its first frame's index PNG",
     )
     p.add_argument("--out", required=True, help="output folder for index PNGs")
+    p.add_argument("--overlay", help="also write OVERLAY/<video>.mp4 with the masks blended in")
+    p.add_argument("--fps", type=number_in(float, 0.1), default=24.0, help="overlay frame rate")
     p.add_argument(
         "--layout",
         choices=("generic", "davis", "mose", "youtube"),
@@ -61,11 +67,38 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=10_000)
     p.set_defaults(func=_friendly(cmd_generate))
 
-    p = sub.add_parser("train", help="train the CPU-scale reproduction models on synthetic clips")
+    p = sub.add_parser(
+        "train",
+        help="train on real videos (--data) or the CPU-scale reproduction models on synthetic clips",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        help="training dataset folder (DAVIS-2017, YouTube-VOS or custom images/ + masks/); "
+        "repeat to mix datasets. Without it: synthetic clips of the reproduction",
+    )
+    p.add_argument(
+        "--model",
+        choices=("base", "small", "cpu"),
+        default="base",
+        help="architecture for --data training",
+    )
+    p.add_argument(
+        "--init", help="start --data training from these weights (official .pth or .safetensors)"
+    )
+    p.add_argument(
+        "--stage", choices=("main", "cpu"), default="main", help="training preset for --data"
+    )
+    p.add_argument("--batch-size", type=positive_int, help="clips per step (default: the preset's)")
+    p.add_argument("--frames", type=number_in(int, 2), help="frames per clip (default: preset's)")
+    p.add_argument("--crop", type=positive_int, default=480, help="clip side, multiple of 16")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (--data training)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument(
         "--variant",
         choices=("pixel", "object", "object-nomask", "pixel-capacity"),
         default="object",
+        help="synthetic reproduction arm (without --data)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=positive_int, default=1500)
@@ -101,6 +134,7 @@ def _load_model(path: str, device: str):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    import contextlib
     import warnings
 
     import torch
@@ -116,21 +150,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--device: {args.device} requested but CUDA is not available")
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError("--amp: mixed precision needs --device cuda")
-    images = _need_dir(args.images, "--images")
-    if args.layout == "generic":
+    images = Path(args.images)
+    if images.suffix.lower() in data.VIDEO_EXTS:
+        if not images.is_file():
+            raise FileNotFoundError(f"--images: video file not found: {args.images}")
+        if args.layout != "generic" or args.masks is None:
+            raise ValueError("--masks: a video file needs --layout generic and its first mask")
+        if not Path(args.masks).exists():
+            raise FileNotFoundError(f"--masks: not found: {args.masks}")
+        videos = [data.video_file_item(images, args.masks)]
+    elif args.layout == "generic":
+        _need_dir(args.images, "--images")
         if args.masks is None:
             raise ValueError("--masks: required with --layout generic")
         videos = data.generic_videos(images, _need_dir(args.masks, "--masks"))
     elif args.layout == "davis":
-        videos = data.davis_videos(images)
+        videos = data.davis_videos(_need_dir(args.images, "--images"))
     elif args.layout == "mose":
-        videos = data.mose_videos(images)
+        videos = data.mose_videos(_need_dir(args.images, "--images"))
     else:
-        videos = data.youtube_videos(images)
+        videos = data.youtube_videos(_need_dir(args.images, "--images"))
     first_masks = {}
     for v in videos:
         mask, palette = data.read_index_png(v.masks[0], "--masks")
-        h, w = data.read_image(v.frames[0]).shape[-2:]
+        if v.video_file is not None:
+            h, w = data.video_size(v.video_file)
+        else:
+            h, w = data.read_image(v.frames[0]).shape[-2:]
         if mask.shape != (h, w):
             raise ValueError(
                 f"--masks: {v.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but the frames are {w}x{h}"
@@ -150,28 +196,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
         seg = VideoSegmenter(model, cfg, device=args.device)
         palette = first_masks[v.name][1]
         empty_warned = False
-        for t, frame_path in enumerate(progress(v.frames, desc=v.name, leave=False)):
-            image = data.read_image(frame_path)
-            mask = None
-            if t in v.masks:
-                mask = torch.from_numpy(
-                    first_masks[v.name][0]
-                    if t == 0
-                    else data.read_index_png(v.masks[t], "--masks")[0]
-                ).long()
-                mask[mask == 255] = 0  # void is not an object
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                probs = seg.step(image, mask, v.objects_per_mask.get(t), end=t == len(v.frames) - 1)
-            ids = seg.prob_to_index_mask(probs).cpu()
-            if t > 0 and seg.num_objects and not bool((ids > 0).any()) and not empty_warned:
-                print(
-                    f"warning: {v.name}: every object vanished at frame {frame_path.name}",
-                    file=sys.stderr,
-                )
-                empty_warned = True
-            if v.output_frames is None or t in v.output_frames:
-                data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
+        overlay_ctx = (
+            data.OverlayVideoWriter(Path(args.overlay) / f"{v.name}.mp4", args.fps)
+            if args.overlay
+            else contextlib.nullcontext()
+        )
+        frames = zip(v.frames, data.item_frames(v), strict=True)
+        with overlay_ctx as writer:
+            for t, (frame_path, image) in enumerate(
+                progress(frames, total=len(v.frames), desc=v.name, leave=False)
+            ):
+                mask = None
+                if t in v.masks:
+                    mask = torch.from_numpy(
+                        first_masks[v.name][0]
+                        if t == 0
+                        else data.read_index_png(v.masks[t], "--masks")[0]
+                    ).long()
+                    mask[mask == 255] = 0  # void is not an object
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    probs = seg.step(
+                        image, mask, v.objects_per_mask.get(t), end=t == len(v.frames) - 1
+                    )
+                ids = seg.prob_to_index_mask(probs).cpu()
+                if t > 0 and seg.num_objects and not bool((ids > 0).any()) and not empty_warned:
+                    print(
+                        f"warning: {v.name}: every object vanished at frame {frame_path.name}",
+                        file=sys.stderr,
+                    )
+                    empty_warned = True
+                if v.output_frames is None or t in v.output_frames:
+                    data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
+                if writer is not None:
+                    writer.write(image, ids, palette)
     print(f"wrote {len(videos)} video(s) to {out}")
     return 0
 
@@ -226,6 +284,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         if step % 10 == 0:
             print(f"step {step}: loss {losses['total']:.3f}", flush=True)
 
-    train_variant(args.variant, args.seed, args.iterations, work, out, log=log)
+    if args.data:
+        _train_on_data(args, out, work, log)
+    else:
+        train_variant(args.variant, args.seed, args.iterations, work, out, log=log)
     print(f"wrote {out}")
     return 0
+
+
+def _train_on_data(args: argparse.Namespace, out: Path, work: Path, log) -> None:
+    """``cvpr24 train cutie --data DIR``: the paper's main training stage on real videos."""
+    import torch
+
+    from cvpr24.common import save_checkpoint
+    from cvpr24.cutie.clips import ClipSampler, training_videos
+    from cvpr24.cutie.model import CutieConfig, CutieModel
+    from cvpr24.cutie.train import TrainConfig, train
+
+    if args.crop % 16:
+        raise ValueError(f"--crop: must be a multiple of 16, got {args.crop}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {args.device} requested but CUDA is not available")
+    if args.amp and not args.device.startswith("cuda"):
+        raise ValueError("--amp: mixed precision needs --device cuda")
+    if args.init is not None and not Path(args.init).is_file():
+        raise FileNotFoundError(f"--init: file not found: {args.init}")
+    videos = [v for d in args.data for v in training_videos(d, "--data")]
+    cfg = TrainConfig.main() if args.stage == "main" else TrainConfig.cpu()
+    cfg.iterations, cfg.seed, cfg.amp = args.iterations, args.seed, args.amp
+    cfg.batch_size = args.batch_size or cfg.batch_size
+    cfg.num_frames = args.frames or cfg.num_frames
+    cfg.num_ref_frames = min(cfg.num_ref_frames, cfg.num_frames - 1)
+    sampler = ClipSampler(
+        videos,
+        cfg.iterations,
+        batch_size=cfg.batch_size,
+        num_frames=cfg.num_frames,
+        max_objects=cfg.max_objects,
+        crop=args.crop,
+        min_pixels=max(1, round(100 * (args.crop / 480) ** 2)),
+        seed=args.seed,
+    )
+    if args.init is not None:
+        model = _load_model(args.init, args.device)
+    else:
+        model_cfg = {"base": CutieConfig.base, "small": CutieConfig.small, "cpu": CutieConfig.cpu}
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            model = CutieModel(model_cfg[args.model]()).to(args.device)
+    losses = train(model, cfg, sampler, out_dir=work, resume=True, log=log)
+    save_checkpoint(
+        out,
+        model.state_dict(),
+        config=model.cfg,
+        seed=args.seed,
+        data={"folders": [str(d) for d in args.data], "videos": len(videos), "crop": args.crop},
+        metrics={"final_loss_mean_last_20": sum(losses[-20:]) / max(1, len(losses[-20:]))},
+    )

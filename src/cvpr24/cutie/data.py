@@ -9,12 +9,18 @@ Layouts (``VideoItem.frames`` are image paths; ``masks`` maps frame index -> mas
 - YouTube-VOS: ``JPEGImages/<video>/*.jpg``, ``Annotations/<video>/*.png`` where objects first
   appear, and ``meta.json`` (``videos.<vid>.objects.<id>.frames``) listing the frames to output.
 - generic: two folders, ``images/<video>/*`` and ``masks/<video>/*.png``.
+- a video file (``.mp4``, ``.mov``, ``.avi``, ``.mkv``, ``.webm``; decoded with PyAV) and a
+  first-frame index PNG; its frames are named ``00000``, ``00001``, ...
+
+Overlays (the frames with each object's colour blended over its pixels) are written as mp4
+with :class:`OverlayVideoWriter`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import torch
 from cvpr24.cutie.synthetic import SyntheticVOS, training_batch  # noqa: F401  (re-exported)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MAX_IDS = 64  # more distinct values than this in one mask is an anti-aliased or RGB-like image
 
 
@@ -113,6 +120,7 @@ class VideoItem:
     masks: dict[int, Path]
     output_frames: set[int] | None = None  # None = all
     objects_per_mask: dict[int, list[int]] = field(default_factory=dict)
+    video_file: Path | None = None  # frames decoded from this file; ``frames`` only name them
 
     def __post_init__(self) -> None:
         if not self.frames:
@@ -150,6 +158,129 @@ def generic_videos(
     if not names:
         raise ValueError(f"images: no frames or video folders in {images}")
     return [_video_from_folders(n, images / n, masks / n, first_only) for n in names]
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is in the cutie extra
+        raise ImportError("video files need PyAV: pip install 'cvpr24[cutie]'") from e
+    return av
+
+
+def video_file_item(video: str | os.PathLike, first_mask: str | os.PathLike) -> VideoItem:
+    """One video file with the index PNG of its first frame (``first_mask`` may also be a
+    folder holding ``00000.png``). The frame count comes from demuxing, without decoding."""
+    video, first_mask = Path(video), Path(first_mask)
+    if not video.is_file():
+        raise FileNotFoundError(f"images: video file not found: {video}")
+    if first_mask.is_dir():
+        first_mask = first_mask / "00000.png"
+    if not first_mask.is_file():
+        raise FileNotFoundError(f"masks: first-frame mask not found: {first_mask}")
+    with _av().open(str(video)) as container:
+        if not container.streams.video:
+            raise ValueError(f"images: {video} has no video stream")
+        stream = container.streams.video[0]
+        n = sum(1 for packet in container.demux(stream) if packet.size)
+    if n == 0:
+        raise ValueError(f"images: {video} has no frames")
+    return VideoItem(
+        video.stem, [Path(f"{t:05d}") for t in range(n)], {0: first_mask}, None, {}, video
+    )
+
+
+def video_size(video: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of a video file's first video stream."""
+    with _av().open(str(video)) as container:
+        ctx = container.streams.video[0].codec_context
+        return ctx.height, ctx.width
+
+
+def read_video(video: str | os.PathLike) -> Iterator[torch.Tensor]:
+    """Decode a video file frame by frame -> (3, H, W) float32 RGB in [0, 1]."""
+    with _av().open(str(video)) as container:
+        for frame in container.decode(video=0):
+            arr = frame.to_ndarray(format="rgb24")
+            yield torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+
+
+def item_frames(item: VideoItem) -> Iterator[torch.Tensor]:
+    """The frames of a :class:`VideoItem` in order, from image files or its video file."""
+    if item.video_file is not None:
+        yield from read_video(item.video_file)
+    else:
+        for path in item.frames:
+            yield read_image(path)
+
+
+def overlay(
+    image: torch.Tensor, ids: torch.Tensor, palette: bytes | None = None, alpha: float = 0.5
+) -> np.ndarray:
+    """(3, H, W) float image and (H, W) ids -> (H, W, 3) uint8 with each object's palette
+    colour blended (weight ``alpha``) over its pixels and the background unchanged."""
+    pal = np.frombuffer(palette or davis_palette(), np.uint8).reshape(-1, 3).astype(np.float32)
+    rgb = image.permute(1, 2, 0).cpu().numpy() * 255
+    idx = ids.cpu().numpy().astype(np.int64)
+    fg = idx > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * pal[idx[fg]]
+    return (rgb + 0.5).clip(0, 255).astype(np.uint8)
+
+
+class OverlayVideoWriter:
+    """Write overlay frames to an mp4 (H.264 when available, else MPEG-4 part 2), atomically:
+    frames go to a temporary file renamed onto ``path`` by :meth:`close` and removed if the
+    writer is left through an exception. Odd frame sizes are padded by one pixel (yuv420p)."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 24.0):
+        import tempfile
+        from fractions import Fraction
+
+        av = _av()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp.mp4"
+        )
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        self._stream.pix_fmt = "yuv420p"
+        self._size = None
+
+    def write(self, image: torch.Tensor, ids: torch.Tensor, palette: bytes | None = None) -> None:
+        import av
+
+        rgb = overlay(image, ids, palette)
+        h, w = rgb.shape[:2]
+        if self._size is None:
+            self._size = (h, w)
+            self._stream.height, self._stream.width = h + h % 2, w + w % 2
+        elif self._size != (h, w):
+            raise ValueError(f"image: frame size {h}x{w} differs from the first {self._size}")
+        rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder and move the file into place."""
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+
+    def __enter__(self) -> OverlayVideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._container.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def davis_videos(

@@ -85,6 +85,25 @@ def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.log(p / (1 - p))
 
 
+def aggregate_logits(
+    logits: torch.Tensor, dim: int, selector: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 14 from per-object logits ``z_k`` in log space, without the probability clamp.
+
+    ``log o_k = z_k`` and ``log o_0 = log p_0 - log(1 - p_0)`` with
+    ``log p_0 = sum_k log sigmoid(-z_k)``: the same values as :func:`aggregate` wherever no
+    probability reaches the clamp, but with a gradient everywhere (the clamp has none, so a
+    model whose object logits all fall below -16 receives no gradient at all and stays
+    all-background). Used for training only. ``selector`` (broadcastable, 0 = padding object)
+    removes objects.
+    """
+    z = logits.float()
+    if selector is not None:
+        z = z.masked_fill(selector == 0, -1e4)
+    log_bg = F.logsigmoid(-z).sum(dim, keepdim=True).clamp(max=-1e-30)
+    return torch.cat([log_bg - torch.log(-torch.expm1(log_bg)), z], dim)
+
+
 def pad_divide_by(x: torch.Tensor, d: int = 16) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Zero-pad the last two dims up to multiples of ``d``; the extra pixel of an odd padding
     goes to the bottom/right. Returns the padded tensor and ``(left, right, top, bottom)``."""

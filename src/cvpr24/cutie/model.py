@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvpr24.cutie.functional import aggregate, chunk_slices
+from cvpr24.cutie.functional import aggregate, aggregate_logits, chunk_slices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,20 +76,20 @@ class CutieConfig:
         cfg = dict(
             pixel_block="basic",
             pixel_layers=(2, 2, 2),
-            pixel_widths=(16, 16, 32, 64),
+            pixel_widths=(8, 8, 16, 32),
             mask_block="basic",
             mask_layers=(2, 2, 2),
-            mask_widths=(16, 16, 32, 64),
-            key_dim=16,
-            value_dim=64,
-            sensory_dim=32,
-            pixel_dim=64,
-            embed_dim=64,
+            mask_widths=(8, 8, 16, 32),
+            key_dim=8,
+            value_dim=32,
+            sensory_dim=16,
+            pixel_dim=32,
+            embed_dim=32,
             num_queries=8,
-            num_heads=4,
-            ff_dim=128,
+            num_heads=2,
+            ff_dim=64,
             num_blocks=num_blocks,
-            up_dims=(64, 32, 32),
+            up_dims=(32, 16, 16),
         )
         cfg.update(overrides)
         return cls(**cfg)
@@ -873,11 +873,21 @@ class CutieModel(nn.Module):
             return pixel_readout, None
         return self.object_transformer(pixel_readout, obj_summaries, selector, need_weights)
 
-    def segment(self, ms_feat, readout, sensory, selector=None, update_sensory=True, chunk_size=-1):
+    def segment(
+        self,
+        ms_feat,
+        readout,
+        sensory,
+        selector=None,
+        update_sensory=True,
+        chunk_size=-1,
+        exact_aggregation=False,
+    ):
         """Decode ``R_L`` -> (new sensory, logits (B, K+1, H, W) over {bg, objects}, probs).
 
         Objects are decoded ``chunk_size`` at a time (all at once when < 1); they only meet in
-        the soft aggregation (Eq. 14).
+        the soft aggregation (Eq. 14), clamped as in the official code, or computed in log
+        space without the clamp when ``exact_aggregation`` (a training option).
         """
         parts = [
             self.mask_decoder(
@@ -887,12 +897,14 @@ class CutieModel(nn.Module):
         ]
         sensory = torch.cat([p[0] for p in parts], 1)
         logits = torch.cat([p[1] for p in parts], 1)
-        prob = torch.sigmoid(logits)
-        if selector is not None:
-            prob = prob * selector
-        logits = F.interpolate(
-            aggregate(prob, dim=1), scale_factor=4, mode="bilinear", align_corners=False
-        )
+        if exact_aggregation:
+            logits = aggregate_logits(logits, 1, selector)
+        else:
+            prob = torch.sigmoid(logits)
+            if selector is not None:
+                prob = prob * selector
+            logits = aggregate(prob, dim=1)
+        logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
         return sensory, logits, torch.softmax(logits, dim=1)
 
     def sensory_aux_logits(self, pix_feat: torch.Tensor, sensory: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpr24.cutie.functional import aggregate, readout, similarity, softmax_memory
+from cvpr24.cutie.functional import (
+    aggregate,
+    aggregate_logits,
+    readout,
+    similarity,
+    softmax_memory,
+)
 from cvpr24.cutie.losses import cutie_loss
 from cvpr24.cutie.model import CutieModel
 
@@ -45,6 +51,7 @@ class TrainConfig:
     seed: int = 14159265
     checkpoint_every: int = 1000
     amp: bool = False
+    exact_aggregation: bool = False  # Eq. 14 in log space without the clamp (CPU preset)
 
     @classmethod
     def main(cls) -> TrainConfig:
@@ -78,6 +85,7 @@ class TrainConfig:
             num_points=2048,
             seed=seed,
             checkpoint_every=100,
+            exact_aggregation=True,
         )
 
     def __post_init__(self) -> None:
@@ -96,6 +104,7 @@ def forward_clip(
     num_ref_frames: int,
     deep_update_prob: float,
     rng: np.random.Generator,
+    exact_aggregation: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The training forward pass on clips.
 
@@ -104,9 +113,12 @@ def forward_clip(
     memory; every later frame reads memory (full softmax, all previous memory frames or a
     random ``num_ref_frames`` of them), is segmented, and its *predicted* masks are encoded
     into memory (except on the last frame; deep sensory update with probability
-    ``deep_update_prob``). Returns logits (B, T-1, K+1, H, W), the aggregated sensory and
+    ``deep_update_prob``). ``exact_aggregation`` computes Eq. 14 (main and auxiliary outputs)
+    without the probability clamp, so that an all-background model still gets a gradient.
+    Returns logits (B, T-1, K+1, H, W), the aggregated sensory and
     per-level object-transformer auxiliary logits, and the attention masks.
     """
+    exact = exact_aggregation
     b, t = frames.shape[:2]
     k = first_masks.shape[1]
     sel = selector.view(b, k, 1, 1).float()
@@ -139,13 +151,13 @@ def forward_clip(
         r_l, aux = model.readout_query(r0, obj, selector=sel)
         sensory_logits = model.sensory_aux_logits(pix_feat[:, ti], sensory)
         sensory, logits, prob = model.segment(
-            [f[:, ti] for f in ms_feat], r_l, sensory, selector=sel
+            [f[:, ti] for f in ms_feat], r_l, sensory, selector=sel, exact_aggregation=exact
         )
         masks = prob[:, 1:]
         logits_all.append(logits)
-        sensory_aux.append(_aggregate_aux(sensory_logits, sel))
+        sensory_aux.append(_aggregate_aux(sensory_logits, sel, exact))
         if aux is not None:
-            q_aux.append([_aggregate_aux(q, sel) for q in aux["logits"]])
+            q_aux.append([_aggregate_aux(q, sel, exact) for q in aux["logits"]])
             attn.append(aux["attn_mask"])
         if ti < t - 1:
             deep = bool(rng.random() < deep_update_prob)
@@ -161,7 +173,9 @@ def forward_clip(
     return out
 
 
-def _aggregate_aux(logits: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+def _aggregate_aux(logits: torch.Tensor, sel: torch.Tensor, exact: bool) -> torch.Tensor:
+    if exact:
+        return aggregate_logits(logits, 1, sel)
     return aggregate(torch.sigmoid(logits) * sel, dim=1)
 
 
@@ -221,7 +235,14 @@ class ClipForward(torch.nn.Module):
     def forward(self, frames, first_masks, selector, rng):
         c = self.cfg
         return forward_clip(
-            self.model, frames, first_masks, selector, c.num_ref_frames, c.deep_update_prob, rng
+            self.model,
+            frames,
+            first_masks,
+            selector,
+            c.num_ref_frames,
+            c.deep_update_prob,
+            rng,
+            c.exact_aggregation,
         )
 
 
