@@ -92,5 +92,6 @@ def test_warm_start_keeps_stats_and_continues_step_count(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "gfars_seed0.safetensors").meta["metrics"]["steps"] == 4
     with pytest.raises(ValueError, match="steps must exceed"):
         train_method("gfars", 0, tmp_path / "run2", 2, base=TINY, init_from=ck)
-    with pytest.raises(ValueError, match="init_from"):
-        train_method("gfars_ef", 0, tmp_path / "run3", 4, base=TINY, init_from=ck)
+    for other in ("gfars_ef", "wo_gf"):  # another config; the same config, another method
+        with pytest.raises(ValueError, match="init_from"):
+            train_method(other, 0, tmp_path / "run3", 4, base=TINY, init_from=ck)

@@ -187,7 +187,7 @@ def train_method(method: str, seed: int, directory: Path, steps: int, base=BASE,
     first_step = 0
     if init_from is not None:
         ck = load_checkpoint(init_from, GFARSConfig)
-        if ck.config != model.cfg or ck.meta.get("extra", {}).get("method", method) != method:
+        if ck.config != model.cfg or ck.meta.get("method", method) != method:
             raise ValueError(f"init_from: {init_from} holds another method or config than "
                              f"{method!r} with this preset")
         model.load_state_dict(ck.tensors)
