@@ -182,7 +182,7 @@ class GRUMask(nn.Module):
         self.eval()
         emb = self.encode(parts, mask)
         state = {"k": 0, "h": emb.new_zeros(len(emb), self.cfg.feat_len), "last": mask.clone(),
-                 "stopped": torch.zeros(len(emb), dtype=torch.bool)}
+                 "stopped": torch.zeros(len(emb), dtype=torch.bool, device=emb.device)}
 
         def select(remaining: Tensor) -> Tensor:
             previous = state["last"] & ~remaining   # the group emitted at the last step
