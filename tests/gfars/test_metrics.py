@@ -94,3 +94,24 @@ def test_labels_round_trip_and_bad_groups():
         score([[0, 7]], [[0, 1]], 3, "strict")
     with pytest.raises(ValueError, match="mode"):
         score([[0]], [[0]], 1, "loose")
+
+
+def test_set_counts_and_micro_prf_match_grouping_metrics():
+    # set 0 as the worked example (TP 4, FP 1, FN 1 in both modes); set 1 has no prediction:
+    # strict counts its 2 GT parts as FN, official skips it (a zero row).
+    import numpy as np
+
+    from cvpr24.gfars.metrics import micro_prf, set_counts
+
+    preds, gts, sizes = [[[0, 1], [2, 3, 4]], []], [[[0, 1, 2], [3, 4]], [[0, 1]]], [5, 2]
+    strict = set_counts(preds, gts, sizes, "strict")
+    official = set_counts(preds, gts, sizes, "official")
+    assert strict.tolist() == [[4, 1, 1], [0, 0, 2]]
+    assert official.tolist() == [[4, 1, 1], [0, 0, 0]]
+    for mode, counts in (("strict", strict), ("official", official)):
+        ref = grouping_metrics(preds, gts, sizes, mode)
+        assert micro_prf(counts) == pytest.approx([ref.precision, ref.recall, ref.f1])
+    # vectorised over bootstrap draws: draw [0, 0] is set 0 twice (F1 0.8), [1, 1] only set 1
+    draws = micro_prf(strict[np.array([[0, 0], [1, 1], [0, 1]])])
+    assert draws.shape == (3, 3)
+    assert draws[:, 2] == pytest.approx([0.8, 0.0, 2 * (0.8 * 4 / 7) / (0.8 + 4 / 7)])

@@ -81,10 +81,29 @@ def test_cli_rejects_bad_numbers():
     assert e.value.code == 2
 
 
-def test_reproduce_tiny_smoke(tmp_path):
-    from cvpr24.gfars.reproduce import CLAIMS, run
+def test_reproduce_tiny_smoke_and_resume(tmp_path, monkeypatch):
+    # "tiny" is the --full code path at a tiny budget: every method is trained into
+    # OUT/checkpoints and evaluated. A rerun after an interruption (one checkpoint lost,
+    # its training state left) retrains nothing else and re-evaluates nothing.
+    from cvpr24.gfars import reproduce
 
-    result = run(tmp_path, size="tiny")
+    result = reproduce.run(tmp_path, size="tiny")
     names = {c.name[0] for c in result.claims}
-    assert names == {c[0] for c in CLAIMS} and len(result.claims) == 2 * len(CLAIMS)
+    assert names == {c[0] for c in reproduce.CLAIMS}
+    assert len(result.claims) == 2 * len(reproduce.CLAIMS)
     assert all((tmp_path / f).is_file() for f in result.figures)
+    ck = tmp_path / "checkpoints"
+    weights = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in ck.glob("*.safetensors")}
+    assert set(weights) == {f"{m}_seed0.safetensors" for m in reproduce.STEPS}
+    (ck / "gfars_seed0.safetensors").unlink()
+
+    def fail(method, *args, **kwargs):
+        raise AssertionError(f"{method} evaluated again")
+
+    monkeypatch.setattr(reproduce, "evaluate_method", fail)
+    again = reproduce.run(tmp_path, size="tiny")
+    assert [c.status for c in again.claims] == [c.status for c in result.claims]
+    for name, (data, mtime) in weights.items():
+        path = ck / name
+        assert path.read_bytes() == data
+        assert name == "gfars_seed0.safetensors" or path.stat().st_mtime_ns == mtime

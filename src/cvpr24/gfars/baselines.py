@@ -8,6 +8,10 @@
   [e_i ; e_j ; |e_i - e_j| ; e_i * e_j], trained with BCE on every pair, grouped by
   average-linkage clustering of 1 - p cut at 0.5. ``context=True`` (4b) first passes the
   embeddings through two EdgeConvs so the pair head sees the set.
+- GRU-Mask (:class:`GRUMask`): a GRU over the auto-regressive steps that emits one group's
+  mask per step from the pooled embeddings of the remaining parts and of the previous
+  group, trained with teacher forcing on the ground-truth groups in a fixed order
+  (:func:`ordered_groups`).
 """
 
 from __future__ import annotations
@@ -101,3 +105,91 @@ def linkage_groups(prob: np.ndarray, cut: float = 0.5) -> list[list[int]]:
     z = linkage(squareform(np.clip(dist, 0, 1), checks=False), method="average")
     labels = fcluster(z, t=cut, criterion="distance")
     return [np.flatnonzero(labels == k).tolist() for k in np.unique(labels)]
+
+
+def _masked_max(emb: Tensor, m: Tensor) -> Tensor:
+    """Max-pool ``(B, M, F)`` over the parts where ``m`` ``(B, M)`` is True; 0 where none is."""
+    pooled = emb.masked_fill(~m[..., None], float("-inf")).amax(1)
+    return torch.where(m.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
+
+
+def ordered_groups(parts: Tensor, groups: Tensor, mask: Tensor) -> Tensor:
+    """Teacher-forcing targets of GRU-Mask: each set's ground-truth groups as indicators
+    ``(B, K, M)`` in descending order of size (number of parts), ties broken by the
+    larger summed bounding-box volume of the group's parts (a geometric key, so the order
+    is learnable; the parts' indices carry no information). Rows past a set's group
+    count are all zero."""
+    extent = parts.amax(2) - parts.amin(2)                      # (B, M, 3)
+    volume = extent.prod(-1) * mask                             # (B, M)
+    n_groups = int(groups.masked_fill(~mask, -1).max()) + 1
+    labels = torch.arange(n_groups, device=groups.device)
+    ind = (groups[:, None, :] == labels[None, :, None]) & mask[:, None, :]  # (B, K, M)
+    size = ind.sum(-1).float()
+    vol = (ind * volume[:, None, :]).sum(-1)
+    key = size * (vol.amax() + 1.0) + vol                        # size first, then volume
+    order = torch.argsort(key, dim=1, descending=True)
+    return torch.gather(ind, 1, order[..., None].expand_as(ind))
+
+
+class GRUMask(nn.Module):
+    """GRU-Mask baseline: step k reads u_k = [max-pool of e over the remaining parts ;
+    max-pool of e over the group emitted at step k - 1], updates h_k = GRU(u_k, h_{k-1})
+    (h_0 = 0) and scores every remaining part with an MLP on [e_i ; h_k]; the parts above
+    the threshold are step k's group. Trained with teacher forcing (:meth:`loss`)."""
+
+    def __init__(self, cfg: GFARSConfig) -> None:
+        super().__init__()
+        f = cfg.feat_len
+        self.cfg = cfg
+        self.point_encoder = GFARS(cfg).point_encoder
+        self.cell = nn.GRUCell(2 * f, f)
+        self.head = nn.Sequential(nn.Linear(2 * f, f), nn.ReLU(), nn.Linear(f, 1))
+
+    encode = GFARS.encode
+
+    def step(self, emb: Tensor, remaining: Tensor, previous: Tensor,
+             h: Tensor) -> tuple[Tensor, Tensor]:
+        """One AR step: embeddings ``(B, M, F)``, remaining and previous-group masks
+        ``(B, M)``, state ``(B, F)`` -> mask logits ``(B, M)`` and the new state."""
+        u = torch.cat([_masked_max(emb, remaining), _masked_max(emb, previous)], -1)
+        h = self.cell(u, h)
+        logits = self.head(torch.cat([emb, h[:, None, :].expand_as(emb)], -1))[..., 0]
+        return logits, h
+
+    def loss(self, parts: Tensor, groups: Tensor, mask: Tensor) -> Tensor:
+        """Teacher forcing: at step k the remaining parts are those outside the first k
+        ordered groups and the previous group is group k - 1; BCE of the logits of the
+        remaining parts against group k, averaged over every (set, step, part) counted."""
+        emb = self.encode(parts, mask)
+        targets = ordered_groups(parts, groups, mask)             # (B, K, M)
+        remaining, previous = mask.clone(), torch.zeros_like(mask)
+        h = emb.new_zeros(len(emb), self.cfg.feat_len)
+        total, count = emb.new_zeros(()), 0
+        for k in range(targets.shape[1]):
+            logits, h = self.step(emb, remaining, previous, h)
+            target = targets[:, k]
+            counted = remaining & target.any(1, keepdim=True)     # sets with a group k
+            total = total + F.binary_cross_entropy_with_logits(
+                logits[counted], target[counted].float(), reduction="sum")
+            count += int(counted.sum())
+            remaining, previous = remaining & ~target, target
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def group_sets(self, sets: Sequence, threshold: float = 0.5, max_iters: int | None = None,
+                   **_: object) -> list[list[list[int]]]:
+        parts, mask = as_part_batch(sets)
+        self.eval()
+        emb = self.encode(parts, mask)
+        state = {"k": 0, "h": emb.new_zeros(len(emb), self.cfg.feat_len), "last": mask.clone(),
+                 "stopped": torch.zeros(len(emb), dtype=torch.bool, device=emb.device)}
+
+        def select(remaining: Tensor) -> Tensor:
+            previous = state["last"] & ~remaining   # the group emitted at the last step
+            if state["k"] > 0:                      # a set that emitted nothing has stopped
+                state["stopped"] |= ~previous.any(1)
+            logits, state["h"] = self.step(emb, remaining, previous, state["h"])
+            state["k"], state["last"] = state["k"] + 1, remaining.clone()
+            return torch.sigmoid(logits).masked_fill(state["stopped"][:, None], 0.0)
+
+        return ar_grouping(select, mask, threshold, max_iters or self.cfg.max_iters)

@@ -48,6 +48,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="continue from this checkpoint of the same method and "
+                   "preset (fresh Adam; its step count is the first step)")
     p.add_argument("--out", required=True, help="output folder: <method>_seed<k>.safetensors")
     p.set_defaults(func=_friendly(cmd_train))
 
@@ -145,6 +147,8 @@ def cmd_train(args) -> int:
     if args.batch_size:
         base = replace(base, batch_size=args.batch_size)
     data = _npz_folder(args.data, "--data") if args.data else None
+    if args.init_from and not Path(args.init_from).is_file():
+        raise ValueError(f"--init-from: no checkpoint at {args.init_from}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = progress(total=args.steps, desc=f"train {args.method}")
@@ -160,7 +164,8 @@ def cmd_train(args) -> int:
 
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        train_method(args.method, args.seed, out, args.steps, base=base, log=log, data=data)
+        train_method(args.method, args.seed, out, args.steps, base=base, log=log, data=data,
+                     init_from=args.init_from and Path(args.init_from))
     finally:
         if distributed:
             torch.distributed.destroy_process_group()

@@ -181,7 +181,10 @@ def group_sets(model, sets: Sequence, sampler: str | None = None, steps: int | N
                batch_size: int = 64) -> list[list[list[int]]]:
     """Group many mixed sets with a :class:`~cvpr24.gfars.model.GFARS` model. Sets run in
     lock-step chunks of ``batch_size``; arguments left None take the model config's values.
-    The encoder runs once per chunk (eval mode); every AR iteration reuses the embeddings."""
+    The encoder runs once per chunk (eval mode); every AR iteration reuses the embeddings
+    and samples only the sets that still have parts left (sets never exchange messages,
+    so a set's draws do not depend on which others are sampled beside it, only the noise
+    stream does)."""
     cfg = model.cfg
     sampler = cfg.sampler if sampler is None else sampler
     steps = cfg.steps if steps is None else steps
@@ -203,11 +206,16 @@ def group_sets(model, sets: Sequence, sampler: str | None = None, steps: int | N
             emb = model.encode(p, mk)
 
             def select(remaining: Tensor, emb: Tensor = emb) -> Tensor:
-                def score_fn(x: Tensor, t: Tensor) -> Tensor:
-                    return model.score(x, t, emb, remaining)
+                live = remaining.any(1)  # sets with no part left are not sampled again
+                e, r = emb[live], remaining[live]
 
-                return sample_selection(score_fn, remaining, cfg.sigma, sampler, steps, snr,
-                                        cfg.eps_sample, gen)
+                def score_fn(x: Tensor, t: Tensor) -> Tensor:
+                    return model.score(x, t, e, r)
+
+                out = torch.zeros(remaining.shape, device=remaining.device)
+                out[live] = sample_selection(score_fn, r, cfg.sigma, sampler, steps, snr,
+                                             cfg.eps_sample, gen)
+                return out
 
             out.extend(ar_grouping(select, mk, threshold, max_iters, min_parts))
     finally:

@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvpr24.common.checkpoint import load_training_state, save_checkpoint, save_training_state
-from cvpr24.gfars.baselines import CompNet, NoGFModel
+from cvpr24.gfars.baselines import CompNet, GRUMask, NoGFModel
 from cvpr24.gfars.data import MixedPartSet, pad_sets, procedural_mixes
 from cvpr24.gfars.model import GFARS, DescriptorEncoder, GFARSConfig
-from cvpr24.gfars.sde import dsm_loss, marginal_std
+from cvpr24.gfars.sde import dsm_loss, marginal_std, per_node_bayes_score
 
-METHODS = ("gfars", "gfars_ef", "wo_gnn", "wo_gnn_ef", "wo_gf", "compnet", "compnet_gnn")
+METHODS = ("gfars", "gfars_ef", "wo_gnn", "wo_gnn_ef", "wo_gf", "compnet", "compnet_gnn",
+           "gru_mask")
 
 
 def method_config(method: str, base: GFARSConfig) -> GFARSConfig:
@@ -47,6 +48,8 @@ def build_method(method: str, base: GFARSConfig) -> nn.Module:
         return NoGFModel(cfg)
     if method.startswith("compnet"):
         return CompNet(cfg, context=method == "compnet_gnn")
+    if method == "gru_mask":
+        return GRUMask(cfg)
     return GFARS(cfg)
 
 
@@ -63,17 +66,42 @@ def random_targets(groups: Tensor, mask: Tensor, gen: torch.Generator) -> Tensor
     return ((groups == k[:, None]) & mask).float()
 
 
+def dsm_draw(cfg: GFARSConfig, groups: Tensor, mask: Tensor,
+             gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One draw of G8's randomness: a target group x0 per set, t ~ U(eps_train, 1) per set
+    and z ~ N(0, I). Returns the noised selection x = x0 + sigma_t z ``(B, M)``, t, z and
+    sigma_t."""
+    x0 = random_targets(groups, mask, gen)
+    t = (torch.rand(len(groups), generator=gen) * (1 - cfg.eps_train) + cfg.eps_train).to(x0)
+    z = torch.randn(x0.shape, generator=gen).to(x0) * mask
+    std = marginal_std(t, cfg.sigma)
+    return (x0 + std[:, None] * z) * mask, t, z, std
+
+
 def dsm_objective(model: GFARS, parts: Tensor, groups: Tensor, mask: Tensor,
                   gen: torch.Generator) -> Tensor:
     """G8: t ~ U(eps_train, 1) per set, z ~ N(0, I), loss sum_i (s(x0 + sigma_t z) sigma_t + z_i)^2."""
-    cfg = model.cfg
     emb = model.encode(parts, mask)
-    x0 = random_targets(groups, mask, gen)
-    t = (torch.rand(len(parts), generator=gen) * (1 - cfg.eps_train) + cfg.eps_train).to(x0)
-    z = torch.randn(x0.shape, generator=gen).to(x0) * mask
-    std = marginal_std(t, cfg.sigma)
-    score = model.score((x0 + std[:, None] * z) * mask, t, emb, mask)
-    return dsm_loss(score, z, std, mask, cfg.loss_reduction)
+    x, t, z, std = dsm_draw(model.cfg, groups, mask, gen)
+    return dsm_loss(model.score(x, t, emb, mask), z, std, mask, model.cfg.loss_reduction)
+
+
+@torch.no_grad()
+def per_node_bayes_objective(cfg: GFARSConfig, batches: int = 200, seed: int = 0) -> float:
+    """The training objective (G8) of the per-node Bayes score (B1, prior 1/N), averaged
+    over ``batches`` batches of fresh procedural mixes: the plateau of a score net that
+    does not use the other parts. A training loss below it means the net does."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for k in range(batches):
+        sets = procedural_mixes(cfg.batch_size, int(np.random.default_rng([seed, 2, k]).integers(2**31)),
+                                n_points=cfg.points_per_part)
+        _, groups, mask = batch_tensors(sets)
+        x, _, z, std = dsm_draw(cfg, groups, mask, gen)
+        n_groups = (groups.masked_fill(~mask, -1).amax(1) + 1).float()
+        score = per_node_bayes_score(x, std, 1.0 / n_groups) * mask
+        total += dsm_loss(score, z, std, mask, cfg.loss_reduction).item()
+    return total / batches
 
 
 def select_bce_objective(model: NoGFModel, parts: Tensor, groups: Tensor, mask: Tensor,
@@ -93,9 +121,17 @@ def pair_bce_objective(model: CompNet, parts: Tensor, groups: Tensor, mask: Tens
     return F.binary_cross_entropy_with_logits(logits[pair_mask], same[pair_mask].float())
 
 
+def mask_bce_objective(model: GRUMask, parts: Tensor, groups: Tensor, mask: Tensor,
+                       gen: torch.Generator) -> Tensor:
+    """GRU-Mask: teacher-forced BCE of each AR step's mask (no randomness drawn)."""
+    return model.loss(parts, groups, mask)
+
+
 def objective_for(model: nn.Module) -> Callable:
     if isinstance(model, NoGFModel):
         return select_bce_objective
+    if isinstance(model, GRUMask):
+        return mask_bce_objective
     if isinstance(model, CompNet):
         return pair_bce_objective
     return dsm_objective
@@ -120,6 +156,7 @@ def train(
     lr: float | None = None,
     data: Sequence[MixedPartSet] | None = None,
     state_path: str | Path | None = None,
+    first_step: int = 0,
     save_every: int = 500,
     log_every: int = 50,
     log: Callable[[str], None] | None = None,
@@ -130,6 +167,10 @@ def train(
     ``data``: a list of mixes to draw batches from (e.g. official PartNet mixes); by default
     each step generates fresh procedural mixes. ``state_path``: a resumable training state,
     written every ``save_every`` steps and at the end, and resumed from when it exists.
+    ``first_step``: when ``model`` already holds the weights of a run of that many steps
+    (a warm start from a checkpoint, which has no optimiser state), training continues
+    from there: the encoder statistics are kept, Adam starts afresh, and step k draws the
+    mixes of step k as in one run. A state file, when present, takes precedence.
     ``device``: where the model and batches live (``"cuda"`` when present); the noise
     generator stays on the CPU so runs are reproducible across devices.
     Under ``torch.distributed`` (e.g. ``torchrun``), every rank draws its own batch, the
@@ -149,13 +190,13 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=lr or cfg.lr)
     gen = torch.Generator().manual_seed(seed + 7919 * rank)
     objective = objective_for(model)
-    start, curve = 0, []
+    start, curve = first_step, []
     state_path = Path(state_path) if state_path else None
     if state_path is not None and state_path.is_file():
         st = load_training_state(state_path, model=model, optimizer=opt, restore_rng=False)
         start, curve = st["step"], [tuple(c) for c in json.loads(st["extra"]["curve"])]
         gen.set_state(st["extra"]["gen"])
-    else:
+    elif first_step == 0:
         init_encoder_stats(model, seed, cfg.points_per_part, data)
     model.to(device).train()
     if world > 1:
