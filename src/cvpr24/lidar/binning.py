@@ -49,6 +49,7 @@ from cvpr24.lidar.theory import (
 Array = np.ndarray
 MODE_CANDIDATES = 32  # candidate delays per super-pixel for its dominant mode
 MEDIAN_PX = 3  # the pilot's median filter (pixels)
+NATIVE_SHARE = 1.0  # share of B(1) a super-pixel adds to the spread of its native pilot values
 
 
 @dataclass(frozen=True)
@@ -151,28 +152,28 @@ def recommend_binning(cube: Array, sigma_t: float, bin_width: float, *, t0: floa
     # 1. pilot map, background rates (L20) and expected signal per native pixel
     edges = t0 + bin_width * np.arange(n_bins + 1)
     tau_raw, info = estimate_delay(grid, sigma_t=sigma_t, method="ml", bin_edges=edges)
+    size = (1, MEDIAN_PX) if line else MEDIAN_PX
+    pilot = ndimage.median_filter(tau_raw, size=size, mode="nearest")
     flat = grid.reshape(-1, n_bins).astype(float)
     near = (1, 3) if line else 3  # a pixel at a depth edge also sees its neighbours' surfaces
-    c_out, exposure = gate_counts_histogram(
-        flat, t0, bin_width, ndimage.minimum_filter(tau_raw, near, mode="nearest").ravel(), sigma_t,
-        tau_hi=ndimage.maximum_filter(tau_raw, near, mode="nearest").ravel())
+    c_out, exposure = gate_counts_histogram(  # gates from the pilot: a lock-in's photons count
+        flat, t0, bin_width, ndimage.minimum_filter(pilot, near, mode="nearest").ravel(), sigma_t,
+        tau_hi=ndimage.maximum_filter(pilot, near, mode="nearest").ravel())
     bg = (background_rates(c_out, exposure) * t_range).reshape(h, w)
     k = info.counts.astype(float)
     sig_axes = (0.0, smooth_px) if line else smooth_px
     signal = np.maximum(ndimage.gaussian_filter(np.maximum(k - bg, 0.0), sig_axes, mode="nearest"), 0.0)
-    size = (1, MEDIAN_PX) if line else MEDIAN_PX
-    pilot = ndimage.median_filter(tau_raw, size=size, mode="nearest")
     rng = np.random.default_rng(seed)
     counts = np.rint(grid).astype(np.int64)
     half = rng.binomial(counts, 0.5)  # two independent halves of the photons
     halves = tuple(ndimage.median_filter(estimate_delay(c, sigma_t=sigma_t, bin_edges=edges)[0],
                                          size=size, mode="nearest") for c in (half, counts - half))
 
-    # 2. the spread inside a native pixel, from the growth of the block spread with the factor
-    floor = _native_spread(pilot, halves, signal, sigma_t, bin_width, line)
+    # 2. the error left inside a native pixel (depth edges), from the jumps between pixels
+    native = _native_bias(halves)
 
     # 3. the error of the estimator per factor (L21)
-    rows = [_predict(pilot, halves, signal, bg, f, sigma_t, bin_width, t0, t_range, floor)
+    rows = [_predict(pilot, halves, signal, bg, f, sigma_t, bin_width, t0, t_range, native)
             for f in factors]
     bias, var, p_lock, p_empty, lam = (np.array(v) for v in zip(*rows, strict=True))
     mse = bias + var
@@ -262,44 +263,40 @@ def _block_spread(pilot: Array, halves: tuple[Array, Array], signal: Array, fy: 
     return m, cross.mean(axis=-1), spread
 
 
-def _native_spread(pilot: Array, halves: tuple[Array, Array], signal: Array, sigma_t: float,
-                   bin_width: float, line: bool) -> float:
-    """The bias inside one native pixel, B(1), from the pilot's block spreads at 2 and 4.
+def _native_bias(halves: tuple[Array, Array]) -> float:
+    """B(1), the error left inside one native pixel, from the jumps between neighbouring pixels.
 
-    The bias of an f x f super-pixel grows as B(f) = e f + s f^2 (depth edges, smooth slopes);
-    the pilot gives B(f) - B(1) = e (f - 1) + s (f^2 - 1), so B(1) = e + s (both >= 0), and
-    every factor's bias is the pilot's block spread plus B(1).
+    A depth step d that cuts a pixel, a share a of it on one side, leaves min(a, 1 - a) d^2 in
+    it when the estimator keeps the majority surface (d^2 / 4 on average over a), and one jump
+    of d between neighbours of the pilot; a step within the estimator's reach is averaged
+    instead, a (1 - a) d^2 (d^2 / 6) against jumps (1 - a) d, a d (2 d^2 / 3): a quarter of the
+    squared jumps either way. The jumps are cross products of the two independent halves'
+    pilots, so the pilots' noise cancels.
     """
-    h, w = pilot.shape
-    stats = []
-    for f in (2, 4):
-        fy = 1 if line else f
-        if h // fy < 1 or w // f < 1:
-            return 0.0
-        stats.append(float(np.mean(_block_spread(pilot, halves, signal, fy, f, sigma_t, bin_width)[1])))
-    from scipy.optimize import nnls
-
-    (e, s), _ = nnls(np.array([[1.0, 3.0], [3.0, 15.0]]), np.array(stats))
-    return float(e + s)
+    a, b = halves
+    jumps = sum(float(np.sum(np.diff(a, axis=ax) * np.diff(b, axis=ax)))
+                for ax in (0, 1) if a.shape[ax] > 1)
+    return max(jumps / (4 * a.size), 0.0)
 
 
 def _predict(pilot: Array, halves: tuple[Array, Array], signal: Array, bg: Array, factor: tuple[int, int], sigma_t: float,
              bin_width: float, t0: float, t_range: float,
-             floor: float) -> tuple[float, float, float, float, float]:
+             native: float) -> tuple[float, float, float, float, float]:
     """Bias, variance (with lock-in and empty pixels), mean P(lock), P(empty), photons per
     super-pixel for one factor (L21)."""
     fy, fx = factor
     m, dev2, spread = _block_spread(pilot, halves, signal, fy, fx, sigma_t, bin_width)
     lam_s = _blocks(signal, fy, fx).sum(axis=-1)
     lam_b = _blocks(bg, fy, fx).sum(axis=-1)
-    sigma = np.sqrt(sigma_t**2 + bin_width**2 / 12 + spread + floor)
+    sigma = np.sqrt(sigma_t**2 + bin_width**2 / 12 + spread + native)
     p_lock, p_empty = lock_in_probability(lam_s, lam_b, sigma, t_range)
     var_ok = estimator_variance(lam_s, lam_b, sigma, t_range, sigma_t, bin_width)
     e_lock = t_range**2 / 12 + (t0 + t_range / 2 - m) ** 2  # a uniform delay in the window
     filled = np.sum((1 - p_lock - p_empty) * var_ok + p_lock * e_lock) / max(np.sum(1 - p_empty), 1e-300)
     e_empty = filled + _neighbour_gap(m)
     var = (1 - p_lock - p_empty) * var_ok + p_lock * e_lock + p_empty * e_empty
-    return (max(float(dev2.mean()), 0.0) + floor, float(var.mean()), float(p_lock.mean()),
+    bias = native if factor == (1, 1) else max(float(dev2.mean()), 0.0) + NATIVE_SHARE * native
+    return (bias, float(var.mean()), float(p_lock.mean()),
             float(p_empty.mean()), float(np.mean(lam_s + lam_b)))
 
 
