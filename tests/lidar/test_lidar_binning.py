@@ -48,8 +48,8 @@ def test_advice_on_generated_cubes_with_edges_and_background(signal, bg_fraction
 def test_line_sensor_and_non_square_factors():
     rng = np.random.default_rng(3)
 
-    def tau(x, y):
-        return 8e-9 + 1e-9 * (np.asarray(x) > 0.5) + 0 * np.asarray(y)
+    def tau(x, y):  # a vertical step that cuts pixel columns (not on a pixel or block border)
+        return 8e-9 + 1e-9 * (np.asarray(x) > 0.555) + 0 * np.asarray(y)
 
     cube = simulate_cube(tau, (1, 256), 4.0, 2.0, 100e-12, 35e-12, 512, rng)[0]  # (N, T)
     with warnings.catch_warnings():
