@@ -27,10 +27,13 @@ def flat_scene(tau=0.4):
     return Scene1D(lambda x: tau + 0 * np.asarray(x, float), name="flat")
 
 
-# Seed sweep (12 seeds each, 32 x 32 x 512 cubes, factors 1-8, 2 repeats, seeds 1000-1011):
-#   3 photons/px, w = 0.3: chose the MC best in 11/12 (the miss: 1.30x the best RMSE),
-#       predicted/measured RMSE at the choice 0.69-1.21;
-#   30 photons/px, w = 0.1: chose the MC best (1: do not bin) in 12/12, predicted/measured 0.61-1.30.
+# Seed sweep (12 seeds each, 32 x 32 x 512 cubes, factors 1-8, 2 repeats, seeds 1000-1011; the
+# model of B(1) from neighbour jumps, background gated on the cleaned pilot):
+#   3 photons/px, w = 0.3: chose the MC best in 11/12 (the miss, seed 1009: factor 4, 1.30x the
+#       best RMSE, predicted/measured 0.60), predicted/measured at the choice 0.77-1.10 in the
+#       others; P(lock) at factor 1 0.089-0.106; factor 1 measured 5.9-9.0x the best RMSE;
+#   30 photons/px, w = 0.1: chose the MC best (1: do not bin) in 12/12, predicted/measured 0.76-1.14.
+# Seed 1000 (used here): 1.10 and 1.14.
 # The issue's own criteria (10 %, 30 %) are measured on 40 larger cubes by
 # benchmarks/lidar_binning.py (docs/lidar.md); this test keeps the sweep's ranges with margin.
 @pytest.mark.parametrize(("signal", "bg_fraction", "binned"), [(3.0, 0.3, True), (30.0, 0.1, False)])
@@ -48,8 +51,8 @@ def test_advice_on_generated_cubes_with_edges_and_background(signal, bg_fraction
 def test_line_sensor_and_non_square_factors():
     rng = np.random.default_rng(3)
 
-    def tau(x, y):
-        return 8e-9 + 1e-9 * (np.asarray(x) > 0.5) + 0 * np.asarray(y)
+    def tau(x, y):  # a vertical step that cuts pixel columns (not on a pixel or block border)
+        return 8e-9 + 1e-9 * (np.asarray(x) > 0.555) + 0 * np.asarray(y)
 
     cube = simulate_cube(tau, (1, 256), 4.0, 2.0, 100e-12, 35e-12, 512, rng)[0]  # (N, T)
     with warnings.catch_warnings():
