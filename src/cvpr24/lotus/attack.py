@@ -126,7 +126,7 @@ def _draw_pairs(p: torch.Tensor, k: int, n: int, generator: torch.Generator | No
     ``i = c // (K-1)``, ``j = r + [r >= p_i]`` with ``r = c % (K-1)``.
     """
     c = torch.randperm(len(p) * (k - 1), generator=generator)[:n]
-    i, r = c // (k - 1), c % (k - 1)
+    i, r = torch.div(c, k - 1, rounding_mode="floor"), c % (k - 1)
     return i, r + (r >= p[i])
 
 
@@ -137,7 +137,7 @@ def _draw_subsets(p: torch.Tensor, k: int, n: int, generator: torch.Generator | 
     """
     m = 2**k - 2
     c = torch.randperm(len(p) * m, generator=generator)[:n]
-    i, r = c // m, c % m
+    i, r = torch.div(c, m, rounding_mode="floor"), c % m
     own = 1 << (k - 1 - p[i])                       # code of {p_i}
     s = r + 1
     return i, s + (s >= own)
