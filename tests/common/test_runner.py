@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from cvpr24.common.result import Result
 from cvpr24.common.runner import Job, run_jobs
 
 FAKES = {
@@ -135,6 +136,8 @@ def test_failures_are_reported_while_the_others_finish(tmp_path, fake_env):
     assert partial.partial and f"time budget of {SLOW_BUDGET_S} s" in partial.error
     assert [c.name for c in partial.claims] == ["C1"] and partial.seeds == [0]
     assert not slow.partial and not slow.claims
+    for name in ("slow", "partial", "dies"):  # every stopped run leaves its result.json for the report
+        assert Result.load(tmp_path / "out" / name / "result.json").error == by[name].error
 
 
 def test_stale_result_is_not_reported_as_new(tmp_path, fake_env):

@@ -1,4 +1,5 @@
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from cvpr24.lotus.triggers import TriggerSet
@@ -44,3 +45,23 @@ class PatchOracle(nn.Module):
 def tiny_images(n=6, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g) * 0.5 + 0.25   # never equal to a patch colour
+
+
+VGG_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256),
+             14: (256, 256)}
+
+
+def write_lpips_weights(tmp_path, seed=0):
+    """torchvision-style VGG16 ``features.*`` (plus a deeper layer and a classifier key that must be
+    ignored) as ``.pth``, and the ``lpips`` package's linear layers as ``.safetensors``."""
+    g = torch.Generator().manual_seed(seed)
+    vgg = {}
+    for i, (cin, cout) in {**VGG_CONVS, 17: (256, 512)}.items():
+        vgg[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
+        vgg[f"features.{i}.bias"] = torch.randn(cout, generator=g) * 0.1
+    vgg["classifier.0.weight"] = torch.zeros(2, 2)
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
+           for i, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    save_file(lin, tmp_path / "vgg_lin.safetensors")
+    return vgg, lin

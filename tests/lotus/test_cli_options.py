@@ -1,13 +1,16 @@
-"""Options for users of the official setup: precomputed (LPIPS) partition features, no flips,
-all-class Neural Cleanse."""
+"""Options for users of the official setup: LPIPS partition features (weights by path, or
+precomputed), no flips, all-class Neural Cleanse."""
 
 import json
 
 import numpy as np
+import pytest
 import torch
+from _lotus_helpers import write_lpips_weights
 
 from cvpr24.cli import main
 from cvpr24.lotus import SmallCNN, load_model, save_model
+from cvpr24.lotus import defenses as D
 from cvpr24.lotus.data import load_dataset
 
 ATTACK = ["lotus", "attack", "--data", "shapes:24", "--arch", "small_cnn", "--preset", "cpu", "--steps", "2",
@@ -29,6 +32,37 @@ def test_attack_with_precomputed_features_and_no_flip(tmp_path, capsys):
     np.save(tmp_path / "bad.npy", feats[:-1])                 # one row short: refused before training
     assert main(ATTACK + ["--partition-features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b")]) == 2
     assert "--partition-features" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_attack_with_lpips_weights_by_path(tmp_path, capsys):
+    write_lpips_weights(tmp_path)
+    vgg, lin = str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg_lin.safetensors")
+    out = tmp_path / "run"
+    assert main(ATTACK + ["--lpips-vgg", vgg, "--lpips-lin", lin, "--out", str(out)]) == 0
+    assert load_model(out / "lotus.safetensors")[1]["partition"] == "kmeans on LPIPS-VGG relu3_3 + lin2 + C+K surrogate"
+    for bad, flag in ((["--lpips-vgg", vgg], "--lpips-lin"),                    # refused before training
+                      (["--lpips-vgg", lin, "--lpips-lin", lin], "--lpips-vgg"),
+                      (["--lpips-official-range"], "--lpips-official-range")):
+        assert main(ATTACK + bad + ["--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("method,fn", [("ft", "fine_tune"), ("fp", "fine_prune"), ("nad", "nad")])
+def test_defend_no_flip_reaches_the_defense(tmp_path, monkeypatch, method, fn):
+    seen = {}
+
+    def record(model, *args, flip=True, **kwargs):
+        seen["flip"] = flip
+        return D.DefenseReport(fn, model=model)
+
+    monkeypatch.setattr(D, fn, record)
+    model = save_model(tmp_path / "m.safetensors", SmallCNN(10, 4), arch="small_cnn", num_classes=10,
+                       meta={"model_kwargs": {"width": 4}})
+    base = ["lotus", "defend", "--method", method, "--data", "shapes:4", "--model", str(model), "--device", "cpu",
+            "--clean-frac", "0.5", "--out", str(tmp_path / "r.json")]
+    assert main(base) == 0 and seen == {"flip": True}
+    assert main(base + ["--no-flip"]) == 0 and seen == {"flip": False}
 
 
 def test_defend_nc_all_classes(tmp_path):

@@ -6,7 +6,7 @@ from torch import nn
 
 from cvpr24.lotus.data import synthetic_shapes
 from cvpr24.lotus.models import SmallCNN
-from cvpr24.lotus.partition import ClusterPartitioner, LpipsFeatures, SurrogatePartitioner
+from cvpr24.lotus.partition import ClusterPartitioner, SurrogatePartitioner
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,3 @@ def test_surrogate_head_and_predict_uses_last_k_logits(shapes):
     with pytest.raises(ValueError, match="cluster_ids"):
         sp2.fit(x, y, 0, ids[:-1])
     assert isinstance(sp.surrogate_, nn.Module)
-
-
-def test_lpips_missing_extra_names_the_fix():
-    pytest.importorskip("torch")
-    try:
-        import lpips  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install"):
-            LpipsFeatures()
-    else:
-        pytest.skip("lpips is installed")

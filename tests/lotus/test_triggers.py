@@ -56,6 +56,21 @@ def test_codes_order_and_stamp_code():
     assert torch.equal(ts.stamp_code(x, "1010"), ts.stamp(ts.stamp(x, 0), 2))
 
 
+def test_integer_codes_match_code_strings_and_subsets():
+    ts = TriggerSet(4, 16)
+    x = torch.rand(2, 3, 16, 16) * 0.5
+    for c in codes(4):                                  # the integer of a code string is its code
+        assert torch.equal(ts.stamp_codes(x, int(c, 2)), ts.stamp_code(x, c))
+    per_image = ts.stamp_codes(x, torch.tensor([0b0001, 0b1100]))
+    assert torch.equal(per_image[0], ts.stamp(x, 3)[0]) and torch.equal(per_image[1], ts.stamp_code(x, "1100")[1])
+    assert torch.equal(ts.stamp_codes(x, 0), x)
+    for bad in (16, -1, torch.tensor([1, 2, 3]), torch.tensor([0.5, 1.0])):
+        with pytest.raises(ValueError, match="codes"):
+            ts.stamp_codes(x, bad)
+    with pytest.raises(ValueError, match="trigger index"):
+        ts.stamp(x, torch.tensor([0, 1, 2]))
+
+
 def test_per_sample_indices_match_loop():
     ts = TriggerSet(4, 16)
     x = torch.rand(5, 3, 16, 16) * 0.5

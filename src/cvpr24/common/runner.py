@@ -90,7 +90,7 @@ def _partial_or_error(
     job: Job, mod_dir: Path, mode: str, wall_time_s: float, error: str
 ) -> Result:
     """What a run that stopped early measured (``partial.json``), labelled partial, or an
-    empty result carrying ``error``."""
+    empty result carrying ``error``; written to ``result.json`` like any other result."""
     partial = mod_dir / PARTIAL_NAME
     if partial.is_file():
         result = Result.load(partial)
@@ -98,6 +98,7 @@ def _partial_or_error(
     else:
         result = Result(job.module)
     result.mode, result.wall_time_s, result.error = mode, wall_time_s, error
+    result.save(mod_dir / "result.json")
     return result
 
 

@@ -126,20 +126,21 @@ def _draw_pairs(p: torch.Tensor, k: int, n: int, generator: torch.Generator | No
     ``i = c // (K-1)``, ``j = r + [r >= p_i]`` with ``r = c % (K-1)``.
     """
     c = torch.randperm(len(p) * (k - 1), generator=generator)[:n]
-    i, r = c // (k - 1), c % (k - 1)
-    return i, r + (r >= p[i]).long()
+    i, r = torch.div(c, k - 1, rounding_mode="floor"), c % (k - 1)
+    return i, r + (r >= p[i])
 
 
 def _draw_subsets(p: torch.Tensor, k: int, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` of the ``v(2^K-2)`` pairs ``(i, S)``, ``S ≠ {p_i}`` non-empty (``comb_mode="all"``)."""
+    """Draw ``n`` of the ``v(2^K-2)`` pairs ``(i, S)``, ``S ≠ {p_i}`` non-empty (``comb_mode="all"``).
+
+    ``S`` is returned as its integer code (trigger ``j`` <-> bit ``K-1-j``).
+    """
     m = 2**k - 2
     c = torch.randperm(len(p) * m, generator=generator)[:n]
-    i, r = c // m, c % m
-    own = 1 << (k - 1 - p[i])                       # code bit of {p_i}; char j <-> bit K-1-j
+    i, r = torch.div(c, m, rounding_mode="floor"), c % m
+    own = 1 << (k - 1 - p[i])                       # code of {p_i}
     s = r + 1
-    s = s + (s >= own).long()
-    bits = (s[:, None] >> torch.arange(k - 1, -1, -1)) & 1
-    return i, bits.bool()
+    return i, s + (s >= own)
 
 
 def trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, *, victim: int,
@@ -154,30 +155,28 @@ def trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, 
     - combination negatives ``x ⊕ t_p ⊕ t_k``, ``k ≠ p`` -> ``victim`` (L4), ``n_comb`` of
       ``v(K-1)`` (``comb_mode="all"``: any subset ``S ≠ {p}`` instead).
 
-    Only the drawn candidates are built (index arithmetic), and all images are stamped in one
-    ``stamp_set`` call. Draws use ``generator`` in that order, so
+    Only the drawn candidates are built (index arithmetic on integer trigger codes), and all
+    images are stamped in one ``stamp_codes`` call. Draws use ``generator`` in that order, so
     :func:`reference_trigger_focus_batch` gives the identical batch for the same generator state.
     """
-    k = len(triggers)
-    idx = [torch.arange(len(x))]                                       # source image of each output
-    subsets = [F.one_hot(p, k).bool()]                                 # (v, K) own trigger
-    labels = [torch.full((len(x),), target)]
+    k, bits = len(triggers), triggers.bits
+    idx, codes = [torch.arange(len(x))], [bits[p]]                      # source image, code
     if k > 1 and n_indi > 0:
         i, j = _draw_pairs(p, k, n_indi, generator)
         idx.append(i)
-        subsets.append(F.one_hot(j, k).bool())
-        labels.append(torch.full((len(i),), victim))
+        codes.append(bits[j])
     if k > 1 and n_comb > 0:
         if comb_mode == "pair":
             i, j = _draw_pairs(p, k, n_comb, generator)
-            s = F.one_hot(p[i], k).bool() | F.one_hot(j, k).bool()
+            s = bits[p[i]] | bits[j]
         else:
             i, s = _draw_subsets(p, k, n_comb, generator)
         idx.append(i)
-        subsets.append(s)
-        labels.append(torch.full((len(i),), victim))
+        codes.append(s)
     src = torch.cat(idx)
-    return triggers.stamp_set(x[src], torch.cat(subsets)), torch.cat(labels)
+    labels = torch.full((len(src),), victim)
+    labels[:len(x)] = target
+    return triggers.stamp_codes(x[src], torch.cat(codes).to(x.device)), labels
 
 
 def reference_trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, *,

@@ -39,10 +39,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--cluster", choices=("kmeans", "gmm"), default="kmeans")
-    p.add_argument("--partition-features", metavar="FILE.npy",
-                   help="features to cluster the training victims on, one row per victim in dataset "
-                        "order (e.g. LPIPS-VGG computed with the official weights); default: 4x4 "
-                        "pooled pixels")
+    feats = p.add_mutually_exclusive_group()
+    feats.add_argument("--partition-features", metavar="FILE.npy",
+                       help="features to cluster the training victims on, one row per victim in dataset "
+                            "order (computed elsewhere); default: 4x4 pooled pixels")
+    feats.add_argument("--lpips-vgg", metavar="FILE",
+                       help="cluster on LPIPS-VGG features (official partition): torchvision's VGG16 "
+                            "state dict (.pth or .safetensors); needs --lpips-lin")
+    p.add_argument("--lpips-lin", metavar="FILE",
+                   help="the LPIPS linear layers (lpips/weights/v0.1/vgg.pth or .safetensors)")
+    p.add_argument("--lpips-official-range", action="store_true",
+                   help="feed [0, 1] images to LPIPS as the official code does (default: rescale to [-1, 1])")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips in training (classes that are not mirror-invariant)")
     p.add_argument("--asr-bound", type=float, default=0.9,
@@ -189,6 +196,32 @@ def _partitioner(args, num_classes: int, device: torch.device, model_info: dict 
     return part
 
 
+def _partition_features(args: argparse.Namespace, x_victims):
+    """The features the training victims are clustered on, and their name; read and checked on the
+    victims before any training (errors name the flag)."""
+    from cvpr24.lotus.partition import LpipsFeatures, PrecomputedFeatures
+
+    if (args.lpips_vgg is None) != (args.lpips_lin is None):
+        raise ValueError("--lpips-vgg and --lpips-lin go together (VGG16 weights and LPIPS linear layers)")
+    if args.lpips_official_range and args.lpips_vgg is None:
+        raise ValueError("--lpips-official-range needs --lpips-vgg and --lpips-lin")
+    if args.partition_features:
+        try:
+            features = PrecomputedFeatures(args.partition_features)
+            features(x_victims)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--partition-features: {e}") from None
+        return features, f"precomputed features ({Path(args.partition_features).name})"
+    if args.lpips_vgg:
+        try:
+            features = LpipsFeatures.from_paths(args.lpips_vgg, args.lpips_lin,
+                                                compat_lpips_range=args.lpips_official_range)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--lpips-vgg / --lpips-lin: {e}") from None
+        return features, "LPIPS-VGG relu3_3 + lin2" + (" (official [0, 1] input)" if args.lpips_official_range else "")
+    return None, "4x4 pooled pixels"
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from cvpr24.lotus.attack import LotusAttack, LotusConfig, check_attack_inputs, train_clean
     from cvpr24.lotus.io import load_model, load_official_state_dict, save_model
@@ -217,15 +250,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         check_attack_inputs(x, y, args.victim, args.target, cfg)
     except ValueError as e:
         raise ValueError(f"--victim {args.victim} / --num-par / --batch-size: {e}") from None
-    features = None
-    if args.partition_features:
-        from cvpr24.lotus.partition import PrecomputedFeatures
-
-        try:
-            features = PrecomputedFeatures(args.partition_features)
-            features(x[y == args.victim])
-        except (ValueError, OSError) as e:
-            raise ValueError(f"--partition-features: {e}") from None
+    features, features_name = _partition_features(args, x[y == args.victim])
     out = Path(args.out)
     if args.clean_model and not Path(args.clean_model).is_file():
         raise FileNotFoundError(f"--clean-model: {args.clean_model} not found")
@@ -249,7 +274,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     metrics = evaluate_attack(art.model, xt, yt, args.victim, args.target, art.triggers, art.partitioner)
     metrics["clean_ba"] = benign_accuracy(clean, xt, yt)
     meta = {"victim": args.victim, "target": args.target, "k": cfg.n_partitions, "image_size": x.shape[-1],
-            "triggers": art.triggers.describe(), "partition": f"{cfg.cluster} + C+K surrogate"}
+            "triggers": art.triggers.describe(),
+            "partition": f"{cfg.cluster} on {features_name} + C+K surrogate"}
     save_model(out / "lotus.safetensors", art.model, arch=args.arch, num_classes=num_classes,
                meta=meta, config=cfg, seed=args.seed, data=args.data,
                metrics={**metrics, "history": art.history})

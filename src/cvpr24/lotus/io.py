@@ -26,6 +26,20 @@ class WholeModulePickleError(ValueError):
     """A whole pickled ``nn.Module`` was given where a state dict is required."""
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a state dict file: ``.safetensors``, or a ``.pth`` read with ``weights_only=True``
+    (a whole pickled module is refused; a ``{"state_dict": ...}`` wrapper and ``module.``
+    prefixes are undone)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return _read_state_dict(path)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,8 +3,8 @@
 Implicit partitioning, as in the official code, has three steps:
 
 1. perceptual features of the (un-augmented) training victims: LPIPS-VGG at full scale
-   (:class:`LpipsFeatures`, needs the ``lpips`` package and its weights), or 4x4 average-pooled
-   pixels on CPU (:func:`pooled_pixels`);
+   (:class:`LpipsFeatures`, weights by path), or 4x4 average-pooled pixels on CPU
+   (:func:`pooled_pixels`);
 2. clustering (LOTUS L6): :class:`ClusterPartitioner` (k-means or GMM, ``random_state=30``);
 3. a surrogate classifier with ``C + K`` outputs trained on the relabelled data (LOTUS L7):
    :class:`SurrogatePartitioner`, ``P(x) = argmax_k surrogate(x)[C + k]``, applied on the fly to
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvpr24.lotus.data import random_crop_flip
+from cvpr24.lotus.io import read_state_dict
 from cvpr24.lotus.models import get_head, replace_head
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,31 +34,72 @@ def pooled_pixels(x: torch.Tensor, grid: int = 4) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, grid).flatten(1)
 
 
-class LpipsFeatures:
-    """LPIPS-VGG tap 2 (relu3_3) features through the learned linear head: ``(H/4)²`` dims.
+# VGG16 ``features`` up to relu3_3 (LPIPS tap 2): (in, out) channels of each 3x3 conv + ReLU,
+# "M" a 2x2 max pool. Layer indices match torchvision's ``vgg16().features[:16]``.
+_VGG16_TO_RELU3_3 = ((3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256))
 
-    Needs ``pip install lpips`` *and* torchvision's pretrained VGG16 weights already in the torch
-    cache (nothing is downloaded here). ``compat_lpips_range=True`` feeds [0, 1] images as the
-    official code does; the default rescales to the [-1, 1] LPIPS expects.
+
+class LpipsFeatures(nn.Module):
+    """LPIPS-VGG tap 2 features (LOTUS L6 input): VGG16 relu3_3, unit-normalised over channels,
+    through the learned LPIPS 1x1 head ``lin2`` and flattened, ``(H/4)²`` dims per image.
+
+    Build it with :meth:`from_paths` from the two weight files a user of the official setup
+    has (nothing is downloaded, no ``lpips``/torchvision import): torchvision's VGG16 state dict
+    (``features.*``) and the ``lpips`` package's ``weights/v0.1/vgg.pth`` (``lin2.model.1.weight``),
+    as ``.pth`` (read with ``weights_only=True``) or ``.safetensors``.
+
+    ``compat_lpips_range=True`` feeds the [0, 1] images to LPIPS's input scaling as the official
+    code does; the default first rescales them to the [-1, 1] LPIPS expects.
     """
 
-    def __init__(self, compat_lpips_range: bool = False, device: str | torch.device = "cpu"):
-        try:
-            import lpips
-        except ImportError as e:
-            raise ImportError("LpipsFeatures needs the 'lpips' package (and torchvision with its "
-                              "pretrained VGG16 weights in the torch cache): pip install lpips "
-                              "torchvision; on CPU use the default pooled_pixels features") from e
-        self.net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
-        self.compat, self.device = compat_lpips_range, device
+    def __init__(self, compat_lpips_range: bool = False, batch_size: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for item in _VGG16_TO_RELU3_3:
+            layers += [nn.MaxPool2d(2, 2)] if item == "M" else [nn.Conv2d(*item, 3, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.lin = nn.Conv2d(256, 1, 1, bias=False)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
+        self.compat, self.batch_size = compat_lpips_range, batch_size
+        self.requires_grad_(False).eval()
+
+    @classmethod
+    def from_paths(cls, vgg_path: str | Path, lin_path: str | Path, **kwargs) -> LpipsFeatures:
+        """Load VGG16 ``features.{0,2,5,7,10,12,14}.*`` from ``vgg_path`` (other keys ignored) and
+        the LPIPS head ``lin2.model.1.weight`` (1, 256, 1, 1) from ``lin_path``."""
+        model = cls(**kwargs)
+        vgg = read_state_dict(vgg_path)
+        want = model.features.state_dict()
+        missing = [f"features.{k}" for k in want if f"features.{k}" not in vgg]
+        if missing:
+            raise ValueError(f"{vgg_path} must hold torchvision's VGG16 state dict; missing {missing}")
+        _load(model.features, {k: vgg[f"features.{k}"] for k in want}, vgg_path)
+        lin = read_state_dict(lin_path)
+        if "lin2.model.1.weight" not in lin:
+            raise ValueError(f"{lin_path} must hold the LPIPS linear layers (lpips/weights/v0.1/vgg.pth); "
+                             "missing lin2.model.1.weight")
+        _load(model.lin, {"weight": lin["lin2.model.1.weight"]}, lin_path)
+        return model
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N, 3, H, W) -> features (N, (H/4)²) on the CPU, in chunks of ``batch_size``."""
+        device = self.lin.weight.device
+        return torch.cat([self._tap2(xb.to(device)).cpu() for xb in x.split(self.batch_size)])
+
+    def _tap2(self, x: torch.Tensor) -> torch.Tensor:
         x = x if self.compat else x * 2 - 1
-        feats = self.net.net.forward(self.net.scaling_layer(x))[2]        # (N, 256, H/4, W/4)
-        feats = feats / (feats.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        return self.net.lins[2](feats).flatten(1).cpu()                    # (N, (H/4)²)
+        f = self.features((x - self.shift) / self.scale)                    # (N, 256, H/4, W/4)
+        f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        return self.lin(f).flatten(1)                                      # (N, (H/4)²)
+
+
+def _load(module: nn.Module, state: dict[str, torch.Tensor], path) -> None:
+    for name, ref in module.state_dict().items():
+        if state[name].shape != ref.shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, expected {tuple(ref.shape)}")
+    module.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 class PrecomputedFeatures:

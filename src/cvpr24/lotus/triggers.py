@@ -2,7 +2,7 @@
 
 LOTUS stamps a *set* of triggers on an image, ``x ⊕ T_S`` for ``S ⊆ {0..K-1}``. The eight
 patch triggers are pairwise disjoint squares, so stamping commutes and is idempotent, and a
-set is stamped in one vectorised ``torch.where`` whatever its size.
+set is stamped in one vectorised blend whatever its size.
 
 Equation tags ``LOTUS Ln`` refer to the numbering of ``docs/lotus.md`` (the paper's own
 numbers could not be read).
@@ -87,6 +87,34 @@ def code_to_mask(code: str, k: int) -> torch.Tensor:
     return torch.tensor([ch == "1" for ch in code])
 
 
+def code_bits(k: int) -> torch.Tensor:
+    """LongTensor[K] of the integer code of each single trigger: ``2^(K-1-j)`` for trigger ``j``."""
+    return torch.tensor([1 << (k - 1 - j) for j in range(k)])
+
+
+def subsets_to_codes(subsets: torch.Tensor, n: int, k: int, device: torch.device | None = None) -> torch.Tensor:
+    """Integer codes LongTensor[n] of a BoolTensor ``subsets`` (n, K) (or (K,) shared by all)."""
+    subsets = torch.as_tensor(subsets, dtype=torch.bool, device=device)
+    if subsets.shape not in ((n, k), (k,)):
+        raise ValueError(f"subsets must have shape (N, K) = ({n}, {k}) or (K,), got {tuple(subsets.shape)}")
+    return (subsets * code_bits(k).to(subsets.device)).sum(-1).expand(n)
+
+
+def check_codes(codes: torch.Tensor | int, n: int, k: int, device: torch.device | None = None) -> torch.Tensor:
+    """``codes`` as a LongTensor[n] of integer codes in ``[0, 2^K)`` (one int is shared by all)."""
+    codes = torch.as_tensor(codes, device=device)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise ValueError(f"codes must be integers, got {codes.dtype}")
+    if codes.ndim == 0:
+        codes = codes.expand(n)
+    if codes.shape != (n,):
+        raise ValueError(f"codes must have shape (N,) = ({n},), got {tuple(codes.shape)}")
+    if n and (int(codes.min()) < 0 or int(codes.max()) >= 2**k):
+        raise ValueError(f"codes must be in [0, {2**k - 1}] for K={k}, got values in "
+                         f"[{int(codes.min())}, {int(codes.max())}]")
+    return codes.long()
+
+
 def _check_k(k: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_TRIGGERS:
         raise ValueError(f"the number of triggers K must be an integer in [1, {MAX_TRIGGERS}], got {k!r}")
@@ -166,7 +194,10 @@ class TriggerSet:
             raise ValueError("positions: trigger patches must not overlap (stamping must commute)")
         self.masks = masks
         self.colors = torch.tensor([t.color for t in self.triggers])                # (K, 3)
-        self._flat_masks = masks.flatten(1).float()                                 # (K, H·W)
+        self.bits = code_bits(k)                                                    # (K,)
+        # each pixel holds the code bit of the patch covering it (0 outside every patch); K <= 8,
+        # so a code is one byte
+        self._bit_map = (masks.long() * self.bits[:, None, None]).sum(0).to(torch.uint8)   # (H, W)
         self._paint = torch.einsum("khw,kc->chw", masks.float(), self.colors)      # (3, H, W)
 
     def __len__(self) -> int:
@@ -181,29 +212,35 @@ class TriggerSet:
                              f"got {tuple(x.shape[-2:])}")
 
     def stamp_set(self, x: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
-        """``x_n ⊕ T_{S_n}`` for a BoolTensor ``subsets`` (N, K) (or (K,) shared by all).
+        """``x_n ⊕ T_{S_n}`` for a BoolTensor ``subsets`` (N, K) (or (K,) shared by all)."""
+        self._check(x)
+        return self._stamp_codes(x, subsets_to_codes(subsets, x.shape[0], self.k, x.device))
 
-        Patches are disjoint, so one ``where`` stamps any set: ``mask_n = Σ_{k∈S_n} m_k`` and
-        ``colour = Σ_k m_k c_k``.
+    def stamp_codes(self, x: torch.Tensor, codes: torch.Tensor | int) -> torch.Tensor:
+        """``x_n ⊕ T_{S_n}`` for integer codes ``c_n = Σ_{j∈S_n} 2^(K-1-j)`` (LongTensor[N] or one int).
+
+        The integer of a code string (``int("0101", 2)`` = triggers 1 and 3).
         """
         self._check(x)
-        subsets = torch.as_tensor(subsets, dtype=torch.bool, device=x.device)
-        if subsets.ndim == 1:
-            subsets = subsets.expand(x.shape[0], -1)
-        if subsets.shape != (x.shape[0], self.k):
-            raise ValueError(f"subsets must have shape (N, K) = ({x.shape[0]}, {self.k}), "
-                             f"got {tuple(subsets.shape)}")
-        hit = subsets.float() @ self._flat_masks.to(x.device)                        # (N, H·W)
-        mask = hit.view(-1, 1, self.height, self.width) > 0
-        return torch.where(mask, self._paint.to(x), x)
+        return self._stamp_codes(x, check_codes(codes, x.shape[0], self.k, x.device))
+
+    def _stamp_codes(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Unchecked :meth:`stamp_codes`. Patches are disjoint, so one blend stamps any set: a
+        pixel is painted when the bit of its patch is in the image's code. ``lerp`` with weights
+        exactly 0 or 1 returns ``x`` or the paint bit for bit (and is ~3x faster than ``where``)."""
+        hit = (self._bit_map.to(x.device) & codes.to(torch.uint8)[:, None, None]).bool()    # (N, H, W)
+        return torch.lerp(x, self._paint.to(x), hit[:, None].to(x.dtype))
 
     def stamp(self, x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
         """``x ⊕ t_k``: one trigger index for all images, or a LongTensor[N] per image."""
+        self._check(x)
         idx = torch.as_tensor(k, dtype=torch.long, device=x.device)
+        if idx.ndim > 1 or (idx.ndim == 1 and len(idx) != len(x)):
+            raise ValueError(f"trigger index must be one int or a LongTensor[N] with N = {len(x)}, "
+                             f"got shape {tuple(idx.shape)}")
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.k):
             raise ValueError(f"trigger index must be in [0, {self.k - 1}], got {k!r}")
-        onehot = F.one_hot(idx.expand(x.shape[0]) if idx.ndim == 0 else idx, self.k).bool()
-        return self.stamp_set(x, onehot)
+        return self._stamp_codes(x, self.bits.to(x.device)[idx].expand(len(x)))
 
     def stamp_code(self, x: torch.Tensor, code: str) -> torch.Tensor:
         """Stamp the triggers of a code string (``"0101"`` = triggers 1 and 3)."""
@@ -271,16 +308,22 @@ class SingleTriggerFamily:
     """Adapt one :class:`Trigger` to the (K = 1) ``stamp``/``stamp_set`` interface of the loop."""
 
     def __init__(self, trigger: Trigger):
-        self.trigger, self.k = trigger, 1
+        self.trigger, self.k, self.bits = trigger, 1, code_bits(1)
 
     def __len__(self) -> int:
         return 1
 
+    def _check(self, x: torch.Tensor) -> None:
+        check_images(x)
+
     def stamp_set(self, x: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
-        subsets = torch.as_tensor(subsets, dtype=torch.bool, device=x.device)
-        if subsets.ndim == 1:
-            subsets = subsets.expand(x.shape[0], -1)
-        sel = subsets[:, 0]
+        return self._stamp_codes(x, subsets_to_codes(subsets, x.shape[0], 1, x.device))
+
+    def stamp_codes(self, x: torch.Tensor, codes: torch.Tensor | int) -> torch.Tensor:
+        return self._stamp_codes(x, check_codes(codes, x.shape[0], 1, x.device))
+
+    def _stamp_codes(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        sel = codes.bool()
         out = x.clone()
         if sel.any():
             out[sel] = self.trigger.apply(x[sel])
