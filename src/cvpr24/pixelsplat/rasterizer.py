@@ -164,11 +164,12 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
     """All (view, pixel, Gaussian) pairs with alpha >= 1/255 (R1, R2).
 
     ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns unclamped alpha ``[N]``
-    and each pair's sort key ``(v * H * W + pixel) * G + rank`` ``[N]`` (R3), built per window
-    by broadcasting, so no per-pair gather is needed.
+    and each pair's sort key ``(v * H * W + pixel) << B | rank`` ``[N]`` (R3; ``B`` from
+    :func:`_rank_bits`), built per window by broadcasting, so no per-pair gather is needed.
     """
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
+    bits = _rank_bits(n_gauss)
     device = proj.means2d.device
     with torch.no_grad():
         opa = opacities.detach().expand(n_views, n_gauss)
@@ -190,8 +191,8 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         centre_x = torch.where(live, u - 0.5, 0).round().flatten().long()
         centre_y = torch.where(live, v - 0.5, 0).round().flatten().long()
         view = torch.arange(n_views, device=device).repeat_interleave(n_gauss)
-        # key of the window centre: (flat pixel) * G + depth rank
-        base = (view * (h * w) + centre_y * w + centre_x) * n_gauss + rank.flatten()
+        # key of the window centre: (flat pixel) << B | depth rank
+        base = ((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()
     means2d = proj.means2d.flatten(0, 1)
     conics = proj.conics.flatten(0, 1)
     opa_flat = opacities.expand(n_views, n_gauss).flatten()
@@ -203,7 +204,7 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         if k == len(_STENCILS):  # footprint as large as the image: every pixel
             ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
             cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
-            start = (view[idx] * (h * w)) * n_gauss + rank.flatten()[idx]
+            start = ((view[idx] * (h * w)) << bits) + rank.flatten()[idx]
         else:
             ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
             cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
@@ -214,12 +215,17 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         with torch.no_grad():
             inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
             flat = (inside & (alpha >= ALPHA_MIN)).view(-1).nonzero().squeeze(1)  # one nonzero per class
-            offsets = (oy[:, None] * w + ox[None, :]).flatten() * n_gauss  # [Sy*Sx] key offsets
+            offsets = (oy[:, None] * w + ox[None, :]).flatten() << bits  # [Sy*Sx] key offsets
             keys.append((start[:, None] + offsets).view(-1).index_select(0, flat))
         alphas.append(alpha.view(-1).index_select(0, flat))
     if not alphas:
         return opacities.new_zeros(0), torch.zeros(0, dtype=torch.long, device=device)
     return torch.cat(alphas), torch.cat(keys)
+
+
+def _rank_bits(num_gaussians: int) -> int:
+    """Bits of the depth rank in a sort key: pixel and rank come back by shift and mask (R3)."""
+    return max(1, (num_gaussians - 1).bit_length())
 
 
 def _sort_keys(key: Tensor) -> tuple[Tensor, Tensor]:
@@ -246,10 +252,14 @@ def _composite(alpha: Tensor, key: Tensor, by_rank: Tensor, features: Tensor, nu
     ``[C, num_pixels]`` and the final transmittance ``[num_pixels]``.
     """
     n_views, n_gauss = by_rank.shape
+    bits = _rank_bits(n_gauss)
     key, order = _sort_keys(key)
-    pixel = torch.div(key, n_gauss, rounding_mode="floor")  # v * H * W + pixel, ascending
-    view = torch.div(pixel, num_pixels // n_views, rounding_mode="floor") * n_gauss
-    gauss = view + by_rank.flatten()[view + key - pixel * n_gauss]  # flat (view, Gaussian) from the rank
+    pixel = key >> bits  # v * H * W + pixel, ascending
+    # v * G for every pixel (a monotone gather, cheaper than an int64 division), then the
+    # Gaussian at the key's depth rank: flat (view, Gaussian) index
+    view = torch.arange(n_views, device=key.device).repeat_interleave(num_pixels // n_views) * n_gauss
+    view = view.index_select(0, pixel)
+    gauss = view + by_rank.flatten().index_select(0, view + (key & ((1 << bits) - 1)))
     alpha = alpha.index_select(0, order).clamp_max(ALPHA_MAX)
     log_t = torch.log1p(-alpha.double())  # log(1 - alpha), float64 (R4)
     total = log_t.cumsum(0)
@@ -287,7 +297,7 @@ def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape:
         mask = proj.valid[:, sl, None] & (power <= 0) & (alpha.detach() >= ALPHA_MIN)
         v, g, p = mask.nonzero(as_tuple=True)
         alphas.append(alpha[mask])
-        keys.append((v * (h * w) + p) * n_gauss + rank[v, lo + g])
+        keys.append(((v * (h * w) + p) << _rank_bits(n_gauss)) + rank[v, lo + g])
     return torch.cat(alphas), torch.cat(keys)
 
 
