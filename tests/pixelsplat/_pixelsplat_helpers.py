@@ -116,3 +116,25 @@ def sequential_render(means, covariances, opacities, colors, extrinsics, intrins
         depths.append(dep.reshape(1, h, w))
     out = torch.stack(images), torch.stack(depths)
     return out if with_depth else out[0]
+
+
+def write_billboard_chunks(root, n_chunks: int = 2, scenes_per_chunk: int = 2, frames: int = 5, size: int = 8):
+    """Official-format chunks of billboard scenes (PNG frames along each scene's camera path)
+    under ``root`` with ``index.json``; returns the scene keys per chunk file."""
+    from cvpr24.pixelsplat.data import Scene, encode_image, write_chunk, write_index
+    from cvpr24.pixelsplat.scenes import render_example
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for c in range(n_chunks):
+        scenes = []
+        for s in range(scenes_per_chunk):
+            key = f"scene{c}_{s}"
+            ex = render_example(500 + 10 * c + s, size, tuple(i / (frames - 1) for i in range(frames)))
+            scenes.append(Scene(key, ex["extrinsics"], ex["intrinsics"],
+                                [encode_image(img, "PNG") for img in ex["images"]], torch.arange(frames)))
+        name = f"{c:06d}.torch"
+        write_chunk(scenes, root / name)
+        names[name] = [s.key for s in scenes]
+    write_index(root, names)
+    return names

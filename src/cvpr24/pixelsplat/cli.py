@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from cvpr24.common.argtypes import one_line_errors, positive_int
@@ -51,15 +52,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="PNG path")
     p.set_defaults(func=_friendly(cmd_check_cameras))
 
-    p = sub.add_parser("train", help="train on procedural billboard scenes (resumable)")
-    p.add_argument("--synthetic", action="store_true", required=True, help="train on billboard scenes")
+    p = sub.add_parser("train", help="train on procedural scenes or RealEstate10k/ACID chunks (resumable; "
+                                     "DDP under torchrun)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true", help="train on procedural billboard scenes")
+    src.add_argument("--data", help="ROOT holding train/index.json and its .torch chunks")
     p.add_argument("--preset", choices=("cpu", "full"), default="cpu")
     p.add_argument("--direct", action="store_true", help="the Z=1, gpp=1 ablation")
     p.add_argument("--steps", type=positive_int, default=800)
-    p.add_argument("--size", type=positive_int, default=24)
-    p.add_argument("--batch-size", type=positive_int, default=2)
-    p.add_argument("--scenes", type=positive_int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=positive_int, help="image size (default 24 synthetic, 256 --data)")
+    p.add_argument("--batch-size", type=positive_int, help="examples per step and rank (default 2 synthetic, "
+                                                            "7 --data)")
+    p.add_argument("--scenes", type=positive_int, default=300, help="number of synthetic scenes")
+    p.add_argument("--seed", type=int, help="default 0 synthetic, 111123 --data (official)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (--data only; under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--amp", action="store_true", help="float16 autocast and gradient scaling (--data, CUDA only)")
+    p.add_argument("--state-every", type=positive_int, default=1000, help="steps between resumable states (--data)")
+    p.add_argument("--vgg", help="VGG-16 weights for the LPIPS loss term (--data; with --lpips-lin)")
+    p.add_argument("--lpips-lin", help="LPIPS linear weights (--data; with --vgg)")
     p.add_argument("--out", required=True, help="run folder (resumes from OUT/state.pt)")
     p.set_defaults(func=_friendly(cmd_train))
 
@@ -252,13 +262,47 @@ def cmd_check_cameras(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from cvpr24.pixelsplat.model import PixelSplatConfig
-    from cvpr24.pixelsplat.train import train_synthetic
+    from cvpr24.pixelsplat.train import train_chunks, train_synthetic
 
     cfg = PixelSplatConfig.cpu() if args.preset == "cpu" else PixelSplatConfig()
     if args.direct:
         cfg = cfg.direct()
-    history = train_synthetic(cfg, args.out, steps=args.steps, seed=args.seed, image_size=args.size,
-                              batch_size=args.batch_size, num_scenes=args.scenes)
+    if args.synthetic:
+        if args.amp or args.vgg or args.lpips_lin or args.device != "cpu":
+            raise ValueError("--amp, --device, --vgg and --lpips-lin apply to --data training only")
+        history = train_synthetic(cfg, args.out, steps=args.steps, seed=args.seed or 0, image_size=args.size or 24,
+                                  batch_size=args.batch_size or 2, num_scenes=args.scenes)
+    else:
+        root = Path(args.data) / "train"
+        if not (root / "index.json").is_file():
+            raise ValueError(f"--data {args.data}: expected {root}/index.json and the .torch chunks it names")
+        device = torch.device(args.device)
+        if args.amp and device.type != "cuda":
+            raise ValueError(f"--amp needs --device cuda (got {args.device}): AMP is CUDA-only")
+        if args.amp and not torch.cuda.is_available():
+            raise ValueError("--amp needs a CUDA GPU, and none is available")
+        if (args.vgg is None) != (args.lpips_lin is None):
+            raise ValueError("pass both --vgg and --lpips-lin for the LPIPS term, or neither")
+        lpips = None
+        if args.vgg:
+            from cvpr24.pixelsplat.metrics import LPIPS
+
+            lpips = LPIPS.from_paths(args.vgg, args.lpips_lin).to(device)
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed:  # launched by torchrun: one process per rank
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            _, history = train_chunks(cfg, root, args.out, steps=args.steps, seed=111_123 if args.seed is None
+                                      else args.seed, image_size=args.size or 256, batch_size=args.batch_size or 7,
+                                      device=device, amp=args.amp, state_every=args.state_every, lpips=lpips)
+        finally:
+            if distributed:
+                torch.distributed.destroy_process_group()
     print(f"trained {args.steps} steps; last train PSNR {history['psnr'][-1]:.2f} dB; wrote {args.out}/model.safetensors")
     return 0

@@ -260,3 +260,124 @@ def from_colmap(images_dir: str | os.PathLike, sparse_dir: str | os.PathLike, ke
             raise ValueError(f"images_dir {images_dir} lacks {name} listed in {sparse}")
         frames.append(path.read_bytes())
     return Scene(key, torch.stack(exts), torch.stack(ks), frames, torch.arange(len(frames)))
+
+
+# --- training examples from chunks ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewSampler:
+    """The official bounded view sampler (V1): the context gap is drawn uniformly from
+    ``[lo(step), hi(step)]`` frames, both bounds ramping linearly from their initial to their
+    final value over ``ramp_steps``; ``num_targets`` targets are drawn uniformly (with
+    replacement) between the two context frames, inclusive. The defaults ramp 25 -> 45."""
+
+    initial_min_gap: int = 25
+    initial_max_gap: int = 25
+    min_gap: int = 45
+    max_gap: int = 45
+    ramp_steps: int = 150_000
+    num_targets: int = 4
+
+    def gap_range(self, step: int) -> tuple[int, int]:
+        frac = min(1.0, step / self.ramp_steps) if self.ramp_steps > 0 else 1.0
+        lo = round(self.initial_min_gap + frac * (self.min_gap - self.initial_min_gap))
+        hi = round(self.initial_max_gap + frac * (self.max_gap - self.initial_max_gap))
+        return lo, max(lo, hi)
+
+    def __call__(self, num_frames: int, step: int, generator: torch.Generator) -> tuple[list[int], list[int]] | None:
+        """Context and target frame indices, or ``None`` when the scene is too short (skipped)."""
+        lo, hi = self.gap_range(step)
+        if num_frames <= lo:
+            return None
+        hi = min(hi, num_frames - 1)
+        gap = int(torch.randint(lo, hi + 1, (1,), generator=generator))
+        start = int(torch.randint(0, num_frames - gap, (1,), generator=generator))
+        targets = torch.randint(start, start + gap + 1, (self.num_targets,), generator=generator)
+        return [start, start + gap], targets.tolist()
+
+
+def make_example(scene: Scene, views: list[int], size: int, flip: bool = False) -> dict[str, Tensor]:
+    """Decode ``views`` of ``scene``, crop them to ``size`` (crop shim), normalise the scene so
+    the first two views are 1 apart, and optionally flip horizontally (V2).
+
+    Returns ``images [N, 3, size, size]``, ``extrinsics [N, 4, 4]``, ``intrinsics [N, 3, 3]``.
+    """
+    images, ks = zip(*(crop_resize(decode_image(scene.images[i]), scene.intrinsics[i], size) for i in views),
+                     strict=True)
+    images, k, ext = torch.stack(images), torch.stack(ks), scene.extrinsics[views].clone()
+    baseline = (ext[0, :3, 3] - ext[1, :3, 3]).norm()
+    if baseline <= 0:
+        raise ValueError(f"scene {scene.key!r}: context views {views[:2]} share one camera centre")
+    ext[:, :3, 3] /= baseline
+    if flip:  # mirror x: image columns reversed, c2w conjugated by diag(-1, 1, 1, 1), cx -> 1 - cx
+        reflect = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+        images, ext = images.flip(-1), reflect @ ext @ reflect
+        k[:, 0, 2] = 1 - k[:, 0, 2]
+    return {"images": images, "extrinsics": ext, "intrinsics": k}
+
+
+class ChunkStream:
+    """Endless, resumable stream of training examples from ``ROOT/index.json`` chunks.
+
+    Each epoch visits this rank's chunks (``chunks[rank::world_size]``) and every scene in them
+    in an order shuffled by a generator seeded with ``(seed, rank, epoch)``; views come from
+    ``sampler`` with this rank's own generator. ``state_dict()`` / ``load_state_dict()`` make
+    the stream resume exactly where it stopped.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int, sampler: ViewSampler | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        index = Path(root) / "index.json"
+        if not index.is_file():
+            raise ValueError(f"root {root} has no index.json (expected ROOT/train/index.json and chunks beside it)")
+        chunks = sorted(set(read_index(root).values()))
+        if len(chunks) < world_size:
+            raise ValueError(f"root {root} holds {len(chunks)} chunk(s), fewer than the {world_size} ranks")
+        self.chunks = chunks[rank::world_size]
+        self.size, self.sampler = size, sampler or ViewSampler()
+        self.seed, self.rank = seed, rank
+        self.views = self._generator()
+        self.epoch, self.chunk, self.scene = 0, 0, 0
+        self._cache: tuple[int, int, list[Scene]] | None = None
+
+    def _generator(self, *parts: int) -> torch.Generator:
+        """A generator seeded by ``(seed, rank, *parts)``."""
+        value = self.seed
+        for p in (self.rank, *parts):
+            value = value * 1_000_003 + p
+        return torch.Generator().manual_seed(value % (1 << 63))
+
+    def _scenes(self) -> list[Scene]:
+        """Scenes of the current chunk in this epoch's order (one chunk kept in memory)."""
+        if self._cache is None or self._cache[:2] != (self.epoch, self.chunk):
+            chunk_order = torch.randperm(len(self.chunks), generator=self._generator(self.epoch)).tolist()
+            scenes = load_chunk(self.chunks[chunk_order[self.chunk]])
+            order = torch.randperm(len(scenes), generator=self._generator(self.epoch, self.chunk + 1)).tolist()
+            self._cache = (self.epoch, self.chunk, [scenes[i] for i in order])
+        return self._cache[2]
+
+    def next(self, step: int) -> dict[str, Tensor]:
+        """The next usable example (scenes too short for the sampler are skipped)."""
+        for _ in range(100_000):
+            scenes = self._scenes()
+            if self.scene >= len(scenes):
+                self.scene, self.chunk = 0, self.chunk + 1
+                if self.chunk >= len(self.chunks):
+                    self.chunk, self.epoch = 0, self.epoch + 1
+                continue
+            scene = scenes[self.scene]
+            self.scene += 1
+            views = self.sampler(len(scene.images), step, self.views)
+            if views is not None:
+                flip = bool(torch.rand(1, generator=self.views) < 0.5)
+                return make_example(scene, views[0] + views[1], self.size, flip)
+        raise ValueError(f"no scene in {self.chunks} has more than {self.sampler.gap_range(step)[0]} frames "
+                         "(the context gap the view sampler asks for)")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "chunk": self.chunk, "scene": self.scene, "views": self.views.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.chunk, self.scene = state["epoch"], state["chunk"], state["scene"]
+        self.views.set_state(state["views"])

@@ -236,6 +236,13 @@ class PixelSplat(nn.Module):
             raise ValueError("near must be positive and smaller than far")
         return self.encoder(images, extrinsics, intrinsics, near, far, mode, generator)
 
+    def forward(self, images: Tensor, extrinsics: Tensor, intrinsics: Tensor, target_extrinsics: Tensor,
+                target_intrinsics: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Encode the context views and render the targets ``[B, T, 3, H, W]`` at the context
+        size (the training path; ``DistributedDataParallel`` calls this)."""
+        gaussians = self.encode(images, extrinsics, intrinsics, generator=generator)
+        return self.render(gaussians, target_extrinsics, target_intrinsics, tuple(images.shape[-2:]))
+
     @staticmethod
     def render(gaussians: Gaussians, extrinsics: Tensor, intrinsics: Tensor, image_shape: tuple[int, int],
                background: tuple[float, float, float] = (0.0, 0.0, 0.0), depth: bool = False,
@@ -244,8 +251,11 @@ class PixelSplat(nn.Module):
         colors, depths = [], []
         for i in range(gaussians.means.shape[0]):
             g = gaussians[i]
-            out = render_gaussians(g.means, g.covariances, g.opacities, g.harmonics, extrinsics[i], intrinsics[i],
-                                   image_shape, background=background, depth=depth, znear=znear)
+            params = (g.means, g.covariances, g.opacities, g.harmonics, extrinsics[i], intrinsics[i])
+            with torch.autocast(g.means.device.type, enabled=False):  # compositing stays in float32/64 under AMP
+                out = render_gaussians(*(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                                         for t in params), image_shape, background=background, depth=depth,
+                                       znear=znear)
             colors.append(out.color)
             if depth:
                 depths.append(out.depth[:, 0])

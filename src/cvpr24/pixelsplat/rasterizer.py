@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,7 +40,7 @@ ALPHA_MAX = 0.99  # alpha clamp (E13)
 T_MIN = 1e-4  # early termination threshold on transmittance (E14)
 BLUR = 0.3  # low-pass added to the 2-D covariance (E12)
 GUARD = 0.15  # 3DGS guard band: x/z, y/z clamped to [-0.15, 1.15] of the image (E12)
-_STENCILS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_STENCILS = (*range(1, 17), 20, 24, 32, 48, 64, 96, 128, 192, 256)  # window radii (R2)
 
 
 @dataclass
@@ -124,41 +125,52 @@ def _alpha(dx: Tensor, dy: Tensor, conic: Tensor, opacity: Tensor) -> tuple[Tens
 
 
 class _WindowAlpha(torch.autograd.Function):
-    """``alpha = o exp(-q/2)`` on a ``[g, S*S]`` pixel window, with a hand-written backward.
+    """``alpha = o exp(-q/2)`` (E13) on a separable ``[g, Sy, Sx]`` pixel window, with a
+    hand-written backward.
 
-    Autograd through the dozen elementwise ops of (E13) keeps all their window-sized
-    intermediates; the closed-form gradient needs five products and seven row sums.
+    The window's pixel centres are ``px [g, Sx]`` by ``py [g, Sy]``, so every term of ``q``
+    is an outer sum or product of per-axis vectors and every gradient sum over the window
+    reduces to per-axis sums: the forward needs three window-sized operations before ``exp``,
+    the backward four, where autograd through (E13) keeps a dozen window-sized intermediates.
     """
 
     @staticmethod
     def forward(ctx, px: Tensor, py: Tensor, means2d: Tensor, conic: Tensor, opacity: Tensor) -> Tensor:
-        dx = px - means2d[:, 0, None]
-        dy = py - means2d[:, 1, None]
-        alpha, _ = _alpha(dx, dy, conic, opacity)
+        dx = px - means2d[:, 0, None]  # [g, Sx]
+        dy = py - means2d[:, 1, None]  # [g, Sy]
+        a, b, c = conic[:, 0, None], conic[:, 1, None], conic[:, 2, None]
+        power = (-0.5 * c * dy * dy)[:, :, None] + (-0.5 * a * dx * dx)[:, None, :]
+        power = power - (b * dy)[:, :, None] * dx[:, None, :]
+        alpha = power.exp_().mul_(opacity[:, None, None])
         ctx.save_for_backward(dx, dy, conic, opacity, alpha)
         return alpha
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         dx, dy, conic, opacity, alpha = ctx.saved_tensors
-        t = grad * alpha
-        tdx, tdy = t * dx, t * dy
-        s_dx, s_dy = tdx.sum(1), tdy.sum(1)
+        t = grad * alpha  # [g, Sy, Sx]
+        t_x, t_y = t.sum(1), t.sum(2)  # [g, Sx], [g, Sy]
+        s_dx, s_dy = (t_x * dx).sum(1), (t_y * dy).sum(1)
+        s_dxdy = ((t * dy[:, :, None]).sum(1) * dx).sum(1)
         a, b, c = conic.unbind(-1)
         grad_means = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1)
-        grad_conic = torch.stack([-0.5 * (tdx * dx).sum(1), -(tdx * dy).sum(1), -0.5 * (tdy * dy).sum(1)], -1)
-        grad_opacity = t.sum(1) / opacity
+        grad_conic = torch.stack([-0.5 * (t_x * dx * dx).sum(1), -s_dxdy, -0.5 * (t_y * dy * dy).sum(1)], -1)
+        grad_opacity = t_x.sum(1) / opacity
         return None, None, grad_means, grad_conic, grad_opacity
 
 
-def _pairs_stencil(proj: Projection, opacities: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int]
+                   ) -> tuple[Tensor, Tensor]:
     """All (view, pixel, Gaussian) pairs with alpha >= 1/255 (R1, R2).
 
-    Returns unclamped alpha ``[N]``, flat pixel index ``v * H * W + p`` ``[N]`` and flat
-    Gaussian index ``v * G + g`` ``[N]``.
+    ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns unclamped alpha ``[N]``
+    and each pair's sort key ``(v * H * W + pixel) << B | rank`` ``[N]`` (R3; ``B`` from
+    :func:`_rank_bits`), built per window by broadcasting, so no per-pair gather is needed.
     """
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
+    bits = _rank_bits(n_gauss)
+    device = proj.means2d.device
     with torch.no_grad():
         opa = opacities.detach().expand(n_views, n_gauss)
         q_max = 2 * torch.log((255.0 * opa).clamp_min(1.0))  # alpha >= 1/255 <=> q <= q_max (R1)
@@ -171,94 +183,112 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, image_shape: tuple[int, 
         live &= (v - 0.5 + half_y >= 0) & (v - 0.5 - half_y <= h - 1)
         # pixel centres j + 0.5 within h of u lie within floor(h + 0.5) of round(u - 0.5)
         radius = (torch.maximum(half_x, half_y) + 0.5).floor().nan_to_num(0)
-        stencils = torch.tensor(_STENCILS, dtype=radius.dtype)
+        stencils = torch.tensor(_STENCILS, dtype=radius.dtype, device=device)
         cls = torch.searchsorted(stencils, radius.clamp_max(_STENCILS[-1]))
         full = (2 * stencils[cls] + 1 >= max(h, w)) | (radius > _STENCILS[-1])
         cls = torch.where(full, len(_STENCILS), cls)
         cls = torch.where(live, cls, -1).flatten()
-        centre_x = torch.where(live, u - 0.5, 0).round().flatten()
-        centre_y = torch.where(live, v - 0.5, 0).round().flatten()
-        view = torch.arange(n_views, dtype=u.dtype).repeat_interleave(n_gauss)
-        base = view * (h * w) + centre_y * w + centre_x  # flat pixel index of the window centre
+        centre_x = torch.where(live, u - 0.5, 0).round().flatten().long()
+        centre_y = torch.where(live, v - 0.5, 0).round().flatten().long()
+        view = torch.arange(n_views, device=device).repeat_interleave(n_gauss)
+        # key of the window centre: (flat pixel) << B | depth rank
+        base = ((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()
     means2d = proj.means2d.flatten(0, 1)
     conics = proj.conics.flatten(0, 1)
     opa_flat = opacities.expand(n_views, n_gauss).flatten()
-    alphas, pixels, gaussians = [], [], []
+    alphas, keys = [], []
     for k in cls.unique().tolist():
         if k < 0:
             continue
         idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
         if k == len(_STENCILS):  # footprint as large as the image: every pixel
-            oy, ox = torch.meshgrid(torch.arange(h, dtype=u.dtype), torch.arange(w, dtype=u.dtype), indexing="ij")
-            cx, cy, start = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx]), view[idx] * (h * w)
+            ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
+            cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
+            start = ((view[idx] * (h * w)) << bits) + rank.flatten()[idx]
         else:
-            off = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, dtype=u.dtype)
-            oy, ox = torch.meshgrid(off, off, indexing="ij")
+            ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
             cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
-        ox, oy = ox.flatten(), oy.flatten()
-        px, py = cx[:, None] + ox, cy[:, None] + oy  # [g, S*S] pixel indices (as floats)
+        px, py = cx[:, None] + ox, cy[:, None] + oy  # [g, Sx], [g, Sy] pixel indices
+        dtype = means2d.dtype
         # the conic is positive definite (E12 adds 0.3 I), so the exponent is never positive
-        alpha = _WindowAlpha.apply(px + 0.5, py + 0.5, means2d[idx], conics[idx], opa_flat[idx])
+        alpha = _WindowAlpha.apply(px.to(dtype) + 0.5, py.to(dtype) + 0.5, means2d[idx], conics[idx], opa_flat[idx])
         with torch.no_grad():
-            mask = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (alpha >= ALPHA_MIN)
-            flat = mask.view(-1).nonzero().squeeze(1)
-            window = ox.numel()
-            row = torch.div(flat, window, rounding_mode="floor")
-            pix = (start[:, None] + (oy * w + ox)).view(-1)[flat].long()
-        alphas.append(alpha.view(-1)[flat])
-        pixels.append(pix)
-        gaussians.append(idx[row])
+            inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+            flat = (inside & (alpha >= ALPHA_MIN)).view(-1).nonzero().squeeze(1)  # one nonzero per class
+            offsets = (oy[:, None] * w + ox[None, :]).flatten() << bits  # [Sy*Sx] key offsets
+            keys.append((start[:, None] + offsets).view(-1).index_select(0, flat))
+        alphas.append(alpha.view(-1).index_select(0, flat))
     if not alphas:
-        empty = torch.zeros(0, dtype=torch.long)
-        return opacities.new_zeros(0), empty, empty
-    return torch.cat(alphas), torch.cat(pixels), torch.cat(gaussians)
+        return opacities.new_zeros(0), torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(alphas), torch.cat(keys)
 
 
-def _composite(
-    alpha: Tensor,
-    pixel: Tensor,
-    gauss: Tensor,
-    rank: Tensor,
-    features: Tensor,
-    num_pixels: int,
-    num_gaussians: int,
-) -> tuple[Tensor, Tensor]:
+def _rank_bits(num_gaussians: int) -> int:
+    """Bits of the depth rank in a sort key: pixel and rank come back by shift and mask (R3)."""
+    return max(1, (num_gaussians - 1).bit_length())
+
+
+def _sort_keys(key: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending unique keys and the permutation that sorts them (R3).
+
+    On CPU the keys are packed with their positions as ``key << 32 | position`` and sorted by
+    numpy's vectorised sort, several times faster than ``torch.sort`` at a million pairs; keys
+    are unique, so every sort gives the same order.
+    """
+    n = key.numel()
+    if key.device.type == "cpu" and 0 < n < 2**32 and int(key.max()) < 2**31:
+        packed = (key << 32) | torch.arange(n)
+        packed = torch.from_numpy(np.sort(packed.numpy()))
+        return packed >> 32, packed & 0xFFFFFFFF
+    return torch.sort(key)
+
+
+def _composite(alpha: Tensor, key: Tensor, by_rank: Tensor, features: Tensor, num_pixels: int
+               ) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing of unsorted pairs (R3, R4; E13, E14).
 
-    ``rank [V*G]`` is each Gaussian's depth rank in its view, ``features [V*G, C]``. Returns
-    ``sum_i w_i f_i`` per pixel ``[num_pixels, C]`` and the final transmittance ``[num_pixels]``.
+    ``key [N]`` as built by the pair functions, ``by_rank [V, G]`` the Gaussian at each depth
+    rank of each view, ``features [V*G, C]``. Returns ``sum_i w_i f_i`` per pixel
+    ``[C, num_pixels]`` and the final transmittance ``[num_pixels]``.
     """
-    dtype = torch.int32 if num_pixels * num_gaussians < 2**31 else torch.int64
-    key = (pixel * num_gaussians + rank[gauss]).to(dtype)
-    order = torch.sort(key).indices  # keys are unique, so stability does not matter (R3)
-    pixel, gauss = pixel[order], gauss[order]
-    alpha = alpha[order].clamp_max(ALPHA_MAX)
+    n_views, n_gauss = by_rank.shape
+    bits = _rank_bits(n_gauss)
+    key, order = _sort_keys(key)
+    pixel = key >> bits  # v * H * W + pixel, ascending
+    # v * G for every pixel (a monotone gather, cheaper than an int64 division), then the
+    # Gaussian at the key's depth rank: flat (view, Gaussian) index
+    view = torch.arange(n_views, device=key.device).repeat_interleave(num_pixels // n_views) * n_gauss
+    view = view.index_select(0, pixel)
+    gauss = view + by_rank.flatten().index_select(0, view + (key & ((1 << bits) - 1)))
+    alpha = alpha.index_select(0, order).clamp_max(ALPHA_MAX)
     log_t = torch.log1p(-alpha.double())  # log(1 - alpha), float64 (R4)
     total = log_t.cumsum(0)
     exclusive = total - log_t
     n = pixel.numel()
-    first = torch.ones(n, dtype=torch.bool)
+    first = torch.ones(n, dtype=torch.bool, device=pixel.device)
     first[1:] = pixel[1:] != pixel[:-1]
-    start = torch.cummax(torch.where(first, torch.arange(n), 0), 0).values
+    start = torch.cummax(torch.where(first, torch.arange(n, device=pixel.device), 0), 0).values
     prefix = exclusive - exclusive[start]  # log T_i, exclusive per pixel
     keep = (prefix + log_t).detach() >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
     weight = (alpha * prefix.exp().to(alpha.dtype)) * keep
-    out = features.new_zeros(num_pixels, features.shape[-1])
-    out.index_add_(0, pixel, weight[:, None] * features[gauss])
+    # channel-major: index_select / scatter_add along the last dim are the fast CPU gathers
+    contrib = weight * features.T.contiguous().index_select(1, gauss)  # [C, N]
+    out = contrib.new_zeros(features.shape[-1], num_pixels).scatter_add(1, pixel.expand_as(contrib), contrib)
     log_final = log_t.new_zeros(num_pixels).index_add_(0, pixel, log_t * keep)
     return out, log_final.exp().to(features.dtype)
 
 
-def _pairs_dense(proj: Projection, opacities: Tensor, image_shape: tuple[int, int],
-                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor, Tensor]:
+def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int],
+                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """Every (pixel, Gaussian) pair of every view, evaluated densely in Gaussian chunks (reference)."""
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
-    py, px = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    device = proj.means2d.device
+    py, px = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     px, py = px.flatten().to(opacities.dtype), py.flatten().to(opacities.dtype)
     opa = opacities.expand(n_views, n_gauss)
     chunk = max(1, max_elements // (n_views * h * w))
-    alphas, pixels, gaussians = [], [], []
+    alphas, keys = [], []
     for lo in range(0, n_gauss, chunk):
         sl = slice(lo, min(n_gauss, lo + chunk))
         dx = px + 0.5 - proj.means2d[:, sl, 0, None]  # [V, g, P]
@@ -267,9 +297,8 @@ def _pairs_dense(proj: Projection, opacities: Tensor, image_shape: tuple[int, in
         mask = proj.valid[:, sl, None] & (power <= 0) & (alpha.detach() >= ALPHA_MIN)
         v, g, p = mask.nonzero(as_tuple=True)
         alphas.append(alpha[mask])
-        pixels.append(v * (h * w) + p)
-        gaussians.append(v * n_gauss + lo + g)
-    return torch.cat(alphas), torch.cat(pixels), torch.cat(gaussians)
+        keys.append(((v * (h * w) + p) << _rank_bits(n_gauss)) + rank[v, lo + g])
+    return torch.cat(alphas), torch.cat(keys)
 
 
 def render_gaussians(
@@ -305,19 +334,18 @@ def render_gaussians(
     h, w = image_shape
     n_views, n_gauss = extrinsics.shape[0], means.shape[0]
     proj = project_gaussians(means, covariances, extrinsics, intrinsics, image_shape, znear)
-    pairs = _pairs_stencil if backend == "stencil" else _pairs_dense
-    alpha, pixel, gauss = pairs(proj, opacities, image_shape)
     with torch.no_grad():
-        depth_key = torch.where(proj.valid, proj.depths, torch.inf)
-        rank = torch.empty(n_views, n_gauss, dtype=torch.long)
-        rank.scatter_(1, depth_key.argsort(dim=1), torch.arange(n_gauss).expand(n_views, -1).contiguous())
+        by_rank = torch.where(proj.valid, proj.depths, torch.inf).argsort(dim=1)  # [V, G] front to back
+        rank = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(n_gauss, device=means.device).expand(
+            n_views, -1).contiguous())
+    pairs = _pairs_stencil if backend == "stencil" else _pairs_dense
+    alpha, key = pairs(proj, opacities, rank, image_shape)
     features = gaussian_colors(harmonics, means, extrinsics).flatten(0, 1)  # [V*G, 3]
     if depth:
         features = torch.cat([features, proj.depths.flatten()[:, None]], dim=1)
-    out, transmittance = _composite(alpha, pixel, gauss, rank.flatten(), features, n_views * h * w, n_gauss)
-    bg = torch.as_tensor(background, dtype=out.dtype)
-    color = out[:, :3] + transmittance[:, None] * bg
-    color = color.view(n_views, h, w, 3).permute(0, 3, 1, 2)
+    out, transmittance = _composite(alpha, key, by_rank, features, n_views * h * w)
+    bg = torch.as_tensor(background, dtype=out.dtype, device=out.device)
+    color = (out[:3] + transmittance * bg[:, None]).view(3, n_views, h, w).transpose(0, 1).contiguous()
     alpha_img = (1 - transmittance).view(n_views, 1, h, w)
-    depth_img = out[:, 3].view(n_views, 1, h, w) if depth else None
+    depth_img = out[3].view(n_views, 1, h, w) if depth else None
     return RenderOutput(color, alpha_img, depth_img)
