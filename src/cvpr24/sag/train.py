@@ -45,7 +45,8 @@ DATA_DESCRIPTION = ("ShapesWorld (cvpr24.sag.shapes), generated on the fly from 
 @preserved_global_state()
 def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None = None,
                 resume: bool = False, save_every: int = 200, show_progress: bool | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[ShapesELITE, dict[str, float]]:
+                log: Callable[[str], None] | None = None,
+                init: str | Path | None = None) -> tuple[ShapesELITE, dict[str, float]]:
     """Train :class:`ShapesELITE` with AdamW and a OneCycle schedule.
 
     Parameters
@@ -57,6 +58,10 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
         Where the resumable training state is written every ``save_every`` steps.
     resume : bool
         Continue from ``state_path`` (bit-for-bit on the same hardware).
+    init : path, optional
+        Warm start: a checkpoint written by :func:`save_tiny` (same architecture) whose word,
+        slot, mapping-network and UNet weights start the training. The encoder backbone is
+        pretrained afresh on the current renders either way.
 
     Returns
     -------
@@ -66,6 +71,12 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
     """
     torch.manual_seed(seed)
     model = ShapesELITE(config)
+    if init is not None and not resume:
+        tensors = load_checkpoint(init, TinyConfig).tensors
+        missing, unexpected = model.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("model.") and ".backbone." not in k}, strict=False)
+        if unexpected or any(".backbone." not in k for k in missing):
+            raise ValueError(f"init checkpoint {init} does not match the architecture of config")
     # On resume, the training state holds the pretrained backbone.
     backbone_mse = float("nan") if resume else pretrain_backbone(model, config, seed)
     model.encoder.backbone.requires_grad_(False)
@@ -198,9 +209,12 @@ def fit_placeholder_embedding(model: ShapesELITE, images: torch.Tensor, placehol
 
 def save_tiny(path: str | Path, model: ShapesELITE, probe: ProbeClassifier, seed: int,
               metrics: dict[str, float]) -> Path:
-    """Write model and probe to one safetensors file (``model.*``, ``probe.*``) + sidecar."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"probe.{k}": v for k, v in probe.state_dict().items()})
+    """Write model and probe to one safetensors file (``model.*``, ``probe.*``) + sidecar.
+    Floating-point tensors are stored in float16 (half the size; :func:`load_tiny` casts back)."""
+    def half(v: torch.Tensor) -> torch.Tensor:
+        return v.half() if v.is_floating_point() else v
+    tensors = {f"model.{k}": half(v) for k, v in model.state_dict().items()}
+    tensors.update({f"probe.{k}": half(v) for k, v in probe.state_dict().items()})
     return save_checkpoint(path, tensors, config=model.config, seed=seed, data=DATA_DESCRIPTION, metrics=metrics)
 
 
