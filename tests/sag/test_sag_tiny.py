@@ -76,6 +76,23 @@ def test_encoder_backbone_is_pretrained_then_frozen():
     assert not torch.equal(pretrained.encoder.mlp[0].weight, model.encoder.mlp[0].weight)  # the mapping trains
 
 
+def test_warm_start_begins_from_the_init_checkpoint(tmp_path):
+    from cvpr24.sag.tiny import ProbeClassifier
+
+    cfg = dataclasses.replace(TinyConfig.tiny(), steps=1, backbone_steps=2)
+    torch.manual_seed(5)
+    start = ShapesELITE(cfg)
+    path = save_tiny(tmp_path / "init.safetensors", start, ProbeClassifier(), seed=5, metrics={})
+    warm, _ = train_model(cfg, seed=0, init=path, show_progress=False)
+    cold, _ = train_model(cfg, seed=0, show_progress=False)
+    w0 = start.unet.conv_in.weight.half().float()  # as stored
+    # One step at OneCycle's first rate (lr / 25) moves a weight by about 1e-4.
+    assert (warm.unet.conv_in.weight - w0).abs().max() < 1e-3 < (cold.unet.conv_in.weight - w0).abs().max()
+    other = dataclasses.replace(cfg, channels=(16, 16, 16))
+    with pytest.raises(ValueError, match="architecture"):
+        train_model(other, seed=0, init=path, show_progress=False)
+
+
 class _Interrupted(Exception):
     pass
 

@@ -2,7 +2,7 @@
 
 An image holds one object on a flat background. The object has a *shape* (the "class",
 nameable), a fill *colour* (nameable) and a *texture* (the identity detail that no word
-can request: a 2x2-pixel spot at the object's centre, in one of five colours or none). The
+can request: a 4x4-pixel spot at the object's centre, in one of five colours or none). The
 spot is small and moves with the object's jitter, so, like a real subject's fine detail, it
 is decided late in sampling, after the background (docs/sag.md, Testbed diagnostics). Captions are three token slots ``[colour, shape, background]``; a subject
 caption ``[null, S*, bg]`` puts the encoder's subject token in the noun slot, as ``S*`` is the
@@ -38,7 +38,7 @@ COLOUR_RGB = torch.tensor([
     [0.55, 0.10, 0.75],  # purple
     [0.00, 0.85, 0.85],  # cyan
 ])
-# The identity detail (the "texture"): a 2x2 spot at the object's centre in a colour that no word
+# The identity detail (the "texture"): a 4x4 spot at the object's centre in a colour that no word
 # names; "plain" has none.
 SPOT_RGB = torch.tensor([
     [0.05, 0.05, 0.05],  # black
@@ -114,7 +114,7 @@ def render(shape: torch.Tensor, colour: torch.Tensor, texture: torch.Tensor, bac
     cross = ((dy.abs() <= 4) & (dx.abs() <= 1.5)) | ((dx.abs() <= 4) & (dy.abs() <= 1.5))
     masks = torch.stack([square, triangle, cross], 1)  # (N, 3 shapes, H, W)
     inside = masks[torch.arange(n), shape]  # (N, H, W)
-    centre = ((dy.abs() <= 1) & (dx.abs() <= 1)).expand(n, size, size)  # 2x2 px at 16 px, inside every shape
+    centre = ((dy.abs() <= 2) & (dx.abs() <= 2)).expand(n, size, size)  # 4x4 px at 16 px, inside every shape
     has_spot = (centre & (texture > 0).view(n, 1, 1)).unsqueeze(1)  # (N, 1, H, W)
     spot = SPOT_RGB[(texture - 1).clamp(min=0)].view(n, 3, 1, 1)
     fill = torch.where(has_spot, spot, COLOUR_RGB[colour].view(n, 3, 1, 1))  # (N, 3, H, W)
