@@ -51,11 +51,26 @@ def test_constant_mixing_comparison_and_spearman():
 
 
 def test_subject_split_is_disjoint_and_fixed():
-    val, test = reproduce.split_subjects(8, 40)
-    assert not set(val) & set(test)
-    assert reproduce.split_subjects(8, 40) == (val, test)
+    val, test = reproduce.split_subjects(36, 36)
+    assert len(val) == len(test) == 36 and not set(val) & set(test)
+    assert reproduce.split_subjects(36, 36) == (val, test)
     with pytest.raises(ValueError, match="test_subjects"):
-        reproduce.split_subjects(10, 40)
+        reproduce.split_subjects(36, 37)
+
+
+def test_per_subject_pools_seeds_and_bootstrap_resamples_subjects():
+    import numpy as np
+    import torch
+
+    # Two seeds; subject 0 hits 3 of 4 samples, subject 2 hits 0 of 2, subject 1 is absent.
+    rows = [([0, 0, 2], {"x": torch.tensor([1.0, 1.0, 0.0])}), ([0, 0], {"x": torch.tensor([1.0, 0.0])})]
+    ps = reproduce.per_subject(rows, 3)
+    assert ps["x"][0] == 0.75 and ps["x"][2] == 0.0 and np.isnan(ps["x"][1])
+    draws = reproduce.bootstrap_subjects({"arm": ps}, np.array([0, 2]), draws=200, seed=0)
+    means = [d["arm"]["x"] for d in draws]
+    assert set(means) <= {0.0, 0.375, 0.75} and len(set(means)) == 3  # every mix of the two subjects occurs
+    lo, hi = reproduce.ci95(means)
+    assert lo == 0.0 and hi == 0.75
 
 
 def test_bad_size():

@@ -105,6 +105,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "in the current folder (the packaged checkpoint is never overwritten)")
     p.add_argument("--state", type=_path, default=None, help="training state file (default: beside --out)")
     p.add_argument("--resume", action="store_true", help="continue from --state")
+    p.add_argument("--init", type=_file, default=None,
+                   help="warm start from this checkpoint (a sag .safetensors of the same architecture)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     p.set_defaults(func=cmd_train)
 
@@ -295,7 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             cfg = dataclasses.replace(cfg, **{field: getattr(args, flag)})
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, metrics = train_model(cfg, seed=args.seed, state_path=state, resume=args.resume,
+    model, metrics = train_model(cfg, seed=args.seed, state_path=state, resume=args.resume, init=args.init,
                                  log=lambda s: print(s, file=sys.stderr, flush=True))
     probe, probe_metrics = train_probe(cfg, seed=args.seed)
     save_tiny(out, model, probe, args.seed, {**metrics, **probe_metrics})

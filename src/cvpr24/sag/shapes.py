@@ -2,7 +2,9 @@
 
 An image holds one object on a flat background. The object has a *shape* (the "class",
 nameable), a fill *colour* (nameable) and a *texture* (the identity detail that no word
-can request). Captions are three token slots ``[colour, shape, background]``; a subject
+can request: a 4x4-pixel spot at the object's centre, in one of five colours or none). The
+spot is small and moves with the object's jitter, so, like a real subject's fine detail, it
+is decided late in sampling, after the background (docs/sag.md, Testbed diagnostics). Captions are three token slots ``[colour, shape, background]``; a subject
 caption ``[null, S*, bg]`` puts the encoder's subject token in the noun slot, as ``S*`` is the
 noun of "a photo of S*"; the class-only caption puts the shape word there.
 
@@ -19,7 +21,8 @@ import torch
 BACKGROUNDS: tuple[str, ...] = ("white", "blue", "green", "red", "yellow")
 COLOURS: tuple[str, ...] = ("grey", "orange", "purple", "cyan")
 SHAPES: tuple[str, ...] = ("square", "triangle", "cross")
-TEXTURES: tuple[str, ...] = ("plain", "black-base", "pink-base", "brown-base")  # the unnamed identity
+TEXTURES: tuple[str, ...] = ("plain", "black-spot", "white-spot", "pink-spot", "brown-spot",
+                             "lime-spot")  # the unnamed identity
 
 # RGB in [0, 1].
 BACKGROUND_RGB = torch.tensor([
@@ -30,17 +33,19 @@ BACKGROUND_RGB = torch.tensor([
     [0.95, 0.90, 0.10],  # yellow
 ])
 COLOUR_RGB = torch.tensor([
-    [0.55, 0.55, 0.55],  # grey (black would vanish against the black base)
+    [0.55, 0.55, 0.55],  # grey (black would hide the black spot)
     [1.00, 0.55, 0.00],  # orange
     [0.55, 0.10, 0.75],  # purple
     [0.00, 0.85, 0.85],  # cyan
 ])
-# The identity detail (the "texture"): the lower half of the object in a second colour that no
-# word names; "plain" has none.
-BASE_RGB = torch.tensor([
+# The identity detail (the "texture"): a 4x4 spot at the object's centre in a colour that no word
+# names; "plain" has none.
+SPOT_RGB = torch.tensor([
     [0.05, 0.05, 0.05],  # black
+    [1.00, 1.00, 1.00],  # white
     [1.00, 0.60, 0.80],  # pink
     [0.50, 0.30, 0.10],  # brown
+    [0.60, 1.00, 0.20],  # lime
 ])
 
 # Vocabulary: 0 is the null token, then colours, shapes, backgrounds.
@@ -109,10 +114,10 @@ def render(shape: torch.Tensor, colour: torch.Tensor, texture: torch.Tensor, bac
     cross = ((dy.abs() <= 4) & (dx.abs() <= 1.5)) | ((dx.abs() <= 4) & (dy.abs() <= 1.5))
     masks = torch.stack([square, triangle, cross], 1)  # (N, 3 shapes, H, W)
     inside = masks[torch.arange(n), shape]  # (N, H, W)
-    lower = (dy > 0).expand(n, size, size)
-    has_base = (lower & (texture > 0).view(n, 1, 1)).unsqueeze(1)  # (N, 1, H, W)
-    base = BASE_RGB[(texture - 1).clamp(min=0)].view(n, 3, 1, 1)
-    fill = torch.where(has_base, base, COLOUR_RGB[colour].view(n, 3, 1, 1))  # (N, 3, H, W)
+    centre = ((dy.abs() <= 2) & (dx.abs() <= 2)).expand(n, size, size)  # 4x4 px at 16 px, inside every shape
+    has_spot = (centre & (texture > 0).view(n, 1, 1)).unsqueeze(1)  # (N, 1, H, W)
+    spot = SPOT_RGB[(texture - 1).clamp(min=0)].view(n, 3, 1, 1)
+    fill = torch.where(has_spot, spot, COLOUR_RGB[colour].view(n, 3, 1, 1))  # (N, 3, H, W)
     bg = BACKGROUND_RGB[background].view(n, 3, 1, 1).expand(n, 3, size, size)
     img = torch.where(inside.unsqueeze(1), fill, bg)
     return img * 2 - 1

@@ -9,11 +9,13 @@ Two measurements on a trained ShapesWorld model, with the reproduction's protoco
    agreement stays >= ``SETTLE_AGREEMENT``. The paper's schedule relies on identity detail
    settling later than layout and background, as fine detail does in SD.
 2. **How many subjects does a verdict need?** Per-subject accuracies of the baseline, SAG
-   and constant mixing over every subject; bootstrap CIs over subjects; and, for random
-   draws of ``n`` subjects, how often the precondition and the claims' criteria would hold.
+   (``--T``) and constant mixing on the reproduction's validation subjects (to check a new
+   model before any claim is judged) or its test subjects (afterwards); bootstrap CIs over
+   those subjects; and, for random draws of ``n`` of them, how often the precondition and the
+   claims' criteria would hold.
 
-Run with ``python -m cvpr24.sag.testbed --out DIR`` (resumable: finished seeds are kept in
-``DIR/testbed.json``).
+Run with ``python -m cvpr24.sag.testbed --out DIR [--subjects validation|test] [--T 0.6]``
+(resumable: finished seeds are kept in ``DIR/testbed.json``).
 """
 
 from __future__ import annotations
@@ -37,24 +39,29 @@ from cvpr24.sag.reproduce import (
     make_episode,
     split_subjects,
 )
-from cvpr24.sag.shapes import ALL_SUBJECTS, background_of
+from cvpr24.sag.shapes import ALL_SUBJECTS, Subject, background_of
 from cvpr24.sag.tiny import ProbeClassifier, ShapesELITE, sample_sag
 from cvpr24.sag.train import DEFAULT_CHECKPOINT, load_tiny
 
 SETTLE_AGREEMENT = 0.9  # "decided": 90% of samples already read as they will end
-ARMS = {"baseline": SAGSchedule(T=1.0, r=0.0), "SAG T=0.7": SAGSchedule(T=0.7, r=0.0),
-        "const m=-0.5": SAGSchedule(T=1.0, r=-0.5)}  # T = 0.7 is the quick reproduction's T*
+SETTLE_KEYS = ("background", "identity", "identity detail", "shape+colour")
+
+
+def arms(t_sag: float) -> dict[str, SAGSchedule]:
+    """Baseline CFG, SAG at ``T = t_sag`` and constant mixing ``w_t = -0.5``."""
+    return {"baseline": SAGSchedule(T=1.0, r=0.0), "SAG": SAGSchedule(T=t_sag, r=0.0),
+            "const m=-0.5": SAGSchedule(T=1.0, r=-0.5)}
 
 
 @torch.no_grad()
-def run_seed(model: ShapesELITE, probe: ProbeClassifier, cfg: ReproConfig, seed: int) -> dict:
-    """One seed over every subject: per-sample correctness of each arm and the baseline's
+def run_seed(model: ShapesELITE, probe: ProbeClassifier, cfg: ReproConfig, seed: int, t_sag: float,
+             subjects: list[Subject]) -> dict:
+    """One seed over ``subjects``: per-sample correctness of each arm and the baseline's
     per-step agreement of ``x0_hat`` with the final sample."""
-    subjects = list(ALL_SUBJECTS)
     ep = make_episode(model, subjects, cfg.targets, cfg.samples, seed=seed)
     labels = torch.tensor([[s.shape, s.colour, s.texture] for s in ep.subjects])
     out: dict = {"subject": [ALL_SUBJECTS.index(s) for s in ep.subjects]}
-    for name, sched in ARMS.items():
+    for name, sched in arms(t_sag).items():
         steps_read: list[tuple[float, torch.Tensor, torch.Tensor]] = []
 
         def read(i: int, t: float, x0: torch.Tensor, keep: list = steps_read) -> None:
@@ -87,7 +94,7 @@ def settle_time(ts: list[float], agreement: list[float], level: float = SETTLE_A
 def per_subject(seed_runs: list[dict], n_subjects: int) -> dict[str, dict[str, np.ndarray]]:
     """Accuracy per subject (mean over seeds, targets and samples), arm -> metric -> (S,)."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    for arm in ARMS:
+    for arm in ("baseline", "SAG", "const m=-0.5"):
         for key in ("background", "identity"):
             hits, counts = np.zeros(n_subjects), np.zeros(n_subjects)
             for r in seed_runs:
@@ -100,7 +107,7 @@ def per_subject(seed_runs: list[dict], n_subjects: int) -> dict[str, dict[str, n
 def verdicts(ps: dict[str, dict[str, np.ndarray]], idx: np.ndarray) -> dict[str, float]:
     """The precondition's and claims' numbers on the subjects ``idx`` (one seed-pooled draw)."""
     m = {arm: {k: float(v[idx].mean()) for k, v in d.items()} for arm, d in ps.items()}
-    base, sag, const = m["baseline"], m["SAG T=0.7"], m["const m=-0.5"]
+    base, sag, const = m["baseline"], m["SAG"], m["const m=-0.5"]
     return {
         "baseline background": base["background"], "baseline identity": base["identity"],
         "SAG background gain": sag["background"] - base["background"],
@@ -136,20 +143,26 @@ def subset_sensitivity(ps: dict, subjects: np.ndarray, sizes: tuple[int, ...], d
     return out
 
 
-def save_settle_figure(path: Path, seed_runs: list[dict]) -> None:
+def save_settle_figure(path: Path, seed_runs: list[dict], settle: dict[str, float], t_sag: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     ts = seed_runs[0]["settle"]["t"]
-    for key, style in (("background", "o-"), ("identity", "s-"), ("identity detail", "^--"), ("shape+colour", "v:")):
-        ax.plot(ts, np.mean([r["settle"][key] for r in seed_runs], 0), style, label=key)
+    styles = {"background": ("o-", "C0"), "identity": ("s-", "C1"), "identity detail": ("^--", "C2"),
+              "shape+colour": ("v:", "C3")}
+    for key in SETTLE_KEYS:
+        style, colour = styles[key]
+        ax.plot(ts, np.mean([r["settle"][key] for r in seed_runs], 0), style, color=colour,
+                label=f"{key} (settles at t = {settle[key]:.2f})")
+        ax.axvline(settle[key], color=colour, lw=0.8, ls=":")
+    ax.axvspan(1.0, t_sag, color="grey", alpha=0.12, label=f"SAG guides by c0 alone (t > T = {t_sag:g})")
     ax.axhline(SETTLE_AGREEMENT, color="grey", lw=0.8)
     ax.invert_xaxis()
     ax.set_xlabel("diffusion time t of the DDIM step (1 = noise; sampling runs left to right)")
     ax.set_ylabel("fraction of samples already read as final")
-    ax.set_title("baseline CFG: when is each detail decided?")
+    ax.set_title("baseline CFG: when is each detail decided? (identity detail = the 2x2 spot)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -162,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=6, help="samples per (subject, target background)")
+    ap.add_argument("--samples", type=int, default=2, help="samples per (subject, target background)")
+    ap.add_argument("--T", type=float, default=0.6, help="SAG's T (the reproduction's T*)")
+    ap.add_argument("--subjects", choices=("validation", "test"), default="validation",
+                    help="the reproduction's validation subjects (check a new model before its claims are judged) "
+                         "or its test subjects (after)")
     args = ap.parse_args(argv)
     if not args.checkpoint.is_file():
         ap.error(f"--checkpoint: no such file {args.checkpoint}")
@@ -171,24 +188,29 @@ def main(argv: list[str] | None = None) -> None:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"runs": {}}
     cfg = ReproConfig.quick()
     cfg.samples = args.samples
+    val, test = split_subjects(cfg.val_subjects, cfg.test_subjects)
+    chosen = val if args.subjects == "validation" else test
+    if state.setdefault("subjects", args.subjects) != args.subjects:
+        ap.error(f"--subjects: {args.out} holds runs on the {state['subjects']} subjects")
     model, probe, _ = load_tiny(args.checkpoint)
     for seed in range(args.seeds):
         if str(seed) in state["runs"]:
             continue
-        state["runs"][str(seed)] = run_seed(model, probe, cfg, seed=seed)
+        state["runs"][str(seed)] = run_seed(model, probe, cfg, seed=seed, t_sag=args.T, subjects=chosen)
         with atomic_write(state_path) as f:
             json.dump(state, f)
         print(f"seed {seed} done", flush=True)
     runs = [state["runs"][k] for k in sorted(state["runs"])]
     ps = per_subject(runs, len(ALL_SUBJECTS))
-    # Judge on the subjects the quick reproduction did not use to choose T* = 0.7.
-    val, _ = split_subjects(cfg.val_subjects, 0)
-    subjects = np.array([i for i, s in enumerate(ALL_SUBJECTS) if s not in val])
+    subjects = np.array([ALL_SUBJECTS.index(s) for s in chosen])
     settle = {key: settle_time(runs[0]["settle"]["t"], np.mean([r["settle"][key] for r in runs], 0).tolist())
-              for key in ("background", "identity", "identity detail", "shape+colour")}
+              for key in SETTLE_KEYS}
     summary = {
-        "protocol": {"seeds": len(runs), "subjects": len(subjects), "targets": cfg.targets,
-                     "samples": cfg.samples, "steps": cfg.steps, "w": cfg.w},
+        "protocol": {"seeds": len(runs), "subjects": f"{len(subjects)} ({args.subjects})", "targets": cfg.targets,
+                     "samples": cfg.samples, "steps": cfg.steps, "w": cfg.w, "SAG T": args.T},
+        "settle agreement per step (mean over seeds, all subjects)": {
+            "t": runs[0]["settle"]["t"],
+            **{key: np.mean([r["settle"][key] for r in runs], 0).round(4).tolist() for key in SETTLE_KEYS}},
         "all subjects": verdicts(ps, subjects),
         "per seed": [verdicts(per_subject([r], len(ALL_SUBJECTS)), subjects) for r in runs],
         "per subject": {ALL_SUBJECTS[i].name: {arm: {k: float(v[i]) for k, v in d.items()} for arm, d in ps.items()}
@@ -197,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "subset sensitivity": subset_sensitivity(ps, subjects, (6, 12, 24, 36)),
         f"settle time (agreement >= {SETTLE_AGREEMENT})": settle,
     }
-    save_settle_figure(args.out / "settle.png", runs)
+    save_settle_figure(args.out / "settle.png", runs, settle, args.T)
     with atomic_write(args.out / "summary.json") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))

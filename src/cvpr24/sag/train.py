@@ -37,15 +37,21 @@ from cvpr24.sag.tiny import (
 )
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "shapes_elite.safetensors"
-DATA_DESCRIPTION = ("ShapesWorld (cvpr24.sag.shapes), generated on the fly from the training seed: "
-                    "50% word captions [colour, shape, bg] (word dropout 0.3, caption dropout 0.1), "
-                    "50% subject captions [null, S*, bg-or-null] with a same-background reference")
+
+
+def data_description(config: TinyConfig) -> str:
+    """What the model was trained on, for the checkpoint's sidecar."""
+    return (f"ShapesWorld (cvpr24.sag.shapes), generated on the fly from the training seed: "
+            f"{1 - config.p_subject:.0%} word captions [colour, shape, bg] (word dropout 0.3, caption dropout 0.1), "
+            f"{config.p_subject:.0%} subject captions [null, S*, bg-or-null] (bg word kept with p = "
+            f"{config.p_subject_bg:g}) with a same-background reference")
 
 
 @preserved_global_state()
 def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None = None,
                 resume: bool = False, save_every: int = 200, show_progress: bool | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[ShapesELITE, dict[str, float]]:
+                log: Callable[[str], None] | None = None,
+                init: str | Path | None = None) -> tuple[ShapesELITE, dict[str, float]]:
     """Train :class:`ShapesELITE` with AdamW and a OneCycle schedule.
 
     Parameters
@@ -57,6 +63,10 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
         Where the resumable training state is written every ``save_every`` steps.
     resume : bool
         Continue from ``state_path`` (bit-for-bit on the same hardware).
+    init : path, optional
+        Warm start: a checkpoint written by :func:`save_tiny` (same architecture) whose word,
+        slot, mapping-network and UNet weights start the training. The encoder backbone is
+        pretrained afresh on the current renders either way.
 
     Returns
     -------
@@ -66,6 +76,17 @@ def train_model(config: TinyConfig, seed: int = 0, state_path: str | Path | None
     """
     torch.manual_seed(seed)
     model = ShapesELITE(config)
+    if init is not None and not resume:
+        tensors = load_checkpoint(init, TinyConfig).tensors
+        mismatch = ValueError(f"init checkpoint {init} does not match the architecture of config")
+        try:
+            missing, unexpected = model.load_state_dict(
+                {k[6:]: v for k, v in tensors.items() if k.startswith("model.") and ".backbone." not in k},
+                strict=False)
+        except RuntimeError as e:  # shape mismatch
+            raise mismatch from e
+        if unexpected or any(".backbone." not in k for k in missing):
+            raise mismatch
     # On resume, the training state holds the pretrained backbone.
     backbone_mse = float("nan") if resume else pretrain_backbone(model, config, seed)
     model.encoder.backbone.requires_grad_(False)
@@ -197,11 +218,15 @@ def fit_placeholder_embedding(model: ShapesELITE, images: torch.Tensor, placehol
 
 
 def save_tiny(path: str | Path, model: ShapesELITE, probe: ProbeClassifier, seed: int,
-              metrics: dict[str, float]) -> Path:
-    """Write model and probe to one safetensors file (``model.*``, ``probe.*``) + sidecar."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"probe.{k}": v for k, v in probe.state_dict().items()})
-    return save_checkpoint(path, tensors, config=model.config, seed=seed, data=DATA_DESCRIPTION, metrics=metrics)
+              metrics: dict[str, float], command: str | None = None) -> Path:
+    """Write model and probe to one safetensors file (``model.*``, ``probe.*``) + sidecar.
+    Floating-point tensors are stored in float16 (half the size; :func:`load_tiny` casts back)."""
+    def half(v: torch.Tensor) -> torch.Tensor:
+        return v.half() if v.is_floating_point() else v
+    tensors = {f"model.{k}": half(v) for k, v in model.state_dict().items()}
+    tensors.update({f"probe.{k}": half(v) for k, v in probe.state_dict().items()})
+    return save_checkpoint(path, tensors, config=model.config, seed=seed, data=data_description(model.config),
+                           metrics=metrics, command=command)
 
 
 def load_tiny(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[ShapesELITE, ProbeClassifier, dict]:
