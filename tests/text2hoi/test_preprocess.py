@@ -153,6 +153,15 @@ def test_grab_reads_pickled_npz_safely_and_keeps_pR(tmp_path, world):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     _check_contacts(data, objects, "pR")
     assert list(data["split"]) == ["train"]
+    # read back for training: padded to 30 frames, rotation turned into R·p, contact map from the triples
+    from cvpr24.text2hoi.preprocess import load_processed
+    from cvpr24.text2hoi.text import HashedTextEncoder
+
+    batch, keys = load_processed(tmp_path / "out", HashedTextEncoder(16), max_frames=30)
+    assert keys == ["Hand over book with right hand."] and batch.x_r.shape == (1, 30, 99) and batch.text.shape == (1, 16)
+    assert batch.mask_r[0].sum() == n and batch.mask_l.sum() == 0 and abs(float(batch.length[0]) - n / 30) < 1e-6
+    torch.testing.assert_close(transform_points(p.float(), batch.x_o[:, :n])[0], want.float(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(np.nonzero(batch.contact[0].numpy())[0], np.unique(data["rcov_idx"]))
 
 
 def test_grab_file_with_a_foreign_global_is_refused(tmp_path, world):

@@ -435,3 +435,55 @@ def preprocess(dataset: str, root: str | os.PathLike, out: str | os.PathLike, ha
             kept.append(seg)
             records.append(rec)
     return write_dataset(Path(out), dataset, records, kept, objects)
+
+
+# --- reading back ------------------------------------------------------------------------------
+
+
+def load_processed(folder: str | os.PathLike, text_encoder, split: str | None = "train", max_frames: int = 150):
+    """A written dataset as a training ``HOIBatch`` (first ``max_frames`` frames of each segment,
+    zero-padded with masks; ℓ = min(n, max_frames)/max_frames; action = the canonical text's index).
+
+    The contact map c (T3) is rebuilt from the stored triples of the kept frames. GRAB's object
+    rotation (pᵀR) is stored transposed here, so that every loss can use R·p (the written
+    ``data.npz`` keeps the official convention). Returns ``(batch, text_keys)``.
+    """
+    from cvpr24.text2hoi.rotations import rot6d_to_rotmat
+    from cvpr24.text2hoi.train import HOIBatch
+
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    with np.load(folder / "data.npz", allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    with np.load(folder / "objects.npz", allow_pickle=False) as z:
+        points = z["points"]
+    keep = np.arange(len(d["nframes"])) if split is None else np.nonzero(d["split"] == split)[0]
+    if len(keep) == 0:
+        raise ValueError(f"{folder} has no sequence in split {split!r}")
+    n, t = len(keep), max_frames
+    x = {k: np.zeros((n, t, d[k].shape[-1]), np.float32) for k in ("x_lhand", "x_rhand", "x_obj")}
+    valid = np.zeros((n, t), np.float32)
+    contact = np.zeros((n, points.shape[1]), np.float32)
+    for row, i in enumerate(keep):
+        s, m = int(d["seq_start"][i]), min(int(d["nframes"][i]), t)
+        for k in x:
+            x[k][row, :m] = d[k][s : s + m]
+        valid[row, :m] = 1
+        for side in ("l", "r"):
+            c = slice(int(d[f"{side}contact_start"][i]), int(d[f"{side}contact_start"][i + 1]))
+            contact[row, d[f"{side}cov_idx"][c][d[f"{side}cf_idx"][c] < m]] = 1
+    x_obj = torch.as_tensor(x["x_obj"])
+    if meta["rot_convention"] == "pR":
+        r = rot6d_to_rotmat(x_obj[..., 3:9]).transpose(-1, -2)
+        x_obj = torch.cat([x_obj[..., :3], r[..., :, :2].reshape(n, t, 6), x_obj[..., 9:]], -1) * torch.as_tensor(valid)[..., None]
+    keys = sorted(set(d["text_key"][keep].tolist()))
+    valid_t = torch.as_tensor(valid)
+    batch = HOIBatch(
+        x_l=torch.as_tensor(x["x_lhand"]), x_r=torch.as_tensor(x["x_rhand"]), x_o=x_obj,
+        mask_l=valid_t * torch.as_tensor(d["is_lhand"][keep], dtype=torch.float32)[:, None],
+        mask_r=valid_t * torch.as_tensor(d["is_rhand"][keep], dtype=torch.float32)[:, None], mask_o=valid_t.clone(),
+        points=torch.as_tensor(points[d["object_idx"][keep]]), contact=torch.as_tensor(contact),
+        text=text_encoder(d["text_key"][keep].tolist()), length=torch.as_tensor(np.minimum(d["nframes"][keep], t) / t, dtype=torch.float32),
+        action=torch.as_tensor([keys.index(k) for k in d["text_key"][keep]]),
+    )
+    return batch, keys
