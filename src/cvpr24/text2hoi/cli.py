@@ -52,7 +52,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("train", help="train the ToyHOI models (method + baseline) and evaluate them")
+    p = sub.add_parser("train", help="train the ToyHOI models (method + baseline) and evaluate them; rerun to resume; "
+                       "torchrun --nproc_per_node N -m cvpr24 text2hoi train ... trains data-parallel")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, result.json)")
     p.add_argument("--seeds", type=positive_int, default=3)
     p.set_defaults(func=cmd_train)
@@ -223,8 +224,24 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cvpr24.text2hoi.reproduce import run
+    """Train (resumably: finished seeds are kept, a stage resumes from OUT/state) and evaluate.
+    Under ``torchrun`` every rank trains with averaged gradients; rank 0 saves and evaluates."""
+    import os
 
-    result = run(Path(args.out), seeds=args.seeds, train=True)
+    import torch
+
+    from cvpr24.text2hoi.model import Text2HOIConfig
+    from cvpr24.text2hoi.reproduce import Sizes, build_data, hand_models, run, train_checkpoints
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains, rank 0 evaluates
+        torch.distributed.init_process_group("gloo")
+        sizes = Sizes()
+        train_checkpoints(Path(args.out), list(range(args.seeds)), sizes, build_data(sizes), Text2HOIConfig.cpu(), hand_models())
+        torch.distributed.barrier()
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0
+    result = run(Path(args.out), seeds=args.seeds, train=True)  # keeps the trained seeds, evaluates
     print(result.to_json())
     return 0
