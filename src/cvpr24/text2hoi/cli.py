@@ -1,8 +1,9 @@
-"""``cvpr24 text2hoi generate | evaluate | train``.
+"""``cvpr24 text2hoi generate | evaluate | preprocess | train``.
 
 ``generate`` turns a text and an object mesh into a two-hand + object motion (.npz) and a
 preview PNG strip with our CPU-scale ToyHOI checkpoint (or one you trained); ``evaluate``
-measures penetration, contact and Phy (H1-H4) of such a motion against its mesh; ``train``
+measures penetration, contact and Phy (H1-H4) of such a motion against its mesh; ``preprocess``
+turns raw H2O / GRAB / ARCTIC into the training representation (pickle-free); ``train``
 trains the ToyHOI models (``cvpr24 train text2hoi`` is the same command).
 """
 
@@ -13,6 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from cvpr24.common.argtypes import one_line_errors
 
 HANDS = {"right": (0.0, 1.0), "left": (1.0, 0.0), "both": (1.0, 1.0)}
 
@@ -40,7 +43,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train the ToyHOI models (method + baseline) and evaluate them")
+    p = sub.add_parser("preprocess", help="raw H2O / GRAB / ARCTIC -> data.npz + objects.npz + meta.json")
+    p.add_argument("--dataset", required=True, choices=["h2o", "grab", "arctic"])
+    p.add_argument("--root", required=True, help="H2O: folder of subject1..3; GRAB: of s1..s10; ARCTIC: of raw_seqs and meta")
+    p.add_argument("--object-root", help="object meshes (default: <root>/object, <root>/contact_meshes, <root>/meta/object_vtemplates)")
+    p.add_argument("--text-root", help="ARCTIC's released descriptions (default: <root>/text)")
+    p.add_argument("--mano-dir", help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (default: the procedural hand)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train the ToyHOI models (method + baseline) and evaluate them; rerun to resume; "
+                       "torchrun --nproc_per_node N -m cvpr24 text2hoi train ... trains data-parallel")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, result.json)")
     p.add_argument("--seeds", type=positive_int, default=3)
     p.set_defaults(func=cmd_train)
@@ -53,15 +66,15 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _hands(mano_dir: str | None):
-    from cvpr24.text2hoi.mano import ManoLayer, load_mano
-    from cvpr24.text2hoi.reproduce import hand_models
+def _hands(mano_dir: str | None, flat_hand_mean: bool = True):
+    from cvpr24.text2hoi.mano import ManoLayer, ProceduralHand, load_mano
     from cvpr24.text2hoi.train import HandModels
 
     if mano_dir is None:
-        return hand_models()
-    d = Path(mano_dir)
-    return HandModels(ManoLayer(load_mano(d / "MANO_LEFT.pkl", False)), ManoLayer(load_mano(d / "MANO_RIGHT.pkl", True)))
+        left, right = ProceduralHand(0).model(False), ProceduralHand(0).model(True)
+    else:
+        left, right = load_mano(Path(mano_dir) / "MANO_LEFT.pkl", False), load_mano(Path(mano_dir) / "MANO_RIGHT.pkl", True)
+    return HandModels(ManoLayer(left, flat_hand_mean), ManoLayer(right, flat_hand_mean))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -196,9 +209,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from cvpr24.text2hoi.reproduce import run
+@one_line_errors("text2hoi")
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    if not Path(args.root).is_dir():
+        raise FileNotFoundError(f"--root {args.root} is not a folder")
+    if args.mano_dir and not (Path(args.mano_dir) / "MANO_RIGHT.pkl").is_file():
+        raise FileNotFoundError(f"--mano-dir {args.mano_dir} has no MANO_RIGHT.pkl (download it from mano.is.tue.mpg.de)")
+    from cvpr24.text2hoi.preprocess import FLAT_HAND_MEAN, preprocess
 
-    result = run(Path(args.out), seeds=args.seeds, train=True)
+    hands = _hands(args.mano_dir, FLAT_HAND_MEAN[args.dataset])
+    meta = preprocess(args.dataset, args.root, args.out, (hands.left, hands.right), args.object_root, args.text_root)
+    print(json.dumps(meta))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (resumably: finished seeds are kept, a stage resumes from OUT/state) and evaluate.
+    Under ``torchrun`` every rank trains with averaged gradients; rank 0 saves and evaluates."""
+    import os
+
+    import torch
+
+    from cvpr24.text2hoi.model import Text2HOIConfig
+    from cvpr24.text2hoi.reproduce import Sizes, build_data, hand_models, run, train_checkpoints
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains, rank 0 evaluates
+        torch.distributed.init_process_group("gloo")
+        sizes = Sizes()
+        train_checkpoints(Path(args.out), list(range(args.seeds)), sizes, build_data(sizes), Text2HOIConfig.cpu(), hand_models())
+        torch.distributed.barrier()
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0
+    result = run(Path(args.out), seeds=args.seeds, train=True)  # keeps the trained seeds, evaluates
     print(result.to_json())
     return 0

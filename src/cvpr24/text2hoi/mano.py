@@ -76,6 +76,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Allows numpy arrays/dtypes, ``copyreg._reconstructor``, ``object``, ``_codecs.encode``
     (protocol-2 bytes) and the stubs above."""
 
+    what = "a MANO file"
+
     def find_class(self, module: str, name: str) -> Any:
         module = _RENAMES.get(module, module)
         if (module, name) in _STUBS:
@@ -91,9 +93,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module.startswith("numpy") and name.startswith(("dtype", "Float", "Int", "UInt")):
             return super().find_class(module, name)  # numpy 2 dtype classes (numpy.dtypes)
         raise pickle.UnpicklingError(
-            f"global {module}.{name} is not allowed in a MANO file (only numpy arrays, "
+            f"global {module}.{name} is not allowed in {self.what} (only numpy arrays, "
             "scipy sparse matrices and chumpy arrays are)"
         )
+
+
+def restricted_unpickle(data: bytes, what: str) -> Any:
+    """Unpickle ``data`` (latin-1 for Python-2 pickles) with the allow-list above; ``what`` names
+    the file in the error a forbidden global raises."""
+    unpickler = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1")
+    unpickler.what = what
+    return unpickler.load()
 
 
 def _to_array(value: Any, key: str, path: str) -> np.ndarray:
@@ -188,8 +198,7 @@ def load_mano(mano_path: str | os.PathLike, is_rhand: bool | None = None) -> Man
             f"mano_path {p}: file not found. MANO is licensed and not shipped: register at "
             f"{MANO_URL}, download MANO_RIGHT.pkl / MANO_LEFT.pkl and pass their path"
         )
-    with open(p, "rb") as fh:
-        d = _RestrictedUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+    d = restricted_unpickle(p.read_bytes(), f"MANO file {p}")
     if not isinstance(d, dict):
         raise ValueError(f"mano_path {p}: expected a pickled dict, got {type(d).__name__}")
     return mano_from_dict(d, str(p), is_rhand)

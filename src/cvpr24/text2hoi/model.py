@@ -42,10 +42,10 @@ class Text2HOIConfig:
 
     @classmethod
     def cpu(cls) -> Text2HOIConfig:
-        """The ToyHOI sizes: d 128, 3 layers, FF 256, 256 points, PointNet widths ÷ 4, 40 frames."""
+        """The ToyHOI sizes: d 64, 2 layers, FF 128, 256 points, PointNet widths ÷ 4, 40 frames."""
         return cls(
             n_points=256, pointnet_widths=(16, 32, 256), stn_fc=(128, 64), text_dim=384,
-            latent_dim=128, ff_dim=256, num_layers=3, max_frames=40, cvae_latent=16,
+            latent_dim=64, ff_dim=128, num_layers=2, max_frames=40, cvae_latent=16,
             cvae_hidden=(128, 64, 32), len_hidden=128, diffusion_steps=100,
         )
 

@@ -33,10 +33,10 @@ def check_texts(texts: list[str] | str, name: str = "texts") -> list[str]:
 class ClipTextEncoder:
     """OpenAI CLIP ViT-B/32 text features (512, not normalised) from a local directory.
 
-    Uses ``transformers.CLIPTextModelWithProjection`` and truncates to 22 tokens.
+    Uses ``transformers.CLIPTextModelWithProjection`` and truncates to 22 tokens; ``dim`` is the
+    model's projection size (512 for ViT-B/32).
     """
 
-    dim = 512
     name = "clip"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
@@ -45,6 +45,7 @@ class ClipTextEncoder:
             raise FileNotFoundError(f"clip path {path} is not a directory with a CLIP text model")
         self.tokenizer = tr.CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = tr.CLIPTextModelWithProjection.from_pretrained(str(path), local_files_only=True).float().eval().to(device)
+        self.dim = self.model.config.projection_dim
         self.device = device
 
     @torch.no_grad()

@@ -7,11 +7,16 @@ networks and samples motions (§ inference pipeline in the docs).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
+from cvpr24.common import load_training_state, save_training_state
 from cvpr24.text2hoi.diffusion import GaussianDiffusion
 from cvpr24.text2hoi.geometry import (
     CONTACT_THRESHOLD,
@@ -133,53 +138,110 @@ def _augment(points: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return s * (points @ (rz @ ry @ rx).transpose(1, 2))
 
 
-def _batches(n: int, batch_size: int, g: torch.Generator):
-    while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i : i + batch_size]
+def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
+    """Two seeds for one step of one rank: the step's noise generator and the global RNG
+    (dropout). Every draw depends only on (seed, rank, step), so a resumed run continues
+    exactly where an uninterrupted one would be."""
+    a, b = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    return int(a), int(b)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, rank: int, step: int) -> torch.Tensor:
+    """The ``step``-th batch of a per-epoch shuffle (drop_last), seeded by (seed, rank, epoch)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, epoch, 1]).generate_state(1)[0])))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def fit(
+    module: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]], n: int,
+    steps: int, batch_size: int, lr: float, seed: int = 0, state_path: str | os.PathLike | None = None,
+    save_every: int = 100, scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
+    log: Callable[[int, dict], None] | None = None,
+) -> None:
+    """AdamW on ``module``'s trainable parameters for ``steps`` steps of ``loss_fn(batch_idx, g)``.
+
+    Resumable: with ``state_path`` the model, optimizer, scheduler and step are saved every
+    ``save_every`` steps and at the end, and a run finds its place again from that file.
+    Data parallel under ``torch.distributed`` (``torchrun``): rank 0's weights are broadcast
+    first, each rank draws its own batch and noise, gradients are averaged, BatchNorm statistics
+    follow rank 0 (as DDP's ``broadcast_buffers``), and rank 0 writes the state.
+    The global RNG (dropout) is seeded per step inside ``fork_rng`` and left as it was found.
+    """
+    world, rank = _world()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    sched = scheduler(opt) if scheduler is not None else None
+    start = 0
+    if state_path is not None and Path(state_path).is_file():
+        start = load_training_state(state_path, model=module, optimizer=opt, scheduler=sched, restore_rng=False)["step"]
+    if world > 1:
+        for t in module.state_dict().values():
+            torch.distributed.broadcast(t, src=0)
+    bs = min(batch_size, n)
+    module.train()
+    with torch.random.fork_rng():
+        for step in range(start, steps):
+            noise_seed, global_seed = step_seeds(seed, rank, step)
+            torch.manual_seed(global_seed)
+            loss, parts = loss_fn(batch_indices(n, bs, seed, rank, step), torch.Generator().manual_seed(noise_seed))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                for p in params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if world > 1:
+                for buf in module.buffers():
+                    torch.distributed.broadcast(buf, src=0)
+            if log:
+                log(step, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
+            done = step + 1
+            if state_path is not None and rank == 0 and (done % save_every == 0 or done == steps):
+                save_training_state(state_path, model=module, optimizer=opt, scheduler=sched, step=done)
+    module.eval()
 
 
 def train_contact(
     pointnet: PointNetfeat, cvae: ContactCVAE, data: HOIBatch, steps: int, batch_size: int = 32, lr: float = 1e-3,
-    seed: int = 0, log: Callable[[int, float], None] | None = None,
+    seed: int = 0, log: Callable[[int, dict], None] | None = None, **fit_kw,
 ) -> None:
     """Contact CVAE and PointNet trained jointly (T8), with the official augmentation."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([*pointnet.parameters(), *cvae.parameters()], lr=lr)
-    pointnet.train()
-    cvae.train()
-    it = _batches(len(data), min(batch_size, len(data)), g)
-    for step in range(steps):
-        b = data.index(next(it))
+
+    def loss_fn(idx, g):
+        b = data.index(idx)
         f = object_features(pointnet, _augment(b.points, g))
         cond = cvae.condition(f["scale"], f["per_point"], b.text)
         pred, mu, logvar = cvae(f["p_norm"], b.contact, cond, generator=g)
-        loss, _ = contact_vae_loss(pred, b.contact, mu, logvar)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log:
-            log(step, float(loss.detach()))
-    pointnet.eval()
-    cvae.eval()
+        return contact_vae_loss(pred, b.contact, mu, logvar)
+
+    both = nn.ModuleDict({"pointnet": pointnet, "contact_vae": cvae})
+    fit(both, loss_fn, len(data), steps, batch_size, lr, seed, log=log, **fit_kw)
 
 
-def train_length(cvae: LengthCVAE, data: HOIBatch, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> None:
+def train_length(cvae: LengthCVAE, data: HOIBatch, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, **fit_kw) -> None:
     """Length CVAE: MSE_sum + KL_sum on ℓ ×U[0.95, 1.05] clipped at 1."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(cvae.parameters(), lr=lr)
-    cvae.train()
-    it = _batches(len(data), min(batch_size, len(data)), g)
-    for _ in range(steps):
-        b = data.index(next(it))
+
+    def loss_fn(idx, g):
+        b = data.index(idx)
         target = (b.length * (0.95 + 0.1 * torch.rand(len(b), generator=g))).clamp(max=1)
         pred, mu, logvar = cvae(target, b.text, generator=g)
-        loss = ((pred - target) ** 2).sum() + gaussian_kl(mu, logvar)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    cvae.eval()
+        mse, kl = ((pred - target) ** 2).sum(), gaussian_kl(mu, logvar)
+        return mse + kl, {"mse": mse, "kl": kl}
+
+    fit(cvae, loss_fn, len(data), steps, batch_size, lr, seed, **fit_kw)
 
 
 def motion_losses(
@@ -216,31 +278,24 @@ def contact_labels_batched(pts: torch.Tensor, joints: torch.Tensor, mask: torch.
 def train_motion(
     model: TextHOM, diffusion: GaussianDiffusion, pointnet: PointNetfeat, hands: HandModels, data: HOIBatch,
     steps: int, geometric: bool, batch_size: int = 32, lr: float = 1e-4, seed: int = 0,
-    lambda_dm: float = 1.0, lambda_ro: float = 1.0, log: Callable[[int, dict], None] | None = None,
+    lambda_dm: float = 1.0, lambda_ro: float = 1.0, log: Callable[[int, dict], None] | None = None, **fit_kw,
 ) -> None:
-    """TextHOM with x̂_0 prediction; GT contact maps condition it during training (faithful)."""
+    """TextHOM with x̂_0 prediction (T14); GT contact maps condition it during training (faithful)."""
     check_batch(data, model.cfg)
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     with torch.no_grad():
         feats = object_features(pointnet, data.points)
     o_feat = obj_cond(feats, data.contact if model.cfg.use_contact_feat else None)
-    model.train()
-    it = _batches(len(data), min(batch_size, len(data)), g)
-    for step in range(steps):
-        idx = next(it)
+
+    def loss_fn(idx, g):
         b = data.index(idx)
         t = torch.randint(0, diffusion.num_steps, (len(b),), generator=g)
         noisy = [diffusion.q_sample(x, t, torch.randn(x.shape, generator=g)) for x in (b.x_l, b.x_r, b.x_o)]
         x0_hat = model(*noisy, t, b.text, o_feat[idx], b.mask_l, b.mask_r, b.mask_o)
         parts = motion_losses(model, hands, b, x0_hat, geometric)
         loss = parts["simple"] + (lambda_dm * parts["dm"] + lambda_ro * parts["ro"] if geometric else 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log:
-            log(step, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
-    model.eval()
+        return loss, parts
+
+    fit(model, loss_fn, len(data), steps, batch_size, lr, seed, log=log, **fit_kw)
 
 
 def refiner_input(x_h: torch.Tensor, joints: torch.Tensor, pts: torch.Tensor, contact: torch.Tensor) -> torch.Tensor:
@@ -284,19 +339,15 @@ def refiner_losses(
 def train_refiner(
     refiner: HandRefiner, model: TextHOM, diffusion: GaussianDiffusion, pointnet: PointNetfeat, hands: HandModels,
     data: HOIBatch, steps: int, batch_size: int = 32, lr: float = 1e-4, seed: int = 0,
-    penet_frames: int | None = None, log: Callable[[int, dict], None] | None = None,
+    penet_frames: int | None = None, log: Callable[[int, dict], None] | None = None, **fit_kw,
 ) -> None:
-    """Refiner on one-step x̂_0 of the frozen TextHOM at uniform t (faithful), GT contact maps."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(refiner.parameters(), lr=lr)
+    """Refiner on one-step x̂_0 of the frozen TextHOM at uniform t (faithful), GT contact maps (T20)."""
     with torch.no_grad():
         feats = object_features(pointnet, data.points)
     o_feat = obj_cond(feats, data.contact if model.cfg.use_contact_feat else None)
     model.eval()
-    refiner.train()
-    it = _batches(len(data), min(batch_size, len(data)), g)
-    for step in range(steps):
-        idx = next(it)
+
+    def loss_fn(idx, g):
         b = data.index(idx)
         with torch.no_grad():
             t = torch.randint(0, diffusion.num_steps, (len(b),), generator=g)
@@ -305,13 +356,9 @@ def train_refiner(
         refined, (jl, jr, pts) = refine(refiner, hands, xl, xr, xo, b.points, b.contact, b.mask_l, b.mask_r)
         frames = None if penet_frames is None else torch.randperm(b.x_l.shape[1], generator=g)[:penet_frames]
         parts = refiner_losses(hands, b, refined, (jl, jr), pts, frames)
-        loss = parts["simple"] + parts["penet"] + 5 * parts["contact"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log:
-            log(step, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
-    refiner.eval()
+        return parts["simple"] + parts["penet"] + 5 * parts["contact"], parts
+
+    fit(refiner, loss_fn, len(data), steps, batch_size, lr, seed, log=log, **fit_kw)
 
 
 @dataclass
