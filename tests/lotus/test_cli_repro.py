@@ -51,7 +51,7 @@ def test_reproduction_smoke_tiny(tmp_path):
     before = global_state()
     r = reproduce.run(tmp_path, quick=True, seeds=1, tiny=True)
     assert global_state() == before       # run() turns mkldnn off and seeds torch, then restores
-    assert [c.name for c in r.claims] == ["C1", "C2", "C3", "C4"]
+    assert [c.name for c in r.claims] == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
     assert (tmp_path / "focusing_curve.png").is_file()
     m = json.loads((tmp_path / "measurements.json").read_text())[0]
     assert {"lotus", "badnets", "nofocus", "wanet"} <= set(m)
@@ -59,19 +59,22 @@ def test_reproduction_smoke_tiny(tmp_path):
 
 
 def _seed_record(asr=0.95, par=0.05, abl=0.6, nc_bad=3.0, nc_lot=1.0, ft_asr=0.8, agreement=1.0):
+    table = {"strip": {"detected": True}}
     return {"agreement": agreement, "clean_ba": 0.99,
             "lotus": {"asr": asr, "ba": 0.985, "asr_par": par,
                       "nc": {"target_index": nc_lot, "norms": {"9": 20.0}, "flagged_label": 3},
-                      "ft": {"asr": ft_asr, "ba": 0.98}},
+                      "ft": {"asr": ft_asr, "ba": 0.98},
+                      "defenses": {d: {"asr": ft_asr, "ba": 0.98} for d in ("fp", "nad", "anp")} | table},
             "nofocus": {"asr_par": abl},
             "badnets": {"nc": {"target_index": nc_bad, "norms": {"9": 4.0}, "flagged_label": 9,
                                "ceiling": 5.0},
-                        "ba": 0.985, "ft": {"asr": 0.1, "ba": 0.97}}}
+                        "ba": 0.985, "ft": {"asr": 0.1, "ba": 0.97},
+                        "defenses": {d: {"asr": 0.1, "ba": 0.97} for d in ("fp", "nad", "anp")} | table}}
 
 
 def test_judge_verdicts_follow_the_criteria():
     ok = reproduce.judge([_seed_record() for _ in range(3)])
-    assert [c.status for c in ok] == ["passed"] * 4
+    assert [c.status for c in ok] == ["passed"] * 7
     # the ablation leaks as little as LOTUS: focusing did not matter, C2 must fail
     vacuous = reproduce.judge([_seed_record(par=0.05, abl=0.06) for _ in range(3)])
     assert vacuous[1].status == "failed"

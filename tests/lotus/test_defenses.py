@@ -13,7 +13,6 @@ from cvpr24.lotus.defenses import (
     attack_evaluator,
     attention_loss,
     attention_map,
-    balanced_subset,
     fine_prune,
     fine_tune,
     mean_channel_activation,
@@ -24,7 +23,7 @@ from cvpr24.lotus.defenses import (
     strip,
     wrap_batchnorms,
 )
-from cvpr24.lotus.models import SmallCNN
+from cvpr24.lotus.models import ResNet, SmallCNN
 
 
 def test_anomaly_index_closed_form():
@@ -104,8 +103,8 @@ def test_fp_ratio_zero_is_identity_and_shapes():
 
 @pytest.fixture(scope="module")
 def badnets():
-    """A tiny label-specific BadNets model on SyntheticShapes (victim 0 -> target 9), for the
-    defenses that read the input (STRIP) or dormant channels (fine-pruning)."""
+    """A tiny label-specific BadNets model on SyntheticShapes (victim 0 -> target 9), for STRIP,
+    the defense that reads the input (on gratings its superimposed images stay ambiguous)."""
     torch.manual_seed(0)
     tr, te = synthetic_shapes(40, seed=0), synthetic_shapes(10, seed=1)
     cfg = LotusConfig.cpu(clean_epochs=10, steps=120, batch_size=32, min_victim=8, eval_every=None,
@@ -120,7 +119,8 @@ def badnets():
 def gratings_badnets():
     """Label-specific BadNets (victim 0 -> target 9) on SyntheticGratings, the reproduction's data.
 
-    The case where NC, fine-tuning, NAD and ANP must work: the class evidence covers the whole
+    The case where NC, fine-tuning, fine-pruning and NAD must work (and where ANP, measured, does
+    not remove the backdoor; see its test): the class evidence covers the whole
     image, so a clean model has no small natural trigger (NC masks of 15-25 pixels) and the 3x3
     patch is the one shortcut the model learned; the clean model reaches BA 1.0 on it, so a
     defense that costs accuracy shows it. (On SyntheticShapes every label has a natural trigger
@@ -179,68 +179,88 @@ def test_strip_detects_badnets(badnets):
     assert rep.score > 0.6, rep.details
 
 
-def _defender_data(fixture, frac):
-    tr = fixture[0]
-    idx = balanced_subset(tr.y, frac, seed=0)
-    return tr.x[idx], tr.y[idx]
+# A mitigation removes BadNets when at most 20% of the victims still flip at a cost of at most
+# 5 accuracy points: the reproduction's validity gate (REMOVED_ASR_MAX, REMOVED_BA_DROP).
+REMOVED_ASR, MAX_BA_DROP = 0.2, 0.05
+# The defender holds the whole clean training set (400 images). Every fine-tuning runs the
+# official step budget (10 epochs of the 2,500-image 5% CIFAR-10 set at batch 128 = 200 SGD
+# steps): 15 epochs of 13 batches of 32, at lr 0.1 divided by 10 for the last 4 epochs. The
+# official lr (0.02, divided by 10 at epochs 2, 4, 6, 8) leaves the reproduction's BadNets in place.
+FT = dict(epochs=15, lr=0.1, batch_size=32, milestones=(11,))
 
 
-# A mitigation "cleans" BadNets when the ASR falls to at most 0.5 while the model keeps working.
-# Fine-tuning and NAD get half the clean training set (20 images per class): with a quarter
-# (10 per class) they left ASR up to 0.85 (fine-tuning) and 1.0 (NAD), and NAD's BA fell to 0.43.
-CLEANED_ASR = 0.5
+def _assert_removed(rep, art, ev):
+    ba_before = ev(art.model)["ba"]
+    assert rep.asr <= REMOVED_ASR and ba_before - rep.ba <= MAX_BA_DROP, (rep.asr, rep.ba, ba_before)
 
 
-def test_fine_tune_cleans_badnets_and_keeps_input_model(gratings_badnets):
-    _, _, _, art, ev = gratings_badnets
+def test_fine_tune_removes_badnets_and_keeps_input_model(gratings_badnets):
+    tr, _, _, art, ev = gratings_badnets
     before = {k: v.clone() for k, v in art.model.state_dict().items()}
-    rep = fine_tune(art.model, *_defender_data(gratings_badnets, 0.5), epochs=5, lr=0.05,
-                    batch_size=32, milestones=(3,), flip=False, evaluate=ev)
+    rep = fine_tune(art.model, tr.x, tr.y, flip=False, evaluate=ev, **FT)
     for k, v in art.model.state_dict().items():
         assert torch.equal(v, before[k]), k                 # never modified in place
-    # worst ASR 0.15 / 0.2 / 0.2 / 0.05, worst BA 0.98 / 0.98 / 0.98 / 0.99
-    assert rep.asr <= CLEANED_ASR and rep.ba >= 0.8, (rep.asr, rep.ba)
+    # SWEEP_FT
+    _assert_removed(rep, art, ev)
 
 
-def test_fine_prune_cuts_badnets_asr(badnets):
-    # Fine-pruning does not "clean" (ASR <= 0.5) this fixture with a margin: with the whole clean
-    # training set its worst ASR was 0.3 / 0.3 / 0.5 / 0.5 (a quarter of the set: 0.9 on seed 8;
-    # half: 0.8), so the test asserts it cuts the ASR from 1.0 to at most 0.7 and keeps the
-    # model working (worst BA 0.84 / 0.82 / 0.82 / 0.85).
-    _, te, _, art, ev = badnets
-    rep = fine_prune(art.model, *_defender_data(badnets, 1.0), te.x, ratio=0.5, epochs=3, lr=0.02,
-                     batch_size=32, evaluate=ev)
-    assert rep.asr <= 0.7 and rep.ba >= 0.7, (rep.asr, rep.ba)
+def test_fine_prune_removes_badnets(gratings_badnets):
+    # the official pruning (the 20% of the last feature map's channels most dormant on clean
+    # data), then the fine-tuning above
+    tr, _, _, art, ev = gratings_badnets
+    rep = fine_prune(art.model, tr.x, tr.y, tr.x, ratio=0.2, flip=False, evaluate=ev, **FT)
+    assert rep.model.linear.in_features == 26 and rep.params["variant"] == "standard"
+    # SWEEP_FP
+    _assert_removed(rep, art, ev)
 
 
-def test_nad_cleans_badnets(gratings_badnets):
-    _, _, _, art, ev = gratings_badnets
-    data = _defender_data(gratings_badnets, 0.5)
-    rep = nad(art.model, *data, epochs=2, batch_size=32, flip=False,
-              teacher_kwargs=dict(epochs=5, lr=0.05, batch_size=32, milestones=(3,)), evaluate=ev)
-    # worst ASR 0.1 / 0.05 / 0.05 / 0.0, worst BA 0.975 / 0.98 / 0.98 / 0.985
-    assert rep.asr <= CLEANED_ASR and rep.ba >= 0.7, (rep.asr, rep.ba)
+def test_nad_removes_badnets(gratings_badnets):
+    tr, _, _, art, ev = gratings_badnets
+    # the fine-tuned teacher above, then NAD's official student schedule (6 epochs, lr 1e-3)
+    rep = nad(art.model, tr.x, tr.y, epochs=6, batch_size=32, flip=False, teacher_kwargs=FT, evaluate=ev)
+    # SWEEP_NAD
+    _assert_removed(rep, art, ev)
     assert rep.params["student_init"] == "teacher"
     with pytest.raises(ValueError, match="student_init"):
-        nad(art.model, *data, student_init="random")
+        nad(art.model, tr.x, tr.y, student_init="random")
 
 
-def test_anp_prunes_few_neurons_and_keeps_the_model(gratings_badnets):
-    # What holds on every seed, given the whole clean training set (with a quarter or half of it
-    # ANP pruned no neuron at all on some seeds): ANP drives some masks below the threshold and
-    # the pruned model keeps its accuracy (worst BA 0.915 / 0.945 / 0.85 / 0.84; at least
-    # 2 / 2 / 2 / 4 of the 56 neurons pruned). Whether it removes the backdoor is NOT stable at
-    # this scale: the ASR after ANP was 0.0-0.1 on 6 of 35 runs and 1.0 on 25 (1.0 on seed 5 in
-    # every setting tried: eps 0.2-0.6, alpha 0.2/0.5, 3-10 epochs), so it is not asserted here.
-    _, _, _, art, ev = gratings_badnets
-    data = _defender_data(gratings_badnets, 1.0)
-    rep = anp(art.model, *data, epochs=3, batch_size=32, evaluate=ev)
-    assert rep.details["n_pruned"] > 0
-    assert rep.ba >= 0.7, (rep.asr, rep.ba)
-    none = anp(art.model, *data, epochs=1, batch_size=32, prune_threshold=-0.0, evaluate=ev)
-    # threshold 0 prunes only masks driven exactly to 0: fewer neurons (the difference was at
-    # least 2 / 2 / 1 / 3)
-    assert none.details["n_pruned"] < rep.details["n_pruned"]
+def test_anp_prunes_by_threshold_or_by_number():
+    torch.manual_seed(0)
+    m = SmallCNN(width=4).eval()                                # 4 + 8 + 16 = 28 BN neurons
+    x, y = torch.rand(16, 3, 16, 16), torch.arange(16) % 10
+    by_thr = anp(m, x, y, iterations=3, batch_size=8, prune_threshold=0.9)
+    masks = torch.cat([torch.tensor(v) for v in by_thr.details["masks"].values()])
+    assert by_thr.details["n_pruned"] == int((masks <= 0.9).sum())
+    by_num = anp(m, x, y, iterations=3, batch_size=8, prune_fraction=0.25)   # same seed, same masks
+    zeroed = torch.cat([by_num.model.get_submodule(n).weight == 0 for n in by_num.details["masks"]])
+    assert set(zeroed.nonzero().flatten().tolist()) == set(masks.argsort()[:7].tolist())
+    assert by_num.params["iterations"] == 3 and by_num.params["batch_stats"] is True
+    for bad in (dict(prune_fraction=1.0), dict(iterations=0), dict(prune_threshold=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            anp(m, x, y, **bad)
+
+
+def test_official_fine_prune_rebuilds_the_last_resnet_block():
+    torch.manual_seed(0)
+    m = ResNet((1, 1, 1, 2)).eval()                        # layer4[1]: identity shortcut, as in ResNet18
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    rep = fine_prune(m, x, y, x, ratio=0.25, epochs=0, variant="official", seed=3)
+    net, blk = rep.model, rep.model.layer4[-1]
+    keep = mean_channel_activation(m, x).argsort(descending=True)[:384].sort().values
+    assert blk.conv2.out_channels == 384 and net.linear.in_features == 384
+    assert torch.equal(blk.conv2.weight, m.layer4[-1].conv2.weight[keep])
+    assert torch.equal(net.linear.weight, m.linear.weight[:, keep])
+    assert torch.equal(blk.bn2.weight, torch.ones(384))       # re-initialised
+    assert isinstance(blk.shortcut[0], nn.Conv2d)             # random 1x1 conv instead of identity
+    again = fine_prune(m, x, y, x, ratio=0.25, epochs=0, variant="official", seed=3).model
+    assert torch.equal(again.layer4[-1].shortcut[0].weight, blk.shortcut[0].weight)
+    assert net.eval()(x).shape == (4, 10)
+    with pytest.raises(ValueError, match="standard"):
+        fine_prune(SmallCNN(width=4), x, y, x, variant="official")
+    with pytest.raises(ValueError, match="variant"):
+        fine_prune(m, x, y, x, variant="rebuild")
 
 
 def test_pixel_finds_the_corner_label():

@@ -42,4 +42,19 @@ def test_defense_gates_cover_the_full_table():
     gates = reproduce.defense_gates(recs)
     assert {k: g["valid"] for k, g in gates.items()} == {"ft": True, "fp": True, "nad": False, "anp": False,
                                                          "strip": True}
-    assert set(reproduce.defense_gates(_with_badnets_ft(0.1, 0.97))) == {"ft"}
+    no_table = _with_badnets_ft(0.1, 0.97)
+    for r in no_table:
+        del r["badnets"]["defenses"], r["lotus"]["defenses"]
+    assert set(reproduce.defense_gates(no_table)) == {"ft"}
+    # C5..C7 (FP, NAD, ANP) need their own table rows: without them they are not tested
+    assert [c.status for c in reproduce.judge(no_table)[4:]] == ["not tested"] * 3
+
+
+def test_each_defense_claim_is_judged_against_its_own_gate():
+    recs = _with_badnets_ft(asr=0.1, ba=0.97)
+    for r in recs:
+        r["badnets"]["defenses"]["nad"] = {"asr": 0.9, "ba": 0.97}     # NAD leaves BadNets in place
+        r["lotus"]["defenses"]["fp"] = {"asr": 0.0, "ba": 0.98}        # FP removes LOTUS
+    c4, c5, c6, c7 = reproduce.judge(recs)[3:]
+    assert (c4.status, c5.status, c6.status, c7.status) == ("passed", "failed", "not tested", "passed")
+    assert "nad removes" in c6.notes and "[0.9, 0.9, 0.9]" in c6.notes

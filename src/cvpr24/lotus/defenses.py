@@ -442,25 +442,69 @@ def unprune(pruned: nn.Module, like: nn.Module) -> nn.Module:
     return net.eval()
 
 
+def rebuild_last_block(model: nn.Module, ratio: float, activations: torch.Tensor, seed: int = 0) -> nn.Module:
+    """The official LOTUS fine-pruning network: the last residual block of ``model.feature_name``
+    rebuilt with only the ``1 - ratio`` most active output channels of its ``conv2`` (weights
+    kept), a freshly initialised ``bn2``, and a random 1x1 conv + BN shortcut in place of the
+    identity (which no longer matches the narrower block); the head keeps the matching columns.
+    ResNet models only (a copy; random layers drawn from ``seed``, global RNG untouched)."""
+    from cvpr24.lotus.models import BasicBlock
+
+    if not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    net = copy.deepcopy(model)
+    stage = net.get_submodule(net.feature_name)
+    block = stage[-1] if isinstance(stage, nn.Sequential) else None
+    if not isinstance(block, BasicBlock):
+        raise ValueError("variant='official' rebuilds the last ResNet BasicBlock; "
+                         f"{type(model).__name__} has none (use variant='standard')")
+    n = len(activations)
+    keep = activations.argsort(descending=True)[:n - int(ratio * n)].sort().values
+    dev = block.conv2.weight.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        conv2 = nn.Conv2d(block.conv2.in_channels, len(keep), 3, 1, 1, bias=False)
+        shortcut = nn.Sequential(nn.Conv2d(block.conv1.in_channels, len(keep), 1, block.conv1.stride,
+                                           bias=False),
+                                 nn.BatchNorm2d(len(keep)))
+    with torch.no_grad():
+        conv2.weight.copy_(block.conv2.weight[keep.to(dev)])
+    block.conv2, block.bn2, block.shortcut = conv2.to(dev), nn.BatchNorm2d(len(keep)).to(dev), shortcut.to(dev)
+    head = get_head(net)
+    new = nn.Linear(len(keep), head.out_features).to(dev)
+    with torch.no_grad():
+        new.weight.copy_(head.weight[:, keep.to(dev)])
+        new.bias.copy_(head.bias)
+    setattr(net, net.head_name, new)
+    return net
+
+
 def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_act: torch.Tensor, *,
                ratio: float = 0.2, epochs: int = 10, lr: float = 5e-3, batch_size: int = 128,
-               seed: int = 0, flip: bool = True, evaluate: Evaluator | None = None) -> DefenseReport:
-    """Fine-pruning: prune the ``ratio`` (20%) least-active channels of the last feature map on
-    ``x_act`` (~1000 test images), then fine-tune 10 epochs at lr 5e-3 on ``(x, y)``.
+               milestones: tuple[int, ...] = (), variant: str = "standard", seed: int = 0,
+               flip: bool = True, evaluate: Evaluator | None = None) -> DefenseReport:
+    """Fine-pruning: prune the ``ratio`` (20%) channels of the last feature map that are least
+    active (dormant) on the clean images ``x_act``, then fine-tune (official: 10 epochs at lr
+    5e-3, no decay) on ``(x, y)``.
 
-    Only the standard variant is implemented; the official rebuild of ``layer4[1]`` (re-initialised
-    ``bn2`` and a random 1x1 shortcut) is a different architecture and is not offered.
+    ``variant="standard"`` (Liu et al. 2018) removes the channels and the matching head columns
+    (:func:`prune_channels`); ``"official"`` is the LOTUS code's rebuild of the last ResNet block
+    (:func:`rebuild_last_block`: fresh ``bn2``, random 1x1 shortcut), a different network.
     """
     t0 = time.perf_counter()
+    if variant not in ("standard", "official"):
+        raise ValueError(f"variant must be 'standard' or 'official', got {variant!r}")
     check_dataset(x, y)
     _check_probe(x_act, "x_act")
     acts = mean_channel_activation(model, x_act)
-    net = prune_channels(model, ratio, acts)
+    net = (prune_channels(model, ratio, acts) if variant == "standard"
+           else rebuild_last_block(model, ratio, acts, seed=seed))
     g = torch.Generator().manual_seed(seed)
     if epochs > 0:
-        _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, generator=g, flip=flip)
+        _train_epochs(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, milestones=list(milestones),
+                      generator=g, flip=flip)
     rep = DefenseReport("fine_prune", model=net,
-                        params=dict(ratio=ratio, epochs=epochs, lr=lr, variant="standard",
+                        params=dict(ratio=ratio, epochs=epochs, lr=lr, milestones=list(milestones), variant=variant,
                                     n_act=len(x_act), n_clean=len(x)))
     return _finish(rep, evaluate, t0)
 
@@ -552,7 +596,9 @@ class NoisyBatchNorm(nn.Module):
         bn = self.bn
         w = bn.weight * (self.mask + (self.noise_w if self.perturb else 0))
         b = bn.bias * (1 + (self.noise_b if self.perturb else 0))
-        return F.batch_norm(x, bn.running_mean, bn.running_var, w, b, False, 0.0, bn.eps)
+        # in train mode (official ANP) the batch's own statistics normalise; the running ones are
+        # not updated (the pruned model keeps the input model's)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, w, b, self.training, 0.0, bn.eps)
 
 
 def wrap_batchnorms(model: nn.Module, name_filter: str = "bn") -> list[tuple[str, NoisyBatchNorm]]:
@@ -563,21 +609,28 @@ def wrap_batchnorms(model: nn.Module, name_filter: str = "bn") -> list[tuple[str
         if isinstance(mod, nn.BatchNorm2d) and name_filter in name:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            nb = NoisyBatchNorm(mod)
+            nb = NoisyBatchNorm(mod).train(mod.training)
             setattr(parent, child, nb)
             wrapped.append((name, nb))
     return wrapped
 
 
 def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.4, alpha: float = 0.5,
-        epochs: int = 10, mask_lr: float = 0.1, batch_size: int = 128, prune_threshold: float = 0.2,
+        epochs: int = 10, iterations: int | None = None, mask_lr: float = 0.1, batch_size: int = 128,
+        batch_stats: bool = True, prune_threshold: float = 0.2, prune_fraction: float | None = None,
         name_filter: str | None = None, seed: int = 0, evaluate: Evaluator | None = None) -> DefenseReport:
     """Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021), official LOTUS preset.
 
     Masks ``m`` (init 1) and noise ``δ, ξ ~ U(-ε, ε)`` on BN neurons; per batch one noise step
-    (maximise CE, signed gradient, lr ε) then a mask step on ``α·L_nat + (1-α)·L_rob`` (SGD 0.1,
-    momentum 0.9), masks clipped to [0, 1]; finally BN weights of neurons with mask ≤
-    ``prune_threshold`` are zeroed. (BackdoorBench: α 0.2, 2000 iterations, pruning by fraction.)
+    (maximise CE, signed gradient, lr ε) then a mask step on ``α·L_nat + (1-α)·L_rob``
+    (SGD ``mask_lr``, momentum 0.9), masks clipped to [0, 1]. The budget is ``epochs`` passes over
+    ``(x, y)`` or, when given, ``iterations`` batches (the ANP code's ``nb_iter``, 2000).
+    ``batch_stats=True`` normalises with each batch's statistics during the optimisation, as the
+    ANP code does (it trains the masks in train mode); ``False`` uses the running statistics.
+
+    Pruning zeroes the BN weights of the neurons with mask ``<= prune_threshold`` (official 0.2),
+    or, when ``prune_fraction`` is given, of that fraction of all wrapped neurons with the
+    smallest masks (ANP's pruning by number; BackdoorBench's default).
 
     ``name_filter=None`` applies the official rule (BNs whose name contains ``"bn"``) when the
     model has such BNs, and wraps every BN otherwise (e.g. ``SmallCNN``'s ``block1.1``).
@@ -585,59 +638,76 @@ def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.4,
     t0 = time.perf_counter()
     if not 0 <= prune_threshold <= 1:
         raise ValueError(f"prune_threshold must be in [0, 1], got {prune_threshold}")
+    if prune_fraction is not None and not 0 <= prune_fraction < 1:
+        raise ValueError(f"prune_fraction must be in [0, 1), got {prune_fraction}")
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     check_dataset(x, y)
     if name_filter is None:
         named = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
         name_filter = "bn" if any("bn" in n for n in named) else ""
-    work = copy.deepcopy(model).eval()            # BN statistics fixed: eval-mode batch norm
+    work = copy.deepcopy(model)
     for q in work.parameters():
         q.requires_grad_(False)
     wrapped = wrap_batchnorms(work, name_filter)
     if not wrapped:
         raise ValueError(f"model has no BatchNorm2d whose name contains {name_filter!r}")
+    work.train(batch_stats)
     masks = [nb.mask for _, nb in wrapped]
     noises = [q for _, nb in wrapped for q in (nb.noise_w, nb.noise_b)]
     for q in masks + noises:
         q.requires_grad_(True)
     mask_opt = torch.optim.SGD(masks, lr=mask_lr, momentum=0.9)
-    noise_opt = torch.optim.SGD(noises, lr=eps)
     g = torch.Generator().manual_seed(seed)
     dev = _device(work)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            xb, yb = x[idx].to(dev), y[idx].to(dev)
-            with torch.no_grad():                  # reset noise: U(-ε, ε)
-                for q in noises:
-                    q.copy_((torch.rand(q.shape, generator=g) * 2 - 1).mul(eps).to(dev))
-            for _, nb in wrapped:
-                nb.perturb = True
-            noise_opt.zero_grad(set_to_none=True)
-            (-F.cross_entropy(work(xb), yb)).backward()
-            with torch.no_grad():                  # one signed ascent step, projected to [-ε, ε]
-                for q in noises:
-                    q.sub_(eps * q.grad.sign()).clamp_(-eps, eps)
-            mask_opt.zero_grad(set_to_none=True)
-            loss_rob = F.cross_entropy(work(xb), yb)
-            for _, nb in wrapped:
-                nb.perturb = False
-            loss_nat = F.cross_entropy(work(xb), yb)
-            (alpha * loss_nat + (1 - alpha) * loss_rob).backward()
-            mask_opt.step()
-            with torch.no_grad():
-                for m in masks:
-                    m.clamp_(0, 1)
+    n_iter = iterations if iterations is not None else epochs * -(-len(x) // batch_size)
+    order, pos = torch.randperm(len(x), generator=g), 0
+    for _ in range(n_iter):
+        if pos >= len(x):
+            order, pos = torch.randperm(len(x), generator=g), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        xb, yb = x[idx].to(dev), y[idx].to(dev)
+        with torch.no_grad():                      # reset noise: U(-ε, ε)
+            for q in noises:
+                q.copy_((torch.rand(q.shape, generator=g) * 2 - 1).mul(eps).to(dev))
+        for _, nb in wrapped:
+            nb.perturb = True
+        for q in noises:
+            q.grad = None
+        (-F.cross_entropy(work(xb), yb)).backward()
+        with torch.no_grad():                      # one signed ascent step, projected to [-ε, ε]
+            for q in noises:
+                q.sub_(eps * q.grad.sign()).clamp_(-eps, eps)
+        mask_opt.zero_grad(set_to_none=True)
+        loss_rob = F.cross_entropy(work(xb), yb)
+        for _, nb in wrapped:
+            nb.perturb = False
+        loss_nat = F.cross_entropy(work(xb), yb)
+        (alpha * loss_nat + (1 - alpha) * loss_rob).backward()
+        mask_opt.step()
+        with torch.no_grad():
+            for m in masks:
+                m.clamp_(0, 1)
+    all_masks = torch.cat([m.detach().cpu() for m in masks])
+    if prune_fraction is not None:                 # the smallest masks over all layers
+        chosen = torch.zeros(len(all_masks), dtype=torch.bool)
+        chosen[all_masks.argsort(stable=True)[:int(prune_fraction * len(all_masks))]] = True
+    else:
+        chosen = all_masks <= prune_threshold
     net = copy.deepcopy(model)
-    pruned = {}
+    pruned, start = {}, 0
     with torch.no_grad():
         for name, nb in wrapped:
-            sel = nb.mask.detach().cpu() <= prune_threshold
+            sel = chosen[start:start + len(nb.mask)]
+            start += len(nb.mask)
             net.get_submodule(name).weight[sel.to(dev)] = 0
             pruned[name] = int(sel.sum())
     rep = DefenseReport("anp", model=net.eval(),
-                        params=dict(eps=eps, alpha=alpha, epochs=epochs, mask_lr=mask_lr,
-                                    prune_threshold=prune_threshold, name_filter=name_filter),
+                        params=dict(eps=eps, alpha=alpha, iterations=n_iter, mask_lr=mask_lr,
+                                    batch_size=batch_size, batch_stats=batch_stats,
+                                    prune_threshold=None if prune_fraction is not None else prune_threshold,
+                                    prune_fraction=prune_fraction, name_filter=name_filter),
                         details={"pruned": pruned, "n_pruned": sum(pruned.values()),
                                  "masks": {n: nb.mask.detach().cpu().tolist() for n, nb in wrapped}})
     return _finish(rep, evaluate, t0)

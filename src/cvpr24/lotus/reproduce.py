@@ -19,10 +19,12 @@ Lab notebook (docs/lotus.md, Reproduction):
 - Quick mode evaluates the checkpoints ``cvpr24 lotus train`` wrote into ``checkpoints/``
   (~96 s of CPU per seed for all arms), and trains them when they are missing or stale.
 - **Validity gates**: every defense claim needs the defense to work on plain BadNets first (NC
-  must flag it for C3; FT must remove it, ASR <= 0.2 at a BA drop <= 5 points, for C4).
-- **Result** (quick, 3 seeds): C1, C2 pass; C3 fails: NC flags BadNets (5.4, 5.2, 4.3) and
-  LOTUS (6.5, 3.4, 3.0), whose reversed mask avoids all four trigger patches; C4 is not tested:
-  FT leaves the BadNets patch in place (ASR 1.0 after FT in 3/3 seeds).
+  must flag it for C3; FT / FP / NAD / ANP must remove it, ASR <= 0.2 at a BA drop <= 5 points,
+  in >= 2/3 seeds, for C4 / C5 / C6 / C7), else the claim is "not tested" with the numbers.
+- **Defense settings**: the official mitigation schedules remove nothing from these checkpoints
+  (BadNets ASR 1.0 after each); every fine-tuning keeps the official step budget (200 SGD
+  steps) at lr 0.1, ANP prunes by number (see DEFENSE_LR, ANP_SETTINGS).
+- **Result** (quick, 3 seeds): see docs/lotus.md (Reproduction) for the current numbers.
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ CLAIMS = [
     "C2 focused: LOTUS ASR_par <= 0.15 while the no-focusing ablation leaks >= 2x as much",
     "C3 evasive: Neural Cleanse flags label-specific BadNets but not LOTUS (anomaly index 2)",
     "C4 resilient: LOTUS keeps ASR >= 0.5 after fine-tuning on 5% clean data",
+    "C5 resilient: LOTUS keeps ASR >= 0.5 after fine-pruning on 5% clean data",
+    "C6 resilient: LOTUS keeps ASR >= 0.5 after NAD on 5% clean data",
+    "C7 resilient: LOTUS keeps ASR >= 0.5 after ANP on 5% clean data",
 ]
+MITIGATIONS = ("ft", "fp", "nad", "anp")         # C4..C7, in this order
 VICTIM, TARGET, K, NUM_CLASSES = 0, 9, 4, 10
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DATA = "SyntheticGratings"
@@ -87,6 +93,22 @@ AGREEMENT_MIN = 0.9       # precondition: surrogate partitions agree with the cl
 REMOVED_ASR_MAX = 0.2     # a mitigation "removes" a backdoor when at most 20% of victims still flip
 REMOVED_BA_DROP = 0.05    # ... at a cost of at most 5 accuracy points
 
+# --- defense settings (the same for every arm) ------------------------------------------------
+# The official schedules remove nothing here: on the 3 quick seeds' BadNets checkpoints FT (10
+# epochs, lr 0.02 /10 at epochs 2, 4, 6, 8), FP (ratio 0.2, 10 epochs at lr 5e-3) and ANP's LOTUS
+# preset (alpha 0.5, 10 epochs, threshold 0.2) all left ASR 1.0 (ANP pruned no neuron). With the
+# defender's 150 images (5% of 300/class) ten epochs are 15-50 SGD steps; the official 5% of
+# CIFAR-10 (2,500 images, batch 128) gives 200. So every fine-tuning keeps the official *step*
+# budget, at batch 32 and a constant lr 0.1 divided by 10 for the last quarter (lr 0.05 left
+# BadNets ASR 0.95 / 1.0 / 0.29 after 200 steps). ANP runs the ANP code's own mask settings
+# (eps 0.4, alpha 0.2, mask lr 0.2, train-mode batch norm) for 500 mask steps and prunes by
+# number, the 10% of neurons with the smallest masks: pruning by threshold 0.2 left BadNets
+# ASR 1.0 / 0.0 / 1.0 (3-4 of 112 neurons below it); by number 0.87 / 0.0 / 0.0.
+DEFENSE_BATCH = 32
+DEFENSE_LR = 0.1
+OFFICIAL_FT_STEPS = 200   # 10 epochs x ceil(2500 / 128) batches of the official 5% set
+ANP_SETTINGS = {"eps": 0.4, "alpha": 0.2, "mask_lr": 0.2, "batch_size": DEFENSE_BATCH, "prune_fraction": 0.1}
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -102,18 +124,21 @@ class Scale:
     width: int = 16
     nc_steps: int = 100
     nc_images: int = 50
-    ft_epochs: int = 5
+    defense_steps: int = OFFICIAL_FT_STEPS
+    anp_iterations: int = 500
     seeds: int = 3
-    defense_table: bool = False
+    all_arms_table: bool = False      # FP / NAD / ANP / STRIP on every arm, not just LOTUS and BadNets
     wanet: bool = False
 
 
+# what a checkpoint depends on (the rest are evaluation settings)
+TRAINING_FIELDS = ("n_train", "n_val", "steps", "clean_epochs", "surrogate_epochs", "batch_size", "width")
 QUICK = Scale()
 FULL = Scale(n_train=1000, n_test=300, n_val=60, steps=3000, nc_steps=1000, nc_images=200,
-             ft_epochs=10, seeds=5, defense_table=True, wanet=True)
+             seeds=5, all_arms_table=True, wanet=True)
 TINY = Scale(n_train=24, n_test=10, n_val=10, steps=12, clean_epochs=1, surrogate_epochs=1,
-             batch_size=32, width=4, nc_steps=4, nc_images=10, ft_epochs=1, seeds=1,
-             defense_table=True, wanet=True)
+             batch_size=32, width=4, nc_steps=4, nc_images=10, defense_steps=4, anp_iterations=4,
+             seeds=1, all_arms_table=True, wanet=True)
 
 
 def config_for(scale: Scale, seed: int) -> LotusConfig:
@@ -194,7 +219,8 @@ def _seed_checkpoints_match(d: Path, seed: int, scale: Scale, arms) -> bool:
         if not side.is_file():
             return False
         meta = json.loads(side.read_text())["lotus"]
-        if meta.get("scale") != asdict(scale) or meta.get("data") != DATA:
+        trained = meta.get("scale") or {}
+        if any(trained.get(f) != getattr(scale, f) for f in TRAINING_FIELDS) or meta.get("data") != DATA:
             return False
     return True
 
@@ -229,7 +255,8 @@ def nc_ceiling(norms: dict[str, float], target: int = TARGET) -> float:
 
 
 def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[str, Any]:
-    """Every measurement of one seed: attack metrics, NC on LOTUS and BadNets, FT on every arm."""
+    """Every measurement of one seed: attack metrics, NC on LOTUS and BadNets, FT on every arm, and
+    FP / NAD / ANP / STRIP on LOTUS and BadNets (every arm with ``scale.all_arms_table``)."""
     tr, _, te = make_data(seed, scale)
     models, infos = loaded["models"], loaded["infos"]
     part = SurrogatePartitioner.from_surrogate(models["surrogate"], NUM_CLASSES, K)
@@ -241,7 +268,8 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
         "test_partition_ari": float(adjusted_rand_score(te.style[te.y == VICTIM].numpy(),
                                                         part.predict(xv_test).numpy())),
     }
-    ft_idx = balanced_subset(tr.y, 0.05, seed=seed)
+    clean_idx = balanced_subset(tr.y, 0.05, seed=seed)        # the defender's 5% clean set
+    x5, y5 = tr.x[clean_idx], tr.y[clean_idx]
     for arm in arms:
         trig = triggers_for(arm, te.x.shape[-1], seed)
         p = part if arm in ("lotus", "nofocus") else ConstantPartitioner()
@@ -249,10 +277,8 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
         rec = evaluate_attack(m, te.x, te.y, VICTIM, TARGET, trig, p, full=arm != "wanet")
         rec["reached_asr_bound"] = infos[arm]["reached_asr_bound"]
         ev = attack_evaluator(te.x, te.y, VICTIM, TARGET, trig, p)
-        ft = fine_tune(m, tr.x[ft_idx], tr.y[ft_idx], epochs=scale.ft_epochs, batch_size=scale.batch_size,
-                       milestones=tuple(e for e in (2, 4, 6, 8) if e < scale.ft_epochs), seed=seed,
-                       flip=False, evaluate=ev)
-        rec["ft"] = ft.to_dict()
+        rec["ft"] = fine_tune(m, x5, y5, seed=seed, flip=False, evaluate=ev,
+                              **ft_schedule(len(x5), scale.defense_steps)).to_dict()
         if arm in ("lotus", "badnets"):
             nc = neural_cleanse(m, xv_test[:scale.nc_images], exclude=VICTIM, steps=scale.nc_steps,
                                 seed=seed)
@@ -260,30 +286,39 @@ def measure_seed(seed: int, loaded: dict[str, Any], scale: Scale, arms) -> dict[
                          "anomaly_index": nc.score, "flagged_label": nc.details["flagged_label"],
                          "norms": nc.details["norms"], "ceiling": nc_ceiling(nc.details["norms"]),
                          "seconds": nc.seconds}
-        if scale.defense_table:
-            rec["defenses"] = defense_table(m, tr, te, ft_idx, trig, p, scale, seed)
+        if arm in ("lotus", "badnets") or scale.all_arms_table:
+            rec["defenses"] = defense_table(m, tr, te, clean_idx, trig, p, scale, seed)
         out[arm] = rec
     return out
 
 
-def defense_table(model, tr, te, ft_idx, trig, part, scale: Scale, seed: int) -> dict[str, Any]:
-    """FP / NAD / ANP / STRIP against one arm (``--full``)."""
+def ft_schedule(n_clean: int, steps: int) -> dict[str, Any]:
+    """Fine-tuning keyword arguments for ``steps`` SGD steps over ``n_clean`` images: batch
+    DEFENSE_BATCH, lr DEFENSE_LR divided by 10 for the last quarter of the epochs."""
+    epochs = max(1, round(steps / -(-n_clean // DEFENSE_BATCH)))
+    return {"epochs": epochs, "lr": DEFENSE_LR, "batch_size": DEFENSE_BATCH,
+            "milestones": (epochs - epochs // 4,) if epochs >= 4 else ()}
+
+
+def defense_table(model, tr, te, clean_idx, trig, part, scale: Scale, seed: int) -> dict[str, Any]:
+    """FP / NAD / ANP / STRIP against one arm, on the same 5% clean set as FT."""
     ev = attack_evaluator(te.x, te.y, VICTIM, TARGET, trig, part)
-    x5, y5 = tr.x[ft_idx], tr.y[ft_idx]
+    x5, y5 = tr.x[clean_idx], tr.y[clean_idx]
     xv = te.x[te.y == VICTIM]
     poisoned = trig.stamp(xv, part.predict(xv))
+    ft = ft_schedule(len(x5), scale.defense_steps)
     rows = {
-        "fp": fine_prune(model, x5, y5, te.x, epochs=scale.ft_epochs, batch_size=scale.batch_size,
-                         seed=seed, flip=False, evaluate=ev),
-        "nad": nad(model, x5, y5, epochs=min(6, scale.ft_epochs), batch_size=scale.batch_size,
-                   teacher_kwargs={"epochs": scale.ft_epochs, "batch_size": scale.batch_size},
-                   seed=seed, flip=False, evaluate=ev),
-        "anp": anp(model, x5, y5, epochs=scale.ft_epochs, batch_size=scale.batch_size, seed=seed,
-                   evaluate=ev),
+        # official FP: ratio 0.2 of the last feature map's channels, dormant on clean data
+        "fp": fine_prune(model, x5, y5, x5, ratio=0.2, seed=seed, flip=False, evaluate=ev, **ft),
+        # official NAD student schedule (6 epochs, lr 1e-3 then 1e-4, beta 5000) after the FT teacher
+        "nad": nad(model, x5, y5, epochs=6, batch_size=DEFENSE_BATCH, teacher_kwargs=ft, seed=seed,
+                   flip=False, evaluate=ev),
+        "anp": anp(model, x5, y5, **ANP_SETTINGS, iterations=scale.anp_iterations, seed=seed, evaluate=ev),
         "strip": strip(model, te.x[te.y != VICTIM][:len(xv)], poisoned, x5, seed=seed),
     }
-    return {k: {f: v for f, v in r.to_dict().items() if f not in ("details",)} | (
-        {"tpr": r.details["tpr"]} if k == "strip" else {}) for k, r in rows.items()}
+    extra = {"strip": {"tpr": rows["strip"].details["tpr"]}, "anp": {"n_pruned": rows["anp"].details["n_pruned"]}}
+    return {k: {f: v for f, v in r.to_dict().items() if f != "details"} | extra.get(k, {})
+            for k, r in rows.items()}
 
 
 # --- verdicts --------------------------------------------------------------------------------
@@ -361,37 +396,52 @@ def judge(per_seed: list[dict[str, Any]]) -> list[Claim]:
             notes="NC on victim-class test images only (label-specific, defender-favourable setting). "
                   + nc_evidence)
 
-    ft_asr, ft_ba = col("lotus", "ft", "asr"), col("lotus", "ft", "ba")
-    ba_change = np.abs(ba - ft_ba)
-    ok4 = ft_asr.mean() >= FT_ASR_MIN and ba_change.mean() <= FT_BA_TOL
-    gate = mitigation_gate(per_seed, "ft")
+    return [c1, c2, c3] + [resilience_claim(per_seed, d, CLAIMS[3 + i]) for i, d in enumerate(MITIGATIONS)]
+
+
+NAMES = {"ft": "fine-tuning", "fp": "fine-pruning", "nad": "NAD", "anp": "ANP"}
+
+
+def _mitigation_row(arm_record: dict[str, Any], defense: str) -> dict[str, Any] | None:
+    """The record of ``defense`` on one arm (``None`` when it was not run)."""
+    return arm_record.get("ft") if defense == "ft" else arm_record.get("defenses", {}).get(defense)
+
+
+def resilience_claim(per_seed: list[dict[str, Any]], defense: str, statement: str) -> Claim:
+    """"LOTUS keeps ASR >= FT_ASR_MIN after ``defense``", judged only when the same defense first
+    removes label-specific BadNets (:func:`mitigation_gate`)."""
+    name = statement.split()[0]
+    paper = f"LOTUS keeps ASR after {NAMES[defense]} (paper Table 3)"
+    if any(_mitigation_row(r["lotus"], defense) is None or _mitigation_row(r["badnets"], defense) is None
+           for r in per_seed):
+        return Claim.not_tested(name, statement, paper_value=paper,
+                                reason=f"{NAMES[defense]} was not run on every seed")
+    asr = np.array([float(_mitigation_row(r["lotus"], defense)["asr"]) for r in per_seed])
+    ba_after = np.array([float(_mitigation_row(r["lotus"], defense)["ba"]) for r in per_seed])
+    ba_change = np.abs(np.array([float(r["lotus"]["ba"]) for r in per_seed]) - ba_after)
+    gate = mitigation_gate(per_seed, defense)
     if not gate["valid"]:
-        # FT that leaves plain BadNets in place shows nothing about LOTUS's resilience.
-        c4 = Claim.not_tested(
-            "C4", CLAIMS[3], paper_value="LOTUS keeps ASR after FT (paper Table 3)",
-            reason=f"precondition failed: {gate['text']}. LOTUS after FT: ASR {ft_asr.round(3).tolist()}, "
-                   f"BA {ft_ba.round(3).tolist()}")
-        return [c1, c2, c3, c4]
-    c4 = Claim.verdict(
-        "C4", CLAIMS[3], bool(ok4), measured=Measurement.of(ft_asr),
-        paper_value="LOTUS keeps ASR after FT (paper Table 3)",
-        criterion=f"mean ASR after FT >= {FT_ASR_MIN} with BA within {FT_BA_TOL} of before (FT that "
-                  "broke the model would prove nothing)",
-        comparison=f"ASR after FT {ft_asr.mean():.3f} >= {FT_ASR_MIN}: {ft_asr.mean() >= FT_ASR_MIN}; "
+        # a defense that leaves plain BadNets in place shows nothing about LOTUS's resilience
+        return Claim.not_tested(
+            name, statement, paper_value=paper,
+            reason=f"precondition failed: {gate['text']}. LOTUS after {defense}: ASR "
+                   f"{asr.round(3).tolist()}, BA {ba_after.round(3).tolist()}")
+    ok = asr.mean() >= FT_ASR_MIN and ba_change.mean() <= FT_BA_TOL
+    return Claim.verdict(
+        name, statement, bool(ok), measured=Measurement.of(asr), paper_value=paper,
+        criterion=f"mean ASR after {defense} >= {FT_ASR_MIN} with BA within {FT_BA_TOL} of before (a "
+                  "defense that broke the model would prove nothing)",
+        comparison=f"ASR after {defense} {asr.mean():.3f} >= {FT_ASR_MIN}: {asr.mean() >= FT_ASR_MIN}; "
                    f"|BA change| {ba_change.mean():.3f} <= {FT_BA_TOL}: {ba_change.mean() <= FT_BA_TOL}",
         notes=f"validity gate passed: {gate['text']}")
-    return [c1, c2, c3, c4]
 
 
 def mitigation_gate(per_seed: list[dict[str, Any]], defense: str) -> dict[str, Any]:
-    """Does ``defense`` remove the label-specific BadNets backdoor (ASR <= REMOVED_ASR_MAX with a
-    BA drop <= REMOVED_BA_DROP) in at least SEED_MAJORITY of the seeds? ``defense`` is ``"ft"``
-    or a row of the ``--full`` defense table (``"fp"``, ``"nad"``, ``"anp"``)."""
-    def row(r):
-        return r["badnets"]["ft"] if defense == "ft" else r["badnets"]["defenses"][defense]
-
-    asr = np.array([float(row(r)["asr"]) for r in per_seed])
-    drop = np.array([float(r["badnets"]["ba"]) - float(row(r)["ba"]) for r in per_seed])
+    """Does ``defense`` (one of MITIGATIONS) remove the label-specific BadNets backdoor (ASR <=
+    REMOVED_ASR_MAX with a BA drop <= REMOVED_BA_DROP) in at least SEED_MAJORITY of the seeds?"""
+    rows = [_mitigation_row(r["badnets"], defense) for r in per_seed]
+    asr = np.array([float(row["asr"]) for row in rows])
+    drop = np.array([float(r["badnets"]["ba"]) - float(row["ba"]) for r, row in zip(per_seed, rows, strict=True)])
     removed = (asr <= REMOVED_ASR_MAX) & (drop <= REMOVED_BA_DROP)
     frac = float(removed.mean())
     valid = frac >= SEED_MAJORITY - 1e-9
@@ -403,9 +453,10 @@ def mitigation_gate(per_seed: list[dict[str, Any]], defense: str) -> dict[str, A
 
 
 def defense_gates(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The validity gate of every mitigation that was run (FT always, FP / NAD / ANP in --full)."""
+    """The validity gate of every defense that was run (FT always; FP / NAD / ANP / STRIP with the
+    defense table)."""
     gates = {"ft": mitigation_gate(per_seed, "ft")}
-    if "defenses" in per_seed[0]["badnets"]:
+    if all("defenses" in r["badnets"] for r in per_seed):
         gates |= {d: mitigation_gate(per_seed, d) for d in ("fp", "nad", "anp")}
         flagged = [bool(r["badnets"]["defenses"]["strip"]["detected"]) for r in per_seed]
         frac = float(np.mean(flagged))
@@ -454,7 +505,12 @@ DEVIATIONS = [
     "Model selection ('final' = last evaluation with ASR >= 0.9) on a held-out victim split, not on "
     "the test set.",
     "Neural Cleanse: 100 steps per label on 50 victim test images (official: 1000 steps, 1000 images).",
-    "Fine-tuning: 5% of train, 5 epochs (official 10) in quick mode.",
+    "Mitigations on 5% of train (150 images quick): every fine-tuning (FT, FP after pruning, NAD's "
+    "teacher) keeps the official step budget (200 SGD steps) at batch 32 and lr 0.1 (/10 for the last "
+    "quarter) instead of 10 epochs at lr 0.02 (/10 at 2, 4, 6, 8), which leaves BadNets ASR 1.0 here; "
+    "FP prunes 20% of block3's channels dormant on that clean set (official: on ~1000 test images); "
+    "ANP runs 500 mask steps (ANP code: eps 0.4, alpha 0.2, mask lr 0.2) and prunes the 10% smallest "
+    "masks (LOTUS preset: alpha 0.5, 10 epochs, threshold 0.2, which pruned no neuron here).",
     "C3 is 'not tested' (spec: 'fails') when NC cannot flag label-specific BadNets; the NC ceiling "
     "is recorded beside it.",
     "Quick mode evaluates committed checkpoints trained by `cvpr24 lotus train` with the same code.",
