@@ -76,6 +76,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--nc-all-classes", action="store_true",
                    help="nc / pixel: probe images of every class and reverse every label (the "
                         "original NC) instead of victim images with the victim label excluded")
+    p.add_argument("--fp-variant", choices=("standard", "official"), default="standard",
+                   help="fp: remove the dormant channels (standard, Liu et al.) or rebuild the last "
+                        "ResNet block as the official LOTUS code does (ResNet models only)")
     p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
     p.add_argument("--no-flip", action="store_true",
                    help="ft / fp / nad: no horizontal flips (classes that are not mirror-invariant)")
@@ -152,6 +155,14 @@ def _load(path: str, device: torch.device, flag: str = "--model"):
     if not Path(path).is_file():
         raise FileNotFoundError(f"{flag}: {path} not found")
     return load_model(path, device)
+
+
+def _check_out_spares_models(args: argparse.Namespace) -> None:
+    """A report written over a model's JSON sidecar would make the model unloadable."""
+    models = [getattr(args, a, None) for a in ("model", "partitioner")]
+    sidecars = {Path(m).with_suffix(".json").resolve() for m in models if m}
+    if Path(args.out).resolve() in sidecars:
+        raise ValueError(f"--out {args.out} is the sidecar of a model given here; choose another report path")
 
 
 def _checked_data(args, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,6 +322,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cvpr24.lotus.triggers import TriggerSet
 
     device = get_device(args.device)
+    _check_out_spares_models(args)
     xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
     _check_model_fits(info, xt)
@@ -331,10 +343,18 @@ def cmd_defend(args: argparse.Namespace) -> int:
     device = get_device(args.device)
     if args.save_model and args.method in ("nc", "pixel", "strip"):
         raise ValueError(f"--save-model: --method {args.method} is a detector and changes no model")
+    _check_out_spares_models(args)
+    if args.fp_variant == "official" and args.method != "fp":
+        raise ValueError(f"--fp-variant: only for --method fp, got --method {args.method}")
+    if args.fp_variant == "official" and args.save_model:
+        raise ValueError("--save-model: the official fine-pruning rebuild is another architecture "
+                         "(narrower last block, conv shortcut); save with --fp-variant standard")
     x, y = _checked_data(args, "train")
     xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
     _check_model_fits(info, xt)
+    if args.fp_variant == "official" and not info["arch"].startswith("resnet"):
+        raise ValueError(f"--fp-variant official rebuilds the last ResNet block; --model is {info['arch']}")
     # detectors need no partition; the rest report ASR / ASR_par, which need the real one
     part = _partitioner(args, info["num_classes"], device, None if args.method in ("nc", "pixel") else info)
     trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
@@ -354,7 +374,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     elif args.method == "ft":
         rep = D.fine_tune(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     elif args.method == "fp":
-        rep = D.fine_prune(model, xc, yc, xt[:1000], seed=args.seed, flip=not args.no_flip, evaluate=ev)
+        rep = D.fine_prune(model, xc, yc, xt[:1000], variant=args.fp_variant, seed=args.seed,
+                           flip=not args.no_flip, evaluate=ev)
     elif args.method == "nad":
         rep = D.nad(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     else:
