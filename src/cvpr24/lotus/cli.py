@@ -207,7 +207,7 @@ def _partitioner(args, num_classes: int, device: torch.device, model_info: dict 
     return part
 
 
-def _partition_features(args: argparse.Namespace, x_victims):
+def _partition_features(args: argparse.Namespace, x_victims, device):
     """The features the training victims are clustered on, and their name; read and checked on the
     victims before any training (errors name the flag)."""
     from cvpr24.lotus.partition import LpipsFeatures, PrecomputedFeatures
@@ -226,7 +226,7 @@ def _partition_features(args: argparse.Namespace, x_victims):
     if args.lpips_vgg:
         try:
             features = LpipsFeatures.from_paths(args.lpips_vgg, args.lpips_lin,
-                                                compat_lpips_range=args.lpips_official_range)
+                                                compat_lpips_range=args.lpips_official_range).to(device)
         except (ValueError, OSError) as e:
             raise ValueError(f"--lpips-vgg / --lpips-lin: {e}") from None
         return features, "LPIPS-VGG relu3_3 + lin2" + (" (official [0, 1] input)" if args.lpips_official_range else "")
@@ -261,7 +261,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         check_attack_inputs(x, y, args.victim, args.target, cfg)
     except ValueError as e:
         raise ValueError(f"--victim {args.victim} / --num-par / --batch-size: {e}") from None
-    features, features_name = _partition_features(args, x[y == args.victim])
+    features, features_name = _partition_features(args, x[y == args.victim], device)
     out = Path(args.out)
     if args.clean_model and not Path(args.clean_model).is_file():
         raise FileNotFoundError(f"--clean-model: {args.clean_model} not found")
