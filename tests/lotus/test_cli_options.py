@@ -12,6 +12,7 @@ from cvpr24.cli import main
 from cvpr24.lotus import SmallCNN, load_model, save_model
 from cvpr24.lotus import defenses as D
 from cvpr24.lotus.data import load_dataset
+from cvpr24.lotus.models import build_model
 
 ATTACK = ["lotus", "attack", "--data", "shapes:24", "--arch", "small_cnn", "--preset", "cpu", "--steps", "2",
           "--clean-epochs", "1", "--surrogate-epochs", "1", "--batch-size", "32", "--num-par", "2",
@@ -63,6 +64,33 @@ def test_defend_no_flip_reaches_the_defense(tmp_path, monkeypatch, method, fn):
             "--clean-frac", "0.5", "--out", str(tmp_path / "r.json")]
     assert main(base) == 0 and seen == {"flip": True}
     assert main(base + ["--no-flip"]) == 0 and seen == {"flip": False}
+
+
+def test_defend_fp_official_variant(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def record(model, *args, variant="standard", **kwargs):
+        seen["variant"] = variant
+        return D.DefenseReport("fine_prune", model=model)
+
+    monkeypatch.setattr(D, "fine_prune", record)
+    small = save_model(tmp_path / "small.safetensors", SmallCNN(10, 4), arch="small_cnn", num_classes=10,
+                       meta={"model_kwargs": {"width": 4}})
+    resnet = save_model(tmp_path / "resnet.safetensors", build_model("resnet18", 10), arch="resnet18", num_classes=10)
+    base = ["lotus", "defend", "--data", "shapes:4", "--device", "cpu", "--clean-frac", "0.5",
+            "--out", str(tmp_path / "r.json")]
+    assert main(base + ["--method", "fp", "--model", str(resnet), "--fp-variant", "official"]) == 0
+    assert seen == {"variant": "official"}
+    assert main(base + ["--method", "fp", "--model", str(resnet)]) == 0 and seen == {"variant": "standard"}
+    for bad in (["--method", "fp", "--model", str(small), "--fp-variant", "official"],     # no ResNet block
+                ["--method", "ft", "--model", str(small), "--fp-variant", "official"],
+                ["--method", "fp", "--model", str(resnet), "--fp-variant", "official",
+                 "--save-model", str(tmp_path / "m.safetensors")]):
+        assert main(base + bad) == 2
+        assert "--fp-variant" in capsys.readouterr().err
+    report_over_sidecar = base[:-1] + [str(tmp_path / "resnet.json"), "--method", "fp", "--model", str(resnet)]
+    assert main(report_over_sidecar) == 2 and "sidecar" in capsys.readouterr().err
+    assert load_model(resnet)[1]["arch"] == "resnet18"                   # the model is intact
 
 
 def test_defend_nc_all_classes(tmp_path):

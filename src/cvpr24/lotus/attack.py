@@ -160,6 +160,7 @@ def trigger_focus_batch(x: torch.Tensor, p: torch.Tensor, triggers: TriggerSet, 
     :func:`reference_trigger_focus_batch` gives the identical batch for the same generator state.
     """
     k, bits = len(triggers), triggers.bits
+    p = p.cpu()                               # the draws are index arithmetic with a CPU generator
     idx, codes = [torch.arange(len(x))], [bits[p]]                      # source image, code
     if k > 1 and n_indi > 0:
         i, j = _draw_pairs(p, k, n_indi, generator)

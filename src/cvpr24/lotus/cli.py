@@ -76,6 +76,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--nc-all-classes", action="store_true",
                    help="nc / pixel: probe images of every class and reverse every label (the "
                         "original NC) instead of victim images with the victim label excluded")
+    p.add_argument("--fp-variant", choices=("standard", "official"), default="standard",
+                   help="fp: remove the dormant channels (standard, Liu et al.) or rebuild the last "
+                        "ResNet block as the official LOTUS code does (ResNet models only)")
     p.add_argument("--clean-frac", type=float, default=0.05, help="defender's clean share of train (5%%)")
     p.add_argument("--no-flip", action="store_true",
                    help="ft / fp / nad: no horizontal flips (classes that are not mirror-invariant)")
@@ -154,6 +157,14 @@ def _load(path: str, device: torch.device, flag: str = "--model"):
     return load_model(path, device)
 
 
+def _check_out_spares_models(args: argparse.Namespace) -> None:
+    """A report written over a model's JSON sidecar would make the model unloadable."""
+    models = [getattr(args, a, None) for a in ("model", "partitioner")]
+    sidecars = {Path(m).with_suffix(".json").resolve() for m in models if m}
+    if Path(args.out).resolve() in sidecars:
+        raise ValueError(f"--out {args.out} is the sidecar of a model given here; choose another report path")
+
+
 def _checked_data(args, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split of --data and check it and --victim / --target against it."""
     from cvpr24.lotus.data import check_classes, check_dataset, load_dataset
@@ -196,7 +207,7 @@ def _partitioner(args, num_classes: int, device: torch.device, model_info: dict 
     return part
 
 
-def _partition_features(args: argparse.Namespace, x_victims):
+def _partition_features(args: argparse.Namespace, x_victims, device):
     """The features the training victims are clustered on, and their name; read and checked on the
     victims before any training (errors name the flag)."""
     from cvpr24.lotus.partition import LpipsFeatures, PrecomputedFeatures
@@ -215,7 +226,7 @@ def _partition_features(args: argparse.Namespace, x_victims):
     if args.lpips_vgg:
         try:
             features = LpipsFeatures.from_paths(args.lpips_vgg, args.lpips_lin,
-                                                compat_lpips_range=args.lpips_official_range)
+                                                compat_lpips_range=args.lpips_official_range).to(device)
         except (ValueError, OSError) as e:
             raise ValueError(f"--lpips-vgg / --lpips-lin: {e}") from None
         return features, "LPIPS-VGG relu3_3 + lin2" + (" (official [0, 1] input)" if args.lpips_official_range else "")
@@ -250,7 +261,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         check_attack_inputs(x, y, args.victim, args.target, cfg)
     except ValueError as e:
         raise ValueError(f"--victim {args.victim} / --num-par / --batch-size: {e}") from None
-    features, features_name = _partition_features(args, x[y == args.victim])
+    features, features_name = _partition_features(args, x[y == args.victim], device)
     out = Path(args.out)
     if args.clean_model and not Path(args.clean_model).is_file():
         raise FileNotFoundError(f"--clean-model: {args.clean_model} not found")
@@ -311,6 +322,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cvpr24.lotus.triggers import TriggerSet
 
     device = get_device(args.device)
+    _check_out_spares_models(args)
     xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
     _check_model_fits(info, xt)
@@ -331,10 +343,18 @@ def cmd_defend(args: argparse.Namespace) -> int:
     device = get_device(args.device)
     if args.save_model and args.method in ("nc", "pixel", "strip"):
         raise ValueError(f"--save-model: --method {args.method} is a detector and changes no model")
+    _check_out_spares_models(args)
+    if args.fp_variant == "official" and args.method != "fp":
+        raise ValueError(f"--fp-variant: only for --method fp, got --method {args.method}")
+    if args.fp_variant == "official" and args.save_model:
+        raise ValueError("--save-model: the official fine-pruning rebuild is another architecture "
+                         "(narrower last block, conv shortcut); save with --fp-variant standard")
     x, y = _checked_data(args, "train")
     xt, yt = _checked_data(args, "test")
     model, info = _load(args.model, device)
     _check_model_fits(info, xt)
+    if args.fp_variant == "official" and not info["arch"].startswith("resnet"):
+        raise ValueError(f"--fp-variant official rebuilds the last ResNet block; --model is {info['arch']}")
     # detectors need no partition; the rest report ASR / ASR_par, which need the real one
     part = _partitioner(args, info["num_classes"], device, None if args.method in ("nc", "pixel") else info)
     trig = TriggerSet(part.n_partitions, tuple(xt.shape[-2:]))
@@ -354,7 +374,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     elif args.method == "ft":
         rep = D.fine_tune(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     elif args.method == "fp":
-        rep = D.fine_prune(model, xc, yc, xt[:1000], seed=args.seed, flip=not args.no_flip, evaluate=ev)
+        rep = D.fine_prune(model, xc, yc, xt[:1000], variant=args.fp_variant, seed=args.seed,
+                           flip=not args.no_flip, evaluate=ev)
     elif args.method == "nad":
         rep = D.nad(model, xc, yc, seed=args.seed, flip=not args.no_flip, evaluate=ev)
     else:

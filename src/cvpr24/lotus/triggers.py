@@ -313,9 +313,6 @@ class SingleTriggerFamily:
     def __len__(self) -> int:
         return 1
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_images(x)
-
     def stamp_set(self, x: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
         return self._stamp_codes(x, subsets_to_codes(subsets, x.shape[0], 1, x.device))
 
