@@ -76,7 +76,8 @@ def preserved_global_state() -> Iterator[None]:
         torch.backends.mkldnn.enabled = mkldnn
         (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.deterministic) = cudnn
-        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        with warnings.catch_warnings():  # the first call imports sympy, which adds a filter
+            torch.use_deterministic_algorithms(det[0], warn_only=det[1])
         torch.set_default_dtype(dtype)
         torch.set_float32_matmul_precision(precision)
         torch.set_grad_enabled(grad)
