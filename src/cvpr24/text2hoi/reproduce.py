@@ -59,7 +59,7 @@ PEN_RATIO = 0.7  # L_dm and the refiner exist to cut penetration: a < 30 % cut w
 ACC_DROP = 0.05  # semantics must not collapse: at most 5 points of action accuracy lost
 DIV_RATIO = 0.7  # the refiner must not freeze motions onto the object
 IOU_GAIN = 0.10  # text + geometry + scale must beat a text-blind shape prior clearly
-VALID_ACC = 0.3  # gate: the baseline must recognisably do the action (18 classes: chance 0.056)
+VALID_ACC = 0.3  # gate: the baseline must recognisably do the action (18 classes; the evaluator sees which hands take part, so chance given them is 1/6)
 
 
 @dataclass
