@@ -624,9 +624,11 @@ DEVIATIONS = [
     "w/o GNN: per-node MLPs of the same widths; w/o GF: the same net with x = 0, t = 1 held "
     "constant, BCE to a random target group (our readings of the ablations).",
     "Comp-Net 4a, 4b (two EdgeConvs of context before the pair head) and GRU-Mask are our "
-    "reconstructions, trained at the same budget (600 steps); quick mode has 4b and GRU-Mask "
-    "for the seeds whose checkpoints are committed. GRU-Mask orders the ground-truth groups "
-    "by size with ties broken by summed part volume (the spec leaves ties open).",
+    "reconstructions, trained at the same budget (600 steps). GRU-Mask orders the "
+    "ground-truth groups by size with ties broken by summed part volume (the spec leaves "
+    "ties open).",
+    "Committed checkpoints are float16, except the fixed Fourier frequencies and the "
+    "descriptor statistics (float32).",
     "G-FARS-ef is an extension (|e_i - e_j| edge input, mean aggregation, sigma = 5, scaled "
     "x); its w/o-GNN ablation uses the same sigma and scaling.",
 ]
