@@ -442,10 +442,10 @@ DEVIATIONS = [
     "encoder on real subjects; CLIP-T and DINO are replaced by an exact background probe and a "
     "(shape, colour, texture) classifier.",
     "ShapesWorld identity and shapes differ from the first draft of the testbed: the "
-    "unnamed identity detail is a second colour on the object's lower half (none, black, pink, brown) instead "
-    "of 1-px textures, the shapes are square/triangle/cross (not square/circle/diamond, which differ in a few "
-    "corner pixels), and the fill colour 'black' is 'grey'. With stripes/splits or circle/diamond, the tiny "
-    "model never reproduced the subject (baseline identity <= 0.19).",
+    "unnamed identity detail is a 4x4-px spot at the object's centre in one of five colours or none (72 subjects), "
+    "instead of 1-px textures, the shapes are square/triangle/cross (not square/circle/diamond, which differ in a "
+    "few corner pixels), and the fill colour 'black' is 'grey'. With stripes/splits or circle/diamond the tiny "
+    "model never reproduced the subject (baseline identity <= 0.19); a 2x2 spot was never learned.",
     "The subject token S* takes the noun (shape) slot, [null, S*, bg], as in 'a photo of S*'; the class-only "
     "caption puts the shape word in the same slot.",
     "The subject encoder's backbone is pretrained without labels as an autoencoder and frozen (the analog of "
@@ -454,9 +454,11 @@ DEVIATIONS = [
     "The subject token s is layer-normalised to the word-embedding scale and the ||s||^2 penalty is off "
     "(lambda_s = 0): in our first run, Adam with lambda_s = 1e-3 collapsed s to norm 0.05 (word embeddings ~7.7) "
     "after 2200 steps and the model ignored the subject entirely.",
-    "Quick mode trims the sweep to T in {1, 0.7, 0.4, 0} and constant mixing to m = -0.5 (the full mode runs the whole grid), "
-    "uses 12 samples per (subject, target) (144 per seed), one validation seed, 20 DDIM steps, and the committed checkpoint of one "
-    "training seed.",
+    "Quick mode trims the sweep to T in {1, 0.8, 0.6, 0.4, 0} and constant mixing to m = -0.5 (the full mode runs "
+    "the whole grid), uses 36 test and 36 validation subjects with 2 targets x 2 samples each (144 per seed), one "
+    "validation seed, 20 DDIM steps, and the committed checkpoint of one training seed.",
+    "The committed checkpoint was trained in stages, each warm-starting the next (the previous testbed's model, "
+    "then 1500 and 1600 steps on the new ShapesWorld); training it from scratch has not been run (CPU budget).",
     "C2 compares SAG with the constant-mixing runs whose background accuracy is at most SAG's + 0.05 (equal "
     "within sampling noise, or lower); quick mode has one such run, m = -0.5.",
 ]

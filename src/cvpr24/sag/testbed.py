@@ -162,7 +162,7 @@ def save_settle_figure(path: Path, seed_runs: list[dict], settle: dict[str, floa
     ax.invert_xaxis()
     ax.set_xlabel("diffusion time t of the DDIM step (1 = noise; sampling runs left to right)")
     ax.set_ylabel("fraction of samples already read as final")
-    ax.set_title("baseline CFG: when is each detail decided? (identity detail = the 2x2 spot)")
+    ax.set_title("baseline CFG: when is each detail decided? (identity detail = the centre spot)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
