@@ -145,3 +145,21 @@ def test_reproduction_smoke(tmp_path):
     assert [c.name for c in res.claims] == ["C0 gate", "C1 main", "C2 direction"]
     assert all(c.status in ("passed", "failed", "not tested") for c in res.claims)
     assert (tmp_path / "jf_by_variant.png").exists() and res.deviations
+
+
+def test_committed_checkpoints_match_the_quick_scale():
+    import json
+
+    from cvpr24.cutie import reproduce
+
+    total = 0
+    for v in reproduce.QUICK.variants:
+        for s in range(reproduce.QUICK.seeds):
+            path = reproduce.checkpoint_path(reproduce.CHECKPOINT_DIR, v, s)
+            model = reproduce.load_variant(reproduce.CHECKPOINT_DIR, v, s)
+            assert model.cfg == reproduce.variant_config(v)
+            side = json.loads(path.with_suffix(".json").read_text())
+            assert side["train_config"]["iterations"] == reproduce.QUICK.iterations
+            assert side["seed"] == s and side["variant"] == v
+            total += path.stat().st_size
+    assert total <= 5_000_000  # float16, the size budget of shipped checkpoints

@@ -185,9 +185,8 @@ def video_file_item(video: str | os.PathLike, first_mask: str | os.PathLike) -> 
         n = sum(1 for packet in container.demux(stream) if packet.size)
     if n == 0:
         raise ValueError(f"images: {video} has no frames")
-    return VideoItem(
-        video.stem, [Path(f"{t:05d}") for t in range(n)], {0: first_mask}, None, {}, video
-    )
+    names = [Path(f"{t:05d}") for t in range(n)]
+    return VideoItem(video.stem, names, {0: first_mask}, video_file=video)
 
 
 def video_size(video: str | os.PathLike) -> tuple[int, int]:
@@ -251,8 +250,7 @@ class OverlayVideoWriter:
         self._size = None
 
     def write(self, image: torch.Tensor, ids: torch.Tensor, palette: bytes | None = None) -> None:
-        import av
-
+        av = _av()
         rgb = overlay(image, ids, palette)
         h, w = rgb.shape[:2]
         if self._size is None:

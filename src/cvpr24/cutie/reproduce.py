@@ -15,9 +15,12 @@ Lab notebook:
   ``delta_hard = JF(object) - JF(pixel)`` on hard, ``delta_easy`` on easy, paired by video.
 - **Criteria**: gate (pixel hard at least 5 J&F below pixel easy), main (mean delta_hard >= 2
   and its 95% bootstrap CI above 0), direction (delta_hard > delta_easy).
-- Quick mode evaluates the committed checkpoints in ``checkpoints/`` and runs a 20-iteration
-  training smoke step; without checkpoints it trains 2 seeds x 2 arms x 300 iterations and
-  labels the claims preliminary.
+- Quick mode evaluates the committed checkpoints in ``checkpoints/`` (3 seeds x 2 arms, 400
+  iterations each, float16) and runs a 5-iteration training smoke step; without checkpoints it
+  trains 2 seeds x 2 arms x 300 iterations and labels the claims preliminary.
+- Training uses Eq. 14 in log space (``TrainConfig.cpu().exact_aggregation``): with the clamped
+  form a randomly initialised model can lock into predicting background everywhere, where the
+  clamp passes no gradient.
 """
 
 from __future__ import annotations
