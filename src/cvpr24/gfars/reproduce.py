@@ -625,8 +625,8 @@ DEVIATIONS = [
     "constant, BCE to a random target group (our readings of the ablations).",
     "Comp-Net 4a, 4b (two EdgeConvs of context before the pair head) and GRU-Mask are our "
     "reconstructions, trained at the same budget (600 steps). GRU-Mask orders the "
-    "ground-truth groups by size with ties broken by summed part volume (the spec leaves "
-    "ties open).",
+    "ground-truth groups by size with ties broken by summed part volume (the paper leaves "
+    "ties open; our choice).",
     "Committed checkpoints are float16, except the fixed Fourier frequencies and the "
     "descriptor statistics (float32).",
     "G-FARS-ef is an extension (|e_i - e_j| edge input, mean aggregation, sigma = 5, scaled "
