@@ -195,20 +195,7 @@ def compare(path: str) -> float:
 
     d = torch.load(path, weights_only=True)
     if d["variant"] == "tiny":
-        w = TINY_WIDTHS
-        cfg = CutieConfig.cpu(
-            num_blocks=2,
-            pixel_widths=w,
-            mask_widths=w,
-            key_dim=8,
-            value_dim=32,
-            sensory_dim=16,
-            pixel_dim=32,
-            embed_dim=32,
-            num_heads=2,
-            ff_dim=64,
-            up_dims=(32, 16, 16),
-        )
+        cfg = CutieConfig.cpu()  # the reduced width the official side builds from TINY_WIDTHS
     else:
         cfg = detect_config(d["state_dict"])
     model = CutieModel(cfg)

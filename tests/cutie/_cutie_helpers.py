@@ -6,21 +6,8 @@ from cvpr24.cutie.model import CutieConfig, CutieModel
 
 
 def tiny_config(**overrides) -> CutieConfig:
-    """The width of the committed parity reference (about 0.3 M parameters)."""
-    cfg = dict(
-        pixel_widths=(8, 8, 16, 32),
-        mask_widths=(8, 8, 16, 32),
-        key_dim=8,
-        value_dim=32,
-        sensory_dim=16,
-        pixel_dim=32,
-        embed_dim=32,
-        num_heads=2,
-        ff_dim=64,
-        up_dims=(32, 16, 16),
-    )
-    cfg.update(overrides)
-    return CutieConfig.cpu(**cfg)
+    """The width of the committed parity reference (about 0.3 M parameters): ``CutieConfig.cpu``."""
+    return CutieConfig.cpu(**overrides)
 
 
 def tiny_model(seed: int = 0, **overrides) -> CutieModel:
