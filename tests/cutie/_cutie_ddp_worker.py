@@ -10,6 +10,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from _cutie_helpers import tiny_config  # noqa: E402
 
+from cvpr24.common.distributed import init_process_group  # noqa: E402
 from cvpr24.cutie.model import CutieModel  # noqa: E402
 from cvpr24.cutie.train import TrainConfig, train  # noqa: E402
 
@@ -25,7 +26,7 @@ def batches(step):
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    init_process_group("gloo")
     torch.manual_seed(0)
     model = CutieModel(tiny_config())
     cfg = TrainConfig(

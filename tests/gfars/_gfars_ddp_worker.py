@@ -4,11 +4,12 @@ import sys
 
 import torch
 
+from cvpr24.common.distributed import init_process_group
 from cvpr24.gfars.model import GFARS, GFARSConfig
 from cvpr24.gfars.train import train
 
 torch.set_num_threads(1)
-torch.distributed.init_process_group("gloo")
+init_process_group("gloo")
 rank = torch.distributed.get_rank()
 torch.manual_seed(rank)  # different initial weights: the broadcast must align them
 model = GFARS(GFARSConfig.cpu(feat_len=8, pointnet_widths=(8, 8), points_per_part=16,

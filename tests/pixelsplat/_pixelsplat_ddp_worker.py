@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from cvpr24.common.distributed import init_process_group
 from cvpr24.pixelsplat.data import ViewSampler
 from cvpr24.pixelsplat.train import claim_b_configs, train_chunks
 
 torch.set_num_threads(1)
-torch.distributed.init_process_group("gloo")
+init_process_group("gloo")
 rank = torch.distributed.get_rank()
 root = Path(sys.argv[1])
 cfg = claim_b_configs()["prob"]

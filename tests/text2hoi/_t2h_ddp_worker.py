@@ -8,11 +8,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from t2h_train_helpers import tiny_batch, tiny_cfg, tiny_models  # noqa: E402
 
+from cvpr24.common.distributed import init_process_group  # noqa: E402
 from cvpr24.text2hoi.diffusion import GaussianDiffusion  # noqa: E402
 from cvpr24.text2hoi.train import train_motion  # noqa: E402
 
 torch.set_num_threads(1)
-torch.distributed.init_process_group("gloo")
+init_process_group("gloo")
 rank = torch.distributed.get_rank()
 out = Path(sys.argv[1])
 cfg = tiny_cfg()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -136,6 +135,9 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
+    import torch
+
+    from cvpr24.common.distributed import process_group
     from cvpr24.common.progress import progress
     from cvpr24.gfars.model import GFARSConfig
     from cvpr24.gfars.reproduce import BASE, train_method
@@ -158,17 +160,9 @@ def cmd_train(args) -> int:
         bar.n = int(line.split()[1].split("/")[0])
         bar.refresh()
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:  # launched by torchrun: one process per rank
-        import torch
-
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
+    with process_group("nccl" if torch.cuda.is_available() else "gloo"):  # one per rank under torchrun
         train_method(args.method, args.seed, out, args.steps, base=base, log=log, data=data,
                      init_from=args.init_from and Path(args.init_from))
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
     bar.close()
     print(f"wrote {out / f'{args.method}_seed{args.seed}.safetensors'}")
     return 0

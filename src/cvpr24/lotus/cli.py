@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cvpr24.common.distributed import init_process_group, launched
 from cvpr24.common.io import atomic_path, atomic_write
 from cvpr24.common.seed import get_device, seed_everything
 
@@ -131,18 +132,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _init_distributed(device: str) -> tuple[int, torch.device]:
     """Initialise ``torch.distributed`` under torchrun / accelerate (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched():
         return 0, get_device(device)
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dev
+    init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), dev
 
 
 WEAK_ASR_PAR = 0.15      # ASR_par above this: wrong triggers still flip victims (weak focusing)
@@ -234,6 +233,16 @@ def _partition_features(args: argparse.Namespace, x_victims, device):
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    rank, device = _init_distributed(args.device)
+    try:
+        return _attack(args, rank, device)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _attack(args: argparse.Namespace, rank: int, device: torch.device) -> int:
+    """Train (or load) the clean model, poison it on every rank, and on rank 0 evaluate and save."""
     from cvpr24.lotus.attack import LotusAttack, LotusConfig, check_attack_inputs, train_clean
     from cvpr24.lotus.io import load_model, load_official_state_dict, save_model
     from cvpr24.lotus.metrics import (
@@ -244,7 +253,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     )
     from cvpr24.lotus.models import build_model
 
-    rank, device = _init_distributed(args.device)
     seed_everything(args.seed)
     x, y = _checked_data(args, "train")
     xt, yt = _checked_data(args, "test")

@@ -264,6 +264,7 @@ def cmd_check_cameras(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from cvpr24.common.distributed import launched, process_group
     from cvpr24.pixelsplat.model import PixelSplatConfig
     from cvpr24.pixelsplat.train import train_chunks, train_synthetic
 
@@ -291,18 +292,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             from cvpr24.pixelsplat.metrics import LPIPS
 
             lpips = LPIPS.from_paths(args.vgg, args.lpips_lin).to(device)
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if distributed:  # launched by torchrun: one process per rank
-            if device.type == "cuda":
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        try:
+        if launched() and device.type == "cuda":  # torchrun: one process per rank
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        with process_group("nccl" if device.type == "cuda" else "gloo"):
             _, history = train_chunks(cfg, root, args.out, steps=args.steps, seed=111_123 if args.seed is None
                                       else args.seed, image_size=args.size or 256, batch_size=args.batch_size or 7,
                                       device=device, amp=args.amp, state_every=args.state_every, lpips=lpips)
-        finally:
-            if distributed:
-                torch.distributed.destroy_process_group()
     print(f"trained {args.steps} steps; last train PSNR {history['psnr'][-1]:.2f} dB; wrote {args.out}/model.safetensors")
     return 0

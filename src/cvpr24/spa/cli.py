@@ -302,15 +302,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, data, val_data=val, out_dir=args.out, resume=args.resume, device=args.device,
                        log=log, pretrained=args.pretrained)
+        if rank == 0:
+            save_model(Path(args.out) / "model.safetensors", result.model, cfg, result.loss, class_names=names,
+                       metrics=result.history[-1] if result.history else None,
+                       data=args.features or args.coco or args.voc or args.csv)
+            print(f"wrote {Path(args.out) / 'model.safetensors'}")
     except (FileNotFoundError, ValueError) as e:
         return _error(str(e))
-    if rank == 0:
-        save_model(Path(args.out) / "model.safetensors", result.model, cfg, result.loss, class_names=names,
-                   metrics=result.history[-1] if result.history else None,
-                   data=args.features or args.coco or args.voc or args.csv)
-        print(f"wrote {Path(args.out) / 'model.safetensors'}")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

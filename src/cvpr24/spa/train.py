@@ -33,6 +33,7 @@ from cvpr24.common import (
     save_checkpoint,
     save_training_state,
 )
+from cvpr24.common.distributed import init_process_group
 from cvpr24.spa.losses import loss_from_config
 from cvpr24.spa.metrics import mean_average_precision
 from cvpr24.spa.model import SPAConfig, build_loss, build_model, load_torchvision_resnet
@@ -55,7 +56,7 @@ def distributed_context() -> tuple[int, int]:
     ``torchrun`` / ``accelerate launch`` with ``WORLD_SIZE > 1``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -226,20 +226,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (resumably: finished seeds are kept, a stage resumes from OUT/state) and evaluate.
     Under ``torchrun`` every rank trains with averaged gradients; rank 0 saves and evaluates."""
-    import os
-
     import torch
 
+    from cvpr24.common.distributed import launched, process_group
     from cvpr24.text2hoi.model import Text2HOIConfig
     from cvpr24.text2hoi.reproduce import Sizes, build_data, hand_models, run, train_checkpoints
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains, rank 0 evaluates
-        torch.distributed.init_process_group("gloo")
-        sizes = Sizes()
-        train_checkpoints(Path(args.out), list(range(args.seeds)), sizes, build_data(sizes), Text2HOIConfig.cpu(), hand_models())
-        torch.distributed.barrier()
-        rank = torch.distributed.get_rank()
-        torch.distributed.destroy_process_group()
+    if launched():  # torchrun: every rank trains, rank 0 evaluates
+        with process_group("gloo"):
+            sizes = Sizes()
+            train_checkpoints(Path(args.out), list(range(args.seeds)), sizes, build_data(sizes),
+                              Text2HOIConfig.cpu(), hand_models())
+            torch.distributed.barrier()
+            rank = torch.distributed.get_rank()
         if rank != 0:
             return 0
     result = run(Path(args.out), seeds=args.seeds, train=True)  # keeps the trained seeds, evaluates
