@@ -6,6 +6,13 @@ dtype, float32 matmul precision, grad mode, the Python / NumPy / torch (CPU and 
 CUDA) random states, the warnings filters and the environment variables, and restores all of
 them on exit, also when the body raises. ``global_state()`` is the comparable snapshot the
 tests use to check that a function changed none of them.
+
+Not restorable, so library code must not touch it: matplotlib's backend and pyplot's figure
+registry (a ``matplotlib.use("Agg")`` inside a call takes inline plotting away from a Jupyter
+user). Plots are drawn on a bare ``matplotlib.figure.Figure``, which ``fig.savefig`` renders
+without a global backend; tests/common/test_plot_backend.py checks hcc, lidar, lotus, spa and
+egothink. sag, text2hoi, gfars, cutie and pixelsplat still call ``matplotlib.use("Agg")`` and
+pyplot, and are to be converted.
 """
 
 from __future__ import annotations

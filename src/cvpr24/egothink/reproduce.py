@@ -433,13 +433,11 @@ def claim_c5() -> Claim:
 # ----------------------------------------------------------------------------- figures
 
 def plot_figures(runs: list[dict], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     figs = []
-    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fig = Figure(figsize=(11, 3.6))
+    ax = fig.subplots()
     wbar = 0.8 / len(ARMS)
     for k, arm in enumerate(ARMS):
         vals = [np.mean([r["judge"][arm][d] for r in runs]) for d in DIM_KEYS]
@@ -449,7 +447,8 @@ def plot_figures(runs: list[dict], out: Path) -> list[str]:
     ax.legend(fontsize=7, ncol=6)
     figs.append(_save(fig, out / "per_dim.png"))
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fig = Figure(figsize=(4.5, 3.5))
+    ax = fig.subplots()
     for arm, mk in (("V0", "o"), ("V1", "s"), ("V2", "^"), ("V3", "D")):
         t, top = runs[0]["ttp"][arm]
         hollow = {"facecolors": "none", "edgecolors": "C3"} if arm == "V3" else {}
@@ -461,7 +460,8 @@ def plot_figures(runs: list[dict], out: Path) -> list[str]:
     ax.legend(fontsize=7)
     figs.append(_save(fig, out / "ttp_vs_score.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    fig = Figure(figsize=(7, 3.2))
+    axes = fig.subplots(1, 2)
     pairs = [p for r in runs for arm in ARMS for p in r["pairs"][arm] if p[0] != -1]
     lv = [0.0, 0.5, 1.0]
     for ax, (j, title) in zip(axes, ((0, "LocalJudge"), (2, "exact match (B1)")), strict=True):
@@ -477,7 +477,8 @@ def plot_figures(runs: list[dict], out: Path) -> list[str]:
         ax.set_ylabel("oracle")
     figs.append(_save(fig, out / "judge_confusion.png"))
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.subplots()
     for k, (src, label) in enumerate((("oracle", "oracle"), ("judge", "LocalJudge"), ("f1", "token F1"))):
         v = [np.mean([r[src][a]["spatial"] for r in runs]) for a in ("V2", "V2-allo")]
         ax.bar(np.arange(2) + 0.27 * k, v, 0.27, label=label)
@@ -489,12 +490,9 @@ def plot_figures(runs: list[dict], out: Path) -> list[str]:
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return path.name
 
 

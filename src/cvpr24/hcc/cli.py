@@ -282,11 +282,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.linkage_out:
         save_array(args.linkage_out, est.linkage_matrix_)
     if args.dendrogram:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from cvpr24.hcc.plot import plot_dendrogram
 
         ax, _ = plot_dendrogram(est.linkage_matrix_, heights=args.heights, labels=ids)
@@ -294,7 +289,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         ax.figure.tight_layout()
         with atomic_path(args.dendrogram) as tmp:
             ax.figure.savefig(tmp, dpi=120)
-        plt.close(ax.figure)
     shift = f", shift {est.shift_:.4g}" if est.shift_ is not None else ""
     print(f"N={len(est.labels_)}: {est.n_clusters_} clusters, CC cost {est.cc_cost_:.6g}{shift} "
           f"({seconds:.2f} s); labels -> {args.out}")

@@ -27,6 +27,8 @@ def plot_dendrogram(Z, *, heights: str = "level", labels=None, ax=None, color: s
     labels : sequence of str, optional
         Leaf labels (shown when N <= ``max_leaf_labels``).
     ax : matplotlib Axes, optional
+        Drawn into if given; otherwise on a new :class:`~matplotlib.figure.Figure` that is
+        not registered with pyplot (``ax.figure.savefig`` writes it).
 
     Returns
     -------
@@ -34,7 +36,7 @@ def plot_dendrogram(Z, *, heights: str = "level", labels=None, ax=None, color: s
     order : ndarray of shape (N,)
         The leaves from left to right.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     Z = check_linkage_matrix(Z)
     n = Z.shape[0] + 1
@@ -47,7 +49,7 @@ def plot_dendrogram(Z, *, heights: str = "level", labels=None, ax=None, color: s
     for t in range(n - 1):
         x_node[n + t] = 0.5 * (x_node[children[t, 0]] + x_node[children[t, 1]])
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, min(16.0, 0.12 * n + 3)), 4))
+        ax = Figure(figsize=(max(4.0, min(16.0, 0.12 * n + 3)), 4)).subplots()
     segments = []
     for t in range(n - 1):
         a, b, top = children[t, 0], children[t, 1], y_node[n + t]

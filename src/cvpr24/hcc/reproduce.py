@@ -188,12 +188,10 @@ def c1_planted(cfg: ReproConfig, seeds: list[int], nb: Notebook) -> tuple[Claim,
 
 
 def plot_c1(runs: dict, cfg: ReproConfig, out: Path) -> str:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cfg.p_obs), figsize=(5 * len(cfg.p_obs), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(cfg.p_obs), 3.6))
+    axes = fig.subplots(1, len(cfg.p_obs), squeeze=False)
     for ax, p_obs in zip(axes[0], cfg.p_obs, strict=True):
         for m in ("HCC", *BASELINES):
             mean = [np.mean(runs[(p, p_obs)][m]) for p in cfg.p_flips]
@@ -206,7 +204,6 @@ def plot_c1(runs: dict, cfg: ReproConfig, out: Path) -> str:
     name = "c1_ari_vs_pflip.png"
     with atomic_path(out / name) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return name
 
 

@@ -263,12 +263,10 @@ def _warn_domain(out: dict, scene) -> None:
 
 
 def _plot_curve(out: dict, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     ax.plot(out["N"], out["exact"], "-", label="exact theory (L9-L11)")
     if out["closed_form"] is not None:
         ax.plot(out["N"], out["closed_form"], "--", label="closed form (L14/L16)")
@@ -282,7 +280,6 @@ def _plot_curve(out: dict, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def cmd_optimal_n(args: argparse.Namespace) -> int:

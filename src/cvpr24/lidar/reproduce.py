@@ -267,14 +267,12 @@ def claim_scaling(curves: list[Curve], sigma_t: float) -> Claim:
 
 # -- figures --------------------------------------------------------------------------------------
 def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = []
     for name in sorted({c.scene for c in curves}):
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig = Figure(figsize=(7, 5))
+        ax = fig.subplots()
         scene = SCENES[name]()
         for i, c in enumerate(sorted((c for c in curves if c.scene == name), key=lambda c: c.alpha0)):
             col = f"C{i}"
@@ -292,7 +290,8 @@ def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]
         ax.set_ylim(1e-7, 1e-2)
         _legend(ax, sorted({c.alpha0 for c in curves if c.scene == name}))
         names.append(_save(fig, out_dir, f"mse_vs_N_{name}.png"))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, c in enumerate(curves):
         ns = sorted(c.mc)
         ax.plot(ns, [c.exact[n] / c.mean(n) for n in ns], "o-", color=f"C{i}", ms=3,
@@ -302,7 +301,8 @@ def plot_curves(curves: list[Curve], out_dir: Path, sigma_t: float) -> list[str]
     ax.set(xscale="log", xlabel="pixels N", ylabel="theory / MC (x: closed form)", ylim=(0.6, 1.6))
     ax.legend(fontsize=6, ncol=2)
     names.append(_save(fig, out_dir, "ratio_vs_N.png"))
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for i, name in enumerate(sorted({c.scene for c in curves})):
         cs = sorted((c for c in curves if c.scene == name), key=lambda c: c.alpha0)
         a = np.array([c.alpha0 for c in cs])
@@ -328,12 +328,9 @@ def _legend(ax, alphas: list[float]) -> None:
 
 
 def _save(fig, out_dir: Path, name: str) -> str:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     with atomic_path(out_dir / name) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return name
 
 

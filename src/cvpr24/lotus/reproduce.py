@@ -469,12 +469,10 @@ def defense_gates(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def plot_focusing_curve(d: Path, seeds: int, out: Path) -> str:
     """ASR and ASR_par on held-out victims during poisoning, LOTUS vs the no-focusing ablation."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for arm, color in (("lotus", "C0"), ("nofocus", "C3")):
         for s in range(seeds):
             hist = json.loads((d / f"seed{s}" / f"{arm}.json").read_text())["metrics"]["history"]
@@ -489,7 +487,6 @@ def plot_focusing_curve(d: Path, seeds: int, out: Path) -> str:
     fig.tight_layout()
     with atomic_path(out / "focusing_curve.png") as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return "focusing_curve.png"
 
 

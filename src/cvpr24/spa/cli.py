@@ -400,10 +400,7 @@ def cmd_minimizers(args: argparse.Namespace) -> int:
         if round(eta, 2) in (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99):
             print(f"{eta:.2f}   " + "  ".join(f"{table[k][i]:>26.4f}" for k in keys))
     if args.out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
         from cvpr24.common import atomic_path, atomic_write
 
@@ -412,7 +409,8 @@ def cmd_minimizers(args: argparse.Namespace) -> int:
             f.write(",".join(["eta", *keys]) + "\n")
             for i, eta in enumerate(table["eta"]):
                 f.write(",".join(f"{v:.6f}" for v in [eta, *(table[k][i] for k in keys)]) + "\n")
-        fig, ax = plt.subplots(figsize=(4.2, 4))
+        fig = Figure(figsize=(4.2, 4))
+        ax = fig.subplots()
         for k in keys:
             ax.plot(table["eta"], table[k], label=k)
         ax.plot([0, 1], [0, 1], "k:", lw=1)

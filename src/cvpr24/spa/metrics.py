@@ -265,14 +265,12 @@ def reliability_diagram(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, *
     Returns
     -------
     fig : matplotlib Figure
+        ``ax.figure``, or a new Figure not registered with pyplot (``fig.savefig`` writes it).
     data : dict
         ``confidence``, ``frequency``, ``count`` (each (M,), NaN for empty bins), ``edges``
         (M + 1,) and ``ece``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     _check_bins(n_bins)
     p, y, known = _prepare(probs, labels, mask)
@@ -283,7 +281,8 @@ def reliability_diagram(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, *
     data = {"confidence": conf, "frequency": freq, "count": count, "edges": edges,
             "ece": _ece_from_sums(np.stack([count, sp, sy]))}
     if ax is None:
-        fig, ax = plt.subplots(figsize=(3.6, 3.6))
+        fig = Figure(figsize=(3.6, 3.6))
+        ax = fig.subplots()
     else:
         fig = ax.figure
     ax.bar(edges[:-1], np.nan_to_num(freq), width=1 / n_bins, align="edge", edgecolor="k",

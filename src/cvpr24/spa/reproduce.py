@@ -348,16 +348,14 @@ def _summary_table(rows: list[dict], n: int, arms: list[str]) -> str:
 
 
 def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str]:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     names = []
     # reliability diagrams, one panel per loss (all seeds of claim B pooled)
     arms = ["BCE", "focal", "ASL", "SPA", "SPA+LPR"]
-    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.3))
+    fig = Figure(figsize=(3.2 * len(arms), 3.3))
+    axes = fig.subplots(1, len(arms))
     edges = np.linspace(0, 1, N_BINS + 1)
     for ax, arm in zip(axes, arms, strict=True):
         sums = np.sum([r["bins"] for r in rows if r["arm"] == arm and r["n_train"] == n_b], axis=0)
@@ -373,7 +371,8 @@ def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str
     fig.tight_layout()
     names.append(_save(fig, out_dir / "reliability.png"))
     # population minimisers
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig = Figure(figsize=(4.2, 4))
+    ax = fig.subplots()
     for key, val in table.items():
         if key != "eta":
             ax.plot(table["eta"], val, label=key, ls="--" if "sigmoid" in key else "-")
@@ -383,13 +382,14 @@ def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str
     fig.tight_layout()
     names.append(_save(fig, out_dir / "minimizers.png"))
     # ECE per class by prevalence
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for arm in arms:
         per = np.mean([r["ece_per_class"] for r in rows if r["arm"] == arm and r["n_train"] == n_b], axis=0)
         prev = next(r["prevalence"] for r in rows if r["arm"] == arm)
         ax.plot(prev, per, "o-", ms=3, label=arm)
     ax.set(xscale="log", xlabel="class prevalence", ylabel="ECE of the class")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks([0.02, 0.05, 0.1, 0.2, 0.3], ["0.02", "0.05", "0.1", "0.2", "0.3"])
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -398,11 +398,8 @@ def _figures(out_dir: Path, rows: list[dict], table: dict, n_b: int) -> list[str
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return path.name
 
 
