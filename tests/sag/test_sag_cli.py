@@ -41,10 +41,11 @@ _TINY_TRAIN = ["--steps", "2", "--probe-steps", "2", "--backbone-steps", "2"]
 
 def test_train_writes_a_checkpoint_to_a_new_folder_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "sag", *_TINY_TRAIN, "--seed", "3"]) == 0
+    assert main(["train", "sag", *_TINY_TRAIN, "--seed", "3", "--local-tokens", "16"]) == 0
     out = tmp_path / "sag-train-cpu-seed3" / "shapes_elite.safetensors"
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["config"]["steps"] == 2 and meta["config"]["backbone_steps"] == 2
+    assert meta["config"]["local_tokens"] == 16
     assert "loss_final" in meta["metrics"]
 
 

@@ -149,8 +149,8 @@ def test_textual_inversion_changes_only_the_placeholder_row():
 
 def _contexts(model, n):
     g = torch.Generator().manual_seed(0)
-    d = model.config.context_dim
-    return torch.randn(n, 3, d, generator=g), torch.randn(n, 3, d, generator=g), model.context(null_tokens(n))
+    null = model.context(null_tokens(n))  # (n, L, D)
+    return torch.randn(null.shape, generator=g), torch.randn(null.shape, generator=g), null
 
 
 def test_sampler_nfe_accounting():
@@ -198,3 +198,21 @@ def test_settle_time_is_the_first_step_that_stays_decided():
     assert settle_time(ts, [0.95, 0.5, 0.92, 1.0]) == 0.5  # an early agreement that is lost again does not count
     assert settle_time(ts, [0.9, 0.9, 0.9, 1.0]) == 1.0
     assert settle_time(ts, [0.1, 0.2, 0.3, 0.5]) == 0.0
+
+
+def test_subject_tokens_fill_the_noun_and_local_slots_only_on_subject_rows():
+    torch.manual_seed(0)
+    model = ShapesELITE(dataclasses.replace(TinyConfig.tiny(), local_tokens=16)).eval()
+    k = 16
+    refs = render_subjects([ALL_SUBJECTS[3], ALL_SUBJECTS[40]], torch.tensor([0, 2]), torch.Generator().manual_seed(1))
+    subject = model.encoder(refs)
+    assert subject.shape == (2, 1 + k, model.config.context_dim)
+    tokens = torch.tensor([[0, 0, 9], [0, 0, 9]])
+    ctx = model.context(tokens, subject, use_subject=torch.tensor([True, False]))
+    words = model.context(tokens)  # no reference: the local slots hold the null word, as in c0 and phi
+    assert ctx.shape == words.shape == (2, 3 + k, model.config.context_dim)
+    torch.testing.assert_close(ctx[0, 1], subject[0, 0] + model.slots[1])
+    torch.testing.assert_close(ctx[0, 3:], subject[0, 1:] + model.slots[3:])
+    torch.testing.assert_close(ctx[0, [0, 2]], words[0, [0, 2]])
+    torch.testing.assert_close(ctx[1], words[1])
+    torch.testing.assert_close(words[0, 3:], model.words.weight[0] + model.slots[3:])

@@ -99,6 +99,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-steps", type=positive_int, default=None, help="probe training steps (default 300)")
     p.add_argument("--backbone-steps", type=positive_int, default=None,
                    help="encoder-backbone pretraining steps (default: the preset's)")
+    p.add_argument("--local-tokens", type=int, choices=(0, 16), default=None,
+                   help="local subject tokens, ELITE's local mapping (default: the preset's, 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=_path, default=None,
                    help="checkpoint path (.safetensors); default: sag-train-SIZE-seedN/shapes_elite.safetensors "
@@ -293,8 +295,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TinyConfig.cpu() if args.size == "cpu" else TinyConfig()
-    for flag, field in (("steps", "steps"), ("probe_steps", "probe_steps"), ("backbone_steps", "backbone_steps")):
-        if getattr(args, flag):
+    for flag, field in (("steps", "steps"), ("probe_steps", "probe_steps"), ("backbone_steps", "backbone_steps"),
+                        ("local_tokens", "local_tokens")):
+        if getattr(args, flag) is not None:
             cfg = dataclasses.replace(cfg, **{field: getattr(args, flag)})
     out.parent.mkdir(parents=True, exist_ok=True)
     model, metrics = train_model(cfg, seed=args.seed, state_path=state, resume=args.resume, init=args.init,

@@ -449,7 +449,9 @@ DEVIATIONS = [
     "The subject token S* takes the noun (shape) slot, [null, S*, bg], as in 'a photo of S*'; the class-only "
     "caption puts the shape word in the same slot.",
     "The subject encoder's backbone is pretrained without labels as an autoencoder and frozen (the analog of "
-    "ELITE's frozen CLIP image encoder); only the 3-layer mapping MLP is trained with the diffusion loss.",
+    "ELITE's frozen CLIP image encoder); only the 3-layer mapping MLP is trained with the diffusion loss. ELITE's "
+    "local mapping is an option (local_tokens = 16: a token per cell of the backbone's 4x4 map, appended to the "
+    "caption's context, without ELITE's foreground mask) that the committed model does not use.",
     "The probe is trained with light Gaussian noise (std 0.05) so that it tolerates sampler noise.",
     "The subject token s is layer-normalised to the word-embedding scale and the ||s||^2 penalty is off "
     "(lambda_s = 0): in our first run, Adam with lambda_s = 1e-3 collapsed s to norm 0.05 (word embeddings ~7.7) "

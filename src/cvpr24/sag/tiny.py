@@ -2,8 +2,9 @@
 
 - :class:`TinyUNet`: an epsilon-prediction pixel-space UNet laid out like Stable Diffusion's
   (residual blocks, cross-attention on the 8x8 and 4x4 levels, sinusoidal time embedding).
-- :class:`SubjectEncoder`: the ELITE analog, a 3-conv CNN and a 3-layer MLP mapping a
-  reference image to one subject token ``s`` placed at ``S*`` (the noun slot of the caption).
+- :class:`SubjectEncoder`: the ELITE analog, a 3-conv CNN and two mapping networks: a global
+  one giving the subject token ``s`` placed at ``S*`` (the noun slot of the caption) and a
+  local one giving a token per cell of the CNN's 4x4 map (ELITE's local mapping).
 - :class:`ShapesELITE`: both, plus the word embeddings of the caption tokens.
 - :func:`sample_sag`: DDIM (eta = 0, x0 clipping) with dual classifier-free guidance.
 - :class:`ProbeClassifier`: the evaluation probe (shape, colour, texture).
@@ -36,6 +37,7 @@ class TinyConfig:
     context_dim: int = 64
     heads: int = 4
     encoder_channels: int = 32
+    local_tokens: int = 0  # ELITE's local mapping: 16 = one subject token per cell of the backbone's 4x4 map; 0 = none
     backbone_steps: int = 1000  # autoencoder pretraining of the encoder backbone (then frozen)
     # training
     steps: int = 3000
@@ -52,8 +54,9 @@ class TinyConfig:
     def cpu(cls) -> TinyConfig:
         """Quick-mode preset: 16 px, 32-64-64 channels, 4000 steps at batch 40 (0.17 s per step on one core).
 
-        The committed checkpoint is this preset run for 1500 steps from the previous one (``init``;
-        docs/sag.md, Deviations); 4000 steps from scratch have not been run on the spot ShapesWorld."""
+        The committed checkpoint is this preset run for 1600 steps from an earlier model (``init``;
+        docs/sag.md, Deviations). With ``local_tokens = 16``, 4000 steps from scratch give the
+        second packaged model (docs/sag.md, "Local subject tokens")."""
         return cls(image_size=16, channels=(32, 64, 64), steps=4000, batch_size=40, probe_steps=600)
 
     @classmethod
@@ -167,8 +170,9 @@ class TinyUNet(nn.Module):
 
 
 class SubjectEncoder(nn.Module):
-    """The ELITE analog: an image backbone (3 convs, flattened 4x4 map) and a 3-layer MLP, the
-    mapping network, giving one token ``s``.
+    """The ELITE analog: an image backbone (3 convs, a 4x4 map) and two mapping networks, a
+    3-layer MLP on the flattened map giving the global token ``s`` and, when ``local_tokens``
+    is 16, a 2-layer MLP applied to each cell of the map giving one local token per cell.
 
     As ELITE maps the features of a frozen, pretrained CLIP image encoder, the backbone is
     pretrained without labels (an autoencoder, :func:`cvpr24.sag.train.pretrain_backbone`) and
@@ -176,8 +180,10 @@ class SubjectEncoder(nn.Module):
     pooled: shape and texture are spatial layouts, and a global pool over a
     background-dominated map keeps mostly the colours."""
 
-    def __init__(self, channels: int = 32, context_dim: int = 64):
+    def __init__(self, channels: int = 32, context_dim: int = 64, local_tokens: int = 0):
         super().__init__()
+        if local_tokens not in (0, 16):
+            raise ValueError(f"local_tokens must be 0 or 16 (the cells of the 4x4 map), got {local_tokens}")
         c = channels
         self.backbone = nn.Sequential(
             nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
@@ -187,13 +193,22 @@ class SubjectEncoder(nn.Module):
         )
         self.mlp = nn.Sequential(nn.Linear(32 * c, 4 * c), nn.SiLU(), nn.Linear(4 * c, 4 * c), nn.SiLU(),
                                  nn.Linear(4 * c, context_dim))
+        # The local mapping reads each cell of the map on its own, so a detail keeps its place.
+        self.local = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.SiLU(), nn.Linear(2 * c, context_dim)) \
+            if local_tokens else None
         # s lives at the scale of the word embeddings (N(0, 1) rows, norm ~ sqrt(D)). Without this,
         # Adam plus the ||s||^2 penalty collapsed s to ~0 before the UNet learned to read it.
         self.norm = nn.LayerNorm(context_dim, elementwise_affine=False)
 
     def forward(self, ref: torch.Tensor) -> torch.Tensor:
-        """``ref`` (B, 3, H, W) -> ``s`` (B, D), layer-normalised."""
-        return self.norm(self.mlp(self.backbone(ref)))
+        """``ref`` (B, 3, H, W) -> subject tokens (B, 1 + local_tokens, D), layer-normalised: the
+        global token ``s`` (at ``S*``), then one local token per map cell (row-major)."""
+        features = self.backbone(ref)  # (B, 2c * 16), channel-major
+        tokens = self.mlp(features).unsqueeze(1)  # (B, 1, D)
+        if self.local is not None:
+            cells = features.view(len(ref), -1, 16).transpose(1, 2)  # (B, 16, 2c)
+            tokens = torch.cat([tokens, self.local(cells)], 1)
+        return self.norm(tokens)
 
 
 class BackboneDecoder(nn.Module):
@@ -218,9 +233,11 @@ class BackboneDecoder(nn.Module):
 class ShapesELITE(nn.Module):
     """The tiny subject-driven model: word embeddings, the subject encoder and the UNet.
 
-    A context is three slots ``[colour, shape, background]`` of word embeddings plus a
-    learned position embedding per slot; a subject condition replaces the noun slot's
-    (``SUBJECT_SLOT``) word embedding with ``s = encoder(ref)``.
+    A context is three slots ``[colour, shape, background]`` of word embeddings, then
+    ``local_tokens`` local slots, plus a learned position embedding per slot. A subject
+    condition puts the encoder's global token ``s`` in the noun slot (``SUBJECT_SLOT``) and its
+    local tokens in the local slots; every other condition (words, ``c0``, ``phi``) has the
+    null word's embedding there, as ELITE's local branch is absent without a reference.
     """
 
     def __init__(self, config: TinyConfig):
@@ -228,21 +245,27 @@ class ShapesELITE(nn.Module):
         self.config = config
         d = config.context_dim
         self.words = nn.Embedding(VOCAB_SIZE, d)
-        self.slots = nn.Parameter(torch.randn(N_SLOTS, d) * 0.02)
-        self.encoder = SubjectEncoder(config.encoder_channels, d)
+        self.slots = nn.Parameter(torch.randn(N_SLOTS + config.local_tokens, d) * 0.02)
+        self.encoder = SubjectEncoder(config.encoder_channels, d, config.local_tokens)
         self.unet = TinyUNet(config.channels, d, config.heads)
 
     def context(self, tokens: torch.Tensor, subject: torch.Tensor | None = None,
                 use_subject: torch.Tensor | None = None) -> torch.Tensor:
-        """Context (B, 3, D) from token ids (B, 3); rows where ``use_subject`` (all rows when
-        not given) get ``subject`` (B, D) at ``S*``, slot ``SUBJECT_SLOT``."""
-        emb = self.words(tokens)
+        """Context (B, 3 + local_tokens, D) from token ids (B, 3); rows where ``use_subject``
+        (all rows when not given) get the subject tokens ``subject`` (B, 1 + local_tokens, D):
+        ``s`` at ``S*`` (slot ``SUBJECT_SLOT``) and the local tokens in the local slots."""
+        b, k = len(tokens), self.config.local_tokens
+        local_null = torch.full((b, k), NULL, dtype=torch.long, device=tokens.device)
+        emb = self.words(torch.cat([tokens, local_null], 1))  # (B, 3 + k, D)
         if subject is not None:
-            rows = torch.ones(len(tokens), dtype=torch.bool, device=tokens.device) if use_subject is None \
-                else use_subject
-            is_subject = torch.zeros_like(emb[..., :1], dtype=torch.bool)  # (B, 3, 1)
+            rows = torch.ones(b, dtype=torch.bool, device=tokens.device) if use_subject is None else use_subject
+            placed = torch.zeros_like(emb)
+            placed[:, SUBJECT_SLOT] = subject[:, 0]
+            placed[:, N_SLOTS:] = subject[:, 1:]
+            is_subject = torch.zeros_like(emb[..., :1], dtype=torch.bool)  # (B, 3 + k, 1)
             is_subject[rows, SUBJECT_SLOT] = True
-            emb = torch.where(is_subject, subject.unsqueeze(1), emb)
+            is_subject[rows, N_SLOTS:] = True
+            emb = torch.where(is_subject, placed, emb)
         return emb + self.slots
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -259,12 +282,12 @@ def denoising_loss(model: ShapesELITE, batch: dict[str, torch.Tensor], generator
     b = x0.shape[0]
     t = torch.rand(b, generator=generator)
     eps = torch.randn(x0.shape, generator=generator)
-    s = model.encoder(batch["ref"])  # (B, D)
-    ctx = model.context(batch["tokens"], s, batch["use_subject"])
+    subject = model.encoder(batch["ref"])  # (B, 1 + local_tokens, D)
+    ctx = model.context(batch["tokens"], subject, batch["use_subject"])
     pred = model(add_noise(x0, eps, t), t, ctx)
     loss_d = F.mse_loss(pred, eps)
     use = batch["use_subject"].float()
-    loss_s = (s.pow(2).sum(1) * use).sum() / use.sum().clamp(min=1)
+    loss_s = (subject[:, 0].pow(2).sum(1) * use).sum() / use.sum().clamp(min=1)
     return loss_d + lambda_s * loss_s, {"loss_d": loss_d.item(), "loss_s": loss_s.item()}
 
 
@@ -281,7 +304,7 @@ def sample_sag(model: ShapesELITE, ctx_cond: torch.Tensor, ctx_agnostic: torch.T
     Parameters
     ----------
     model : ShapesELITE
-    ctx_cond, ctx_agnostic, ctx_null : Tensor (B, 3, D)
+    ctx_cond, ctx_agnostic, ctx_null : Tensor (B, L, D)
         The contexts of ``c``, ``c0`` and ``phi``.
     schedule : SAGSchedule
         ``w_t`` of Eq. (3). ``T = 1, r = 0`` is CFG on ``c``; ``T = 0`` is CFG on ``c0``;
