@@ -74,8 +74,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         action="append",
-        help="training dataset folder (DAVIS-2017, YouTube-VOS or custom images/ + masks/); "
-        "repeat to mix datasets. Without it: synthetic clips of the reproduction",
+        help="training dataset folder, repeat to mix: videos (DAVIS-2017, YouTube-VOS or custom "
+        "images/<video>/ + masks/<video>/) or, with --stage static, images with masks "
+        "(<stem>.jpg beside <stem>.png, or images/ + masks/). Without it: synthetic clips of "
+        "the reproduction",
     )
     p.add_argument(
         "--model",
@@ -87,11 +89,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--init", help="start --data training from these weights (official .pth or .safetensors)"
     )
     p.add_argument(
-        "--stage", choices=("main", "cpu"), default="main", help="training preset for --data"
+        "--stage",
+        choices=("main", "static", "cpu"),
+        default="main",
+        help="training preset for --data: main (video training), static (pre-training on "
+        "pseudo-clips from images), cpu (the reproduction's small-scale optimiser settings)",
+    )
+    p.add_argument(
+        "--max-objects",
+        type=positive_int,
+        help="objects per clip (default: the preset's; static: more than 1 pastes further images "
+        "in as extra objects and trains the multi-object model)",
     )
     p.add_argument("--batch-size", type=positive_int, help="clips per step (default: the preset's)")
     p.add_argument("--frames", type=number_in(int, 2), help="frames per clip (default: preset's)")
-    p.add_argument("--crop", type=positive_int, default=480, help="clip side, multiple of 16")
+    p.add_argument(
+        "--crop", type=positive_int, help="clip side, multiple of 16 (default 480; static 384)"
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (--data training)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument(
@@ -293,51 +307,89 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_on_data(args: argparse.Namespace, out: Path, work: Path, log) -> None:
-    """``cvpr24 train cutie --data DIR``: the paper's main training stage on real videos."""
+    """``cvpr24 train cutie --data DIR``: the paper's training stages on real data."""
+    import dataclasses
+
     import torch
 
     from cvpr24.common import save_checkpoint
-    from cvpr24.cutie.clips import ClipSampler, training_videos
     from cvpr24.cutie.model import CutieConfig, CutieModel
     from cvpr24.cutie.train import TrainConfig, train
+    from cvpr24.cutie.weights import to_multi_object
 
-    if args.crop % 16:
-        raise ValueError(f"--crop: must be a multiple of 16, got {args.crop}")
+    static = args.stage == "static"
+    crop = args.crop or (384 if static else 480)
+    if crop % 16:
+        raise ValueError(f"--crop: must be a multiple of 16, got {crop}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {args.device} requested but CUDA is not available")
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError("--amp: mixed precision needs --device cuda")
     if args.init is not None and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init: file not found: {args.init}")
-    videos = [v for d in args.data for v in training_videos(d, "--data")]
-    cfg = TrainConfig.main() if args.stage == "main" else TrainConfig.cpu()
+    presets = {"main": TrainConfig.main, "static": TrainConfig.pretrain, "cpu": TrainConfig.cpu}
+    cfg = presets[args.stage]()
     cfg.iterations, cfg.seed, cfg.amp = args.iterations, args.seed, args.amp
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.num_frames = args.frames or cfg.num_frames
     cfg.num_ref_frames = min(cfg.num_ref_frames, cfg.num_frames - 1)
-    sampler = ClipSampler(
-        videos,
-        cfg.iterations,
-        batch_size=cfg.batch_size,
-        num_frames=cfg.num_frames,
-        max_objects=cfg.max_objects,
-        crop=args.crop,
-        min_pixels=max(1, round(100 * (args.crop / 480) ** 2)),
-        seed=args.seed,
-    )
+    cfg.max_objects = args.max_objects or cfg.max_objects
+    sampler, described = _training_sampler(args, cfg, crop)
+    # one object: the single-object model of the paper's pre-training (4-channel mask encoder)
+    single = cfg.max_objects == 1
     if args.init is not None:
         model = _load_model(args.init, args.device)
+        if not single:  # a pre-trained single-object model grows its extra input channels
+            gen = torch.Generator().manual_seed(args.seed)
+            model = to_multi_object(model, gen)
     else:
         model_cfg = {"base": CutieConfig.base, "small": CutieConfig.small, "cpu": CutieConfig.cpu}
+        arch = dataclasses.replace(model_cfg[args.model](), single_object=static and single)
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
-            model = CutieModel(model_cfg[args.model]()).to(args.device)
+            model = CutieModel(arch).to(args.device)
     losses = train(model, cfg, sampler, out_dir=work, resume=True, log=log)
     save_checkpoint(
         out,
         model.state_dict(),
         config=model.cfg,
         seed=args.seed,
-        data={"folders": [str(d) for d in args.data], "videos": len(videos), "crop": args.crop},
+        data={
+            "stage": args.stage,
+            "folders": [str(d) for d in args.data],
+            "crop": crop,
+            **described,
+        },
         metrics={"final_loss_mean_last_20": sum(losses[-20:]) / max(1, len(losses[-20:]))},
     )
+
+
+def _training_sampler(args: argparse.Namespace, cfg, crop: int):
+    """The clip sampler of ``--stage`` over the ``--data`` folders, and what it holds."""
+    if args.stage == "static":
+        from cvpr24.cutie.static import StaticClipSampler, static_images
+
+        images = [p for d in args.data for p in static_images(d, "--data")]
+        sampler = StaticClipSampler(
+            images,
+            batch_size=cfg.batch_size,
+            num_frames=cfg.num_frames,
+            max_objects=cfg.max_objects,
+            crop=crop,
+            seed=args.seed,
+        )
+        return sampler, {"images": len(images)}
+    from cvpr24.cutie.clips import ClipSampler, training_videos
+
+    videos = [v for d in args.data for v in training_videos(d, "--data")]
+    sampler = ClipSampler(
+        videos,
+        cfg.iterations,
+        batch_size=cfg.batch_size,
+        num_frames=cfg.num_frames,
+        max_objects=cfg.max_objects,
+        crop=crop,
+        min_pixels=max(1, round(100 * (crop / 480) ** 2)),
+        seed=args.seed,
+    )
+    return sampler, {"videos": len(videos)}
