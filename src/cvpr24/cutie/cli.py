@@ -33,9 +33,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=number_in(float, 0.1), default=24.0, help="overlay frame rate")
     p.add_argument(
         "--layout",
-        choices=("generic", "davis", "mose", "youtube"),
+        choices=("generic", "davis", "mose", "youtube", "burst"),
         default="generic",
-        help="generic: --images/--masks folders; davis/mose/youtube: --images is the dataset root",
+        help="generic: --images/--masks folders; davis/mose/youtube: --images is the dataset root; "
+        "burst: --images is the frames root, --masks the annotation JSON (OUT/predictions.json "
+        "is written too)",
     )
     p.add_argument(
         "--size",
@@ -182,18 +184,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
         videos = data.davis_videos(_need_dir(args.images, "--images"))
     elif args.layout == "mose":
         videos = data.mose_videos(_need_dir(args.images, "--images"))
+    elif args.layout == "burst":
+        if args.masks is None:
+            raise ValueError("--masks: --layout burst needs the annotation JSON")
+        videos = data.burst_videos(args.masks, _need_dir(args.images, "--images"))
     else:
         videos = data.youtube_videos(_need_dir(args.images, "--images"))
     first_masks = {}
     for v in videos:
-        mask, palette = data.read_index_png(v.masks[0], "--masks")
+        mask, palette = v.read_mask(0, "--masks")
         if v.video_file is not None:
             h, w = data.video_size(v.video_file)
         else:
             h, w = data.read_image(v.frames[0]).shape[-2:]
         if mask.shape != (h, w):
             raise ValueError(
-                f"--masks: {v.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but the frames are {w}x{h}"
+                f"--masks: the mask of {v.name} ({v.masks[0]}) is {mask.shape[1]}x{mask.shape[0]} "
+                f"but the frames are {w}x{h}"
             )
         first_masks[v.name] = (mask, palette)
 
@@ -223,9 +230,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 mask = None
                 if t in v.masks:
                     mask = torch.from_numpy(
-                        first_masks[v.name][0]
-                        if t == 0
-                        else data.read_index_png(v.masks[t], "--masks")[0]
+                        first_masks[v.name][0] if t == 0 else v.read_mask(t, "--masks")[0]
                     ).long()
                     mask[mask == 255] = 0  # void is not an object
                 with warnings.catch_warnings():
@@ -244,6 +249,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
                 if writer is not None:
                     writer.write(image, ids, palette)
+    if args.layout == "burst":
+        data.write_burst_predictions(args.masks, out, out / "predictions.json")
     print(f"wrote {len(videos)} video(s) to {out}")
     return 0
 
