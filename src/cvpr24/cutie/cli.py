@@ -48,6 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("default", "plus", "long"), default="default")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument(
+        "--amp-dtype", choices=("float16", "bfloat16"), default="float16", help="with --amp"
+    )
     p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--chunk-size", type=int, default=-1, help="objects per chunk (-1 = all)")
     p.set_defaults(func=_friendly(cmd_segment))
@@ -110,6 +113,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (--data training)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument(
+        "--amp-dtype", choices=("float16", "bfloat16"), default="float16", help="with --amp"
+    )
     p.add_argument(
         "--variant",
         choices=("pixel", "object", "object-nomask", "pixel-capacity"),
@@ -207,6 +213,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # 2. model and inference settings
     cfg = InferenceConfig.preset(args.preset)
     cfg.flip_aug, cfg.amp, cfg.chunk_size = args.flip, args.amp, args.chunk_size
+    cfg.amp_dtype = args.amp_dtype
     if args.size is not None:
         cfg.max_internal_size = args.size
     model = _load_model(args.weights, args.device)
@@ -297,6 +304,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--out: {out.parent} holds the checkpoints shipped with the package; choose another folder"
         )
+    if not args.data and (args.amp or args.device != "cpu"):
+        raise ValueError(
+            "--amp/--device: the synthetic reproduction models train on CPU in float32; "
+            "these flags apply to --data training"
+        )
     work = out.parent / (out.stem + "_work")
     if (work / "state.pt").exists() and not args.resume:
         raise ValueError(f"--resume: a previous run exists in {work}; pass --resume or delete it")
@@ -337,6 +349,7 @@ def _train_on_data(args: argparse.Namespace, out: Path, work: Path, log) -> None
     presets = {"main": TrainConfig.main, "static": TrainConfig.pretrain, "cpu": TrainConfig.cpu}
     cfg = presets[args.stage]()
     cfg.iterations, cfg.seed, cfg.amp = args.iterations, args.seed, args.amp
+    cfg.amp_dtype = args.amp_dtype
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.num_frames = args.frames or cfg.num_frames
     cfg.num_ref_frames = min(cfg.num_ref_frames, cfg.num_frames - 1)
