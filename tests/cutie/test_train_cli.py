@@ -154,6 +154,8 @@ def test_reproduction_smoke(tmp_path):
     assert [c.status for c in again.claims] == [c.status for c in res.claims]
     with pytest.raises(ValueError, match="variants"):
         reproduce.run(tmp_path, quick=False, variants=("object",))
+    with pytest.raises(ValueError, match="trained for 2 iterations, this run needs 3"):
+        reproduce.run(tmp_path, tiny=True, iterations=3)
 
 
 def test_committed_checkpoints_match_the_quick_scale():

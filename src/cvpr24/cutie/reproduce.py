@@ -310,12 +310,19 @@ def _train_missing(ckpt_dir: Path, scale: Scale) -> None:
     interrupted runs resume from ``ckpt_dir/work_<arm>_<seed>``."""
     from cvpr24.common.progress import report_step
 
-    todo = [
-        (s, v)
-        for s in range(scale.seeds)
-        for v in scale.variants
-        if not checkpoint_path(ckpt_dir, v, s).exists()
-    ]
+    todo = []
+    for s in range(scale.seeds):
+        for v in scale.variants:
+            path = checkpoint_path(ckpt_dir, v, s)
+            if not path.exists():
+                todo.append((s, v))
+                continue
+            done = json.loads(path.with_suffix(".json").read_text())["train_config"]["iterations"]
+            if done != scale.iterations:
+                raise ValueError(
+                    f"checkpoints: {path} was trained for {done} iterations, this run needs "
+                    f"{scale.iterations}; choose another output folder"
+                )
     for i, (s, v) in enumerate(todo):
         report_step(f"train {v} seed {s} ({scale.iterations} iterations)", i, len(todo))
         train_variant(

@@ -183,11 +183,11 @@ def pseudo_clip(
     flip = np.diag([-1.0, 1.0]) if rng.random() < 0.5 else np.eye(2)
     seq = _about_centre(flip * rng.uniform(0.5, 2.0), size)
     src = torch.cat([image, torch.ones_like(image[:1]), mask[None].float()])  # RGB, valid, mask
+    fill = torch.tensor(FILL).view(3, 1, 1)
     frames, masks = [], []
     for _ in range(num_frames):
         m = _output_to_input(seq, rng, size, crop)
         rgbv = _warp(src[None, :4], m, crop, "bilinear")[0]
-        fill = torch.tensor(FILL).view(3, 1, 1)
         frames.append(rgbv[:3] + (1 - rgbv[3:4]) * fill)
         masks.append(_warp(src[None, 4:], m, crop, "nearest")[0, 0] > 0.5)
     frames = _jitter(torch.stack(frames), rng, 0.1, 0.05, 0.05, hue=0.05)
