@@ -335,6 +335,13 @@ def gru_update(h: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return forget * h * (1 - update) + update * torch.tanh(c)
 
 
+def _float32_gru(transform: nn.Module, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 with the gates ``transform([g; h])``, in float32 also under AMP."""
+    with no_autocast(h):
+        g, h = g.float(), h.float()
+        return gru_update(h, transform(torch.cat([g, h], dim=2)))
+
+
 class SensoryDeepUpdater(nn.Module):
     """Deep update of the sensory memory from the mask value ``v_k`` (Eq. 3 with ``g = v_k``)."""
 
@@ -344,9 +351,7 @@ class SensoryDeepUpdater(nn.Module):
         nn.init.xavier_normal_(self.transform.weight)
 
     def forward(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        with no_autocast(h):
-            g, h = g.float(), h.float()
-            return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        return _float32_gru(self.transform, g, h)
 
 
 class SensoryUpdater(nn.Module):
@@ -369,9 +374,7 @@ class SensoryUpdater(nn.Module):
             + self.g8_conv(_resize_groups(p8, 0.5, "area"))
             + self.g4_conv(_resize_groups(p4, 0.25, "area"))
         )
-        with no_autocast(h):
-            g, h = g.float(), h.float()
-            return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        return _float32_gru(self.transform, g, h)
 
 
 # ----------------------------------------------------------------------------------------
