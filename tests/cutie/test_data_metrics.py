@@ -150,3 +150,41 @@ def test_synthetic_videos_are_deterministic_and_hard_ones_reuse_target_textures(
     assert not np.array_equal(a[0], c[0])
     with pytest.raises(ValueError, match="split"):
         SyntheticVOS("medium")
+
+
+def _random_vos_folders(root, rng, videos=3, frames=6, h=40, w=56):
+    """GT: 2-3 jittered ellipses per video, every object visible in every frame (the DAVIS
+    case); predictions: shifted, eroded or swapped objects and flipped pixels."""
+    yy, xx = np.mgrid[:h, :w]
+    for v in range(videos):
+        k = int(rng.integers(2, 4))
+        centres = rng.uniform([8, 8], [h - 8, w - 8], (k, 2))
+        for t in range(frames):
+            gt = np.zeros((h, w), np.uint8)
+            for i, (cy, cx) in enumerate(centres + t * rng.normal(0, 1.5, (k, 2))):
+                gt[((yy - cy) / 6) ** 2 + ((xx - cx) / 8) ** 2 <= 1] = i + 1
+            pred = np.roll(gt, tuple(rng.integers(-2, 3, 2)), (0, 1))
+            pred[rng.random((h, w)) < 0.03] = rng.integers(0, k + 1)
+            if t == 3:
+                pred[pred == 1] = 2  # an identity switch
+            write_index_png(root / "gt" / f"v{v}" / f"{t:05d}.png", gt)
+            write_index_png(root / "pred" / f"v{v}" / f"{t:05d}.png", pred)
+    return root / "gt", root / "pred"
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_evaluate_vos_equals_vos_benchmark(tmp_path, skip):
+    """Our J&F against the reference evaluator of the Cutie authors (PyPI ``vos-benchmark``,
+    which needs OpenCV and scikit-image; skipped where it is not installed)."""
+    vb = pytest.importorskip("vos_benchmark.benchmark")
+    gt, pred = _random_vos_folders(tmp_path, np.random.default_rng(int(skip)))
+    ours = evaluate_vos(gt, pred, skip_first_last=skip)
+    (jf,), (j,), (f,), (per_video,) = vb.benchmark(
+        [str(gt)], [str(pred)], num_processes=1, verbose=False, skip_first_and_last=skip
+    )
+    assert ours["J&F"] == pytest.approx(jf, abs=1e-9)
+    assert (ours["J"], ours["F"]) == pytest.approx((j, f), abs=1e-9)
+    theirs = {f"{v}/{k}": (ious[k], bfs[k]) for v, (ious, bfs) in per_video.items() for k in ious}
+    assert theirs.keys() == ours["per_object"].keys()
+    for key, value in ours["per_object"].items():
+        assert value == pytest.approx(theirs[key], abs=1e-9)

@@ -145,6 +145,17 @@ def test_reproduction_smoke(tmp_path):
     assert [c.name for c in res.claims] == ["C0 gate", "C1 main", "C2 direction"]
     assert all(c.status in ("passed", "failed", "not tested") for c in res.claims)
     assert (tmp_path / "jf_by_variant.png").exists() and res.deviations
+    # a second run finds the trained arms in OUT/checkpoints and only evaluates them
+    trained = sorted((tmp_path / "checkpoints").glob("*.safetensors"))
+    assert [p.stem for p in trained] == ["object_seed0", "pixel_seed0"]
+    stamps = [p.stat().st_mtime_ns for p in trained]
+    again = reproduce.run(tmp_path, tiny=True)
+    assert [p.stat().st_mtime_ns for p in trained] == stamps
+    assert [c.status for c in again.claims] == [c.status for c in res.claims]
+    with pytest.raises(ValueError, match="variants"):
+        reproduce.run(tmp_path, quick=False, variants=("object",))
+    with pytest.raises(ValueError, match="trained for 2 iterations, this run needs 3"):
+        reproduce.run(tmp_path, tiny=True, iterations=3)
 
 
 def test_committed_checkpoints_match_the_quick_scale():

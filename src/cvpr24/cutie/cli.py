@@ -33,9 +33,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=number_in(float, 0.1), default=24.0, help="overlay frame rate")
     p.add_argument(
         "--layout",
-        choices=("generic", "davis", "mose", "youtube"),
+        choices=("generic", "davis", "mose", "youtube", "burst"),
         default="generic",
-        help="generic: --images/--masks folders; davis/mose/youtube: --images is the dataset root",
+        help="generic: --images/--masks folders; davis/mose/youtube: --images is the dataset root; "
+        "burst: --images is the frames root, --masks the annotation JSON (OUT/predictions.json "
+        "is written too)",
     )
     p.add_argument(
         "--size",
@@ -46,6 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("default", "plus", "long"), default="default")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument(
+        "--amp-dtype", choices=("float16", "bfloat16"), default="float16", help="with --amp"
+    )
     p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--chunk-size", type=int, default=-1, help="objects per chunk (-1 = all)")
     p.set_defaults(func=_friendly(cmd_segment))
@@ -74,8 +79,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         action="append",
-        help="training dataset folder (DAVIS-2017, YouTube-VOS or custom images/ + masks/); "
-        "repeat to mix datasets. Without it: synthetic clips of the reproduction",
+        help="training dataset folder, repeat to mix: videos (DAVIS-2017, YouTube-VOS or custom "
+        "images/<video>/ + masks/<video>/) or, with --stage static, images with masks "
+        "(<stem>.jpg beside <stem>.png, or images/ + masks/). Without it: synthetic clips of "
+        "the reproduction",
     )
     p.add_argument(
         "--model",
@@ -87,13 +94,28 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--init", help="start --data training from these weights (official .pth or .safetensors)"
     )
     p.add_argument(
-        "--stage", choices=("main", "cpu"), default="main", help="training preset for --data"
+        "--stage",
+        choices=("main", "static", "cpu"),
+        default="main",
+        help="training preset for --data: main (video training), static (pre-training on "
+        "pseudo-clips from images), cpu (the reproduction's small-scale optimiser settings)",
+    )
+    p.add_argument(
+        "--max-objects",
+        type=positive_int,
+        help="objects per clip (default: the preset's; static: more than 1 pastes further images "
+        "in as extra objects and trains the multi-object model)",
     )
     p.add_argument("--batch-size", type=positive_int, help="clips per step (default: the preset's)")
     p.add_argument("--frames", type=number_in(int, 2), help="frames per clip (default: preset's)")
-    p.add_argument("--crop", type=positive_int, default=480, help="clip side, multiple of 16")
+    p.add_argument(
+        "--crop", type=positive_int, help="clip side, multiple of 16 (default 480; static 384)"
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (--data training)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument(
+        "--amp-dtype", choices=("float16", "bfloat16"), default="float16", help="with --amp"
+    )
     p.add_argument(
         "--variant",
         choices=("pixel", "object", "object-nomask", "pixel-capacity"),
@@ -168,24 +190,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
         videos = data.davis_videos(_need_dir(args.images, "--images"))
     elif args.layout == "mose":
         videos = data.mose_videos(_need_dir(args.images, "--images"))
+    elif args.layout == "burst":
+        if args.masks is None:
+            raise ValueError("--masks: --layout burst needs the annotation JSON")
+        videos = data.burst_videos(args.masks, _need_dir(args.images, "--images"))
     else:
         videos = data.youtube_videos(_need_dir(args.images, "--images"))
     first_masks = {}
     for v in videos:
-        mask, palette = data.read_index_png(v.masks[0], "--masks")
+        mask, palette = v.read_mask(0, "--masks")
         if v.video_file is not None:
             h, w = data.video_size(v.video_file)
         else:
             h, w = data.read_image(v.frames[0]).shape[-2:]
         if mask.shape != (h, w):
             raise ValueError(
-                f"--masks: {v.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but the frames are {w}x{h}"
+                f"--masks: the mask of {v.name} ({v.masks[0]}) is {mask.shape[1]}x{mask.shape[0]} "
+                f"but the frames are {w}x{h}"
             )
         first_masks[v.name] = (mask, palette)
 
     # 2. model and inference settings
     cfg = InferenceConfig.preset(args.preset)
     cfg.flip_aug, cfg.amp, cfg.chunk_size = args.flip, args.amp, args.chunk_size
+    cfg.amp_dtype = args.amp_dtype
     if args.size is not None:
         cfg.max_internal_size = args.size
     model = _load_model(args.weights, args.device)
@@ -209,9 +237,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 mask = None
                 if t in v.masks:
                     mask = torch.from_numpy(
-                        first_masks[v.name][0]
-                        if t == 0
-                        else data.read_index_png(v.masks[t], "--masks")[0]
+                        first_masks[v.name][0] if t == 0 else v.read_mask(t, "--masks")[0]
                     ).long()
                     mask[mask == 255] = 0  # void is not an object
                 with warnings.catch_warnings():
@@ -230,6 +256,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     data.write_index_png(out / v.name / f"{frame_path.stem}.png", ids, palette)
                 if writer is not None:
                     writer.write(image, ids, palette)
+    if args.layout == "burst":
+        data.write_burst_predictions(args.masks, out, out / "predictions.json")
     print(f"wrote {len(videos)} video(s) to {out}")
     return 0
 
@@ -276,6 +304,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--out: {out.parent} holds the checkpoints shipped with the package; choose another folder"
         )
+    if not args.data and (args.amp or args.device != "cpu"):
+        raise ValueError(
+            "--amp/--device: the synthetic reproduction models train on CPU in float32; "
+            "these flags apply to --data training"
+        )
     work = out.parent / (out.stem + "_work")
     if (work / "state.pt").exists() and not args.resume:
         raise ValueError(f"--resume: a previous run exists in {work}; pass --resume or delete it")
@@ -293,51 +326,90 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_on_data(args: argparse.Namespace, out: Path, work: Path, log) -> None:
-    """``cvpr24 train cutie --data DIR``: the paper's main training stage on real videos."""
+    """``cvpr24 train cutie --data DIR``: the paper's training stages on real data."""
+    import dataclasses
+
     import torch
 
     from cvpr24.common import save_checkpoint
-    from cvpr24.cutie.clips import ClipSampler, training_videos
     from cvpr24.cutie.model import CutieConfig, CutieModel
     from cvpr24.cutie.train import TrainConfig, train
+    from cvpr24.cutie.weights import to_multi_object
 
-    if args.crop % 16:
-        raise ValueError(f"--crop: must be a multiple of 16, got {args.crop}")
+    static = args.stage == "static"
+    crop = args.crop or (384 if static else 480)
+    if crop % 16:
+        raise ValueError(f"--crop: must be a multiple of 16, got {crop}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {args.device} requested but CUDA is not available")
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError("--amp: mixed precision needs --device cuda")
     if args.init is not None and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init: file not found: {args.init}")
-    videos = [v for d in args.data for v in training_videos(d, "--data")]
-    cfg = TrainConfig.main() if args.stage == "main" else TrainConfig.cpu()
+    presets = {"main": TrainConfig.main, "static": TrainConfig.pretrain, "cpu": TrainConfig.cpu}
+    cfg = presets[args.stage]()
     cfg.iterations, cfg.seed, cfg.amp = args.iterations, args.seed, args.amp
+    cfg.amp_dtype = args.amp_dtype
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.num_frames = args.frames or cfg.num_frames
     cfg.num_ref_frames = min(cfg.num_ref_frames, cfg.num_frames - 1)
-    sampler = ClipSampler(
-        videos,
-        cfg.iterations,
-        batch_size=cfg.batch_size,
-        num_frames=cfg.num_frames,
-        max_objects=cfg.max_objects,
-        crop=args.crop,
-        min_pixels=max(1, round(100 * (args.crop / 480) ** 2)),
-        seed=args.seed,
-    )
+    cfg.max_objects = args.max_objects or cfg.max_objects
+    sampler, described = _training_sampler(args, cfg, crop)
+    # one object: the single-object model of the paper's pre-training (4-channel mask encoder)
+    single = cfg.max_objects == 1
     if args.init is not None:
         model = _load_model(args.init, args.device)
+        if not single:  # a pre-trained single-object model grows its extra input channels
+            gen = torch.Generator().manual_seed(args.seed)
+            model = to_multi_object(model, gen)
     else:
         model_cfg = {"base": CutieConfig.base, "small": CutieConfig.small, "cpu": CutieConfig.cpu}
+        arch = dataclasses.replace(model_cfg[args.model](), single_object=static and single)
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
-            model = CutieModel(model_cfg[args.model]()).to(args.device)
+            model = CutieModel(arch).to(args.device)
     losses = train(model, cfg, sampler, out_dir=work, resume=True, log=log)
     save_checkpoint(
         out,
         model.state_dict(),
         config=model.cfg,
         seed=args.seed,
-        data={"folders": [str(d) for d in args.data], "videos": len(videos), "crop": args.crop},
+        data={
+            "stage": args.stage,
+            "folders": [str(d) for d in args.data],
+            "crop": crop,
+            **described,
+        },
         metrics={"final_loss_mean_last_20": sum(losses[-20:]) / max(1, len(losses[-20:]))},
     )
+
+
+def _training_sampler(args: argparse.Namespace, cfg, crop: int):
+    """The clip sampler of ``--stage`` over the ``--data`` folders, and what it holds."""
+    if args.stage == "static":
+        from cvpr24.cutie.static import StaticClipSampler, static_images
+
+        images = [p for d in args.data for p in static_images(d, "--data")]
+        sampler = StaticClipSampler(
+            images,
+            batch_size=cfg.batch_size,
+            num_frames=cfg.num_frames,
+            max_objects=cfg.max_objects,
+            crop=crop,
+            seed=args.seed,
+        )
+        return sampler, {"images": len(images)}
+    from cvpr24.cutie.clips import ClipSampler, training_videos
+
+    videos = [v for d in args.data for v in training_videos(d, "--data")]
+    sampler = ClipSampler(
+        videos,
+        cfg.iterations,
+        batch_size=cfg.batch_size,
+        num_frames=cfg.num_frames,
+        max_objects=cfg.max_objects,
+        crop=crop,
+        min_pixels=max(1, round(100 * (crop / 480) ** 2)),
+        seed=args.seed,
+    )
+    return sampler, {"videos": len(videos)}

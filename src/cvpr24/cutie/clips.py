@@ -153,20 +153,31 @@ def _warp(x: torch.Tensor, m: torch.Tensor, crop: int, mode: str) -> torch.Tenso
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def _jitter(x: torch.Tensor, rng, brightness: float, contrast: float, saturation: float):
-    """Colour jitter of (..., 3, H, W) images in [0, 1] by factors drawn from ``rng``."""
-    gray = (
-        lambda im: (
-            0.299 * im[..., 0:1, :, :]
-            + 0.587 * im[..., 1:2, :, :]  # noqa: E731
-            + 0.114 * im[..., 2:3, :, :]
-        )
-    )
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma of (..., 3, H, W) RGB -> (..., 1, H, W)."""
+    return 0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :]
+
+
+# RGB -> YIQ; a hue shift rotates the (I, Q) chroma plane
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _jitter(
+    x: torch.Tensor, rng, brightness: float, contrast: float, saturation: float, hue: float = 0.0
+) -> torch.Tensor:
+    """Colour jitter of (..., 3, H, W) images in [0, 1] by factors drawn from ``rng``; ``hue``
+    (a fraction of the colour circle) rotates the chroma plane in YIQ space."""
     x = x * rng.uniform(1 - brightness, 1 + brightness)
-    m = gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+    m = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
     x = (x - m) * rng.uniform(1 - contrast, 1 + contrast) + m
-    g = gray(x)
+    g = _gray(x)
     x = (x - g) * rng.uniform(1 - saturation, 1 + saturation) + g
+    if hue > 0:
+        a = 2 * math.pi * rng.uniform(-hue, hue)
+        rot = torch.tensor(
+            [[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]]
+        )
+        x = torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_YIQ) @ rot @ _YIQ, x)
     return x.clamp(0, 1)
 
 
@@ -252,7 +263,6 @@ class ClipSampler:
         ids = _warp(ids[:, None].float(), m, self.crop, "nearest")[:, 0].round().long()
         images = _jitter(images, rng, 0.1, 0.03, 0.03)
         if rng.random() < 0.05:
-            gray = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
-            images = gray[:, None].expand(-1, 3, -1, -1).contiguous()
+            images = _gray(images).expand(-1, 3, -1, -1).contiguous()
         images = torch.stack([_jitter(im, rng, 0.1, 0.05, 0.05) for im in images])
         return images, ids

@@ -9,6 +9,12 @@ Layouts (``VideoItem.frames`` are image paths; ``masks`` maps frame index -> mas
 - YouTube-VOS: ``JPEGImages/<video>/*.jpg``, ``Annotations/<video>/*.png`` where objects first
   appear, and ``meta.json`` (``videos.<vid>.objects.<id>.frames``) listing the frames to output.
 - generic: two folders, ``images/<video>/*`` and ``masks/<video>/*.png``.
+- BURST: a JSON file (``first_frame_annotations.json``) whose ``sequences`` hold
+  ``dataset``, ``seq_name``, ``width``, ``height``, ``all_image_paths``,
+  ``annotated_image_paths`` and, per annotated frame, ``segmentations`` ``{track id: {"rle":
+  COCO compressed RLE}}``; frames in ``<images>/<dataset>/<seq_name>/``. Each track is given
+  on the first frame it appears in; outputs are the annotated frames, and
+  :func:`write_burst_predictions` turns them back into BURST's JSON.
 - a video file (``.mp4``, ``.mov``, ``.avi``, ``.mkv``, ``.webm``; decoded with PyAV) and a
   first-frame index PNG; its frames are named ``00000``, ``00001``, ...
 
@@ -113,7 +119,8 @@ def _images(folder: Path) -> list[Path]:
 
 @dataclass
 class VideoItem:
-    """One video: frame paths, the given masks by frame index, and the frames to output."""
+    """One video: frame paths, the given masks by frame index (index-PNG paths, or the
+    annotation file when ``mask_arrays`` holds the decoded masks), and the frames to output."""
 
     name: str
     frames: list[Path]
@@ -121,6 +128,13 @@ class VideoItem:
     output_frames: set[int] | None = None  # None = all
     objects_per_mask: dict[int, list[int]] = field(default_factory=dict)
     video_file: Path | None = None  # frames decoded from this file; ``frames`` only name them
+    mask_arrays: dict[int, np.ndarray] = field(default_factory=dict)  # decoded (H, W) ids
+
+    def read_mask(self, t: int, arg: str = "masks") -> tuple[np.ndarray, bytes | None]:
+        """The given mask of frame ``t`` -> (uint8 (H, W) ids, palette or None)."""
+        if t in self.mask_arrays:
+            return self.mask_arrays[t], None
+        return read_index_png(self.masks[t], arg)
 
     def __post_init__(self) -> None:
         if not self.frames:
@@ -328,6 +342,140 @@ def youtube_videos(
             )
         out.append(item)
     return out
+
+
+def rle_decode(counts: str | list[int], height: int, width: int) -> np.ndarray:
+    """COCO run-length encoding -> (height, width) bool mask.
+
+    Runs alternate background / object starting with background, over the pixels in
+    column-major order. ``counts`` is a list of run lengths, or COCO's compressed string: each
+    run is written in 5-bit groups (least significant first, 0x20 = more groups follow, 0x10 in
+    the last group = negative, each group plus 48 as a character) and, from the fourth run on,
+    as the difference to the run two before it."""
+    if isinstance(counts, str):
+        runs: list[int] = []
+        p = 0
+        while p < len(counts):
+            x, k, more = 0, 0, True
+            while more:
+                c = ord(counts[p]) - 48
+                x |= (c & 0x1F) << (5 * k)
+                more = bool(c & 0x20)
+                p, k = p + 1, k + 1
+                if not more and c & 0x10:
+                    x |= -1 << (5 * k)
+            runs.append(x + runs[-2] if len(runs) > 2 else x)
+    else:
+        runs = [int(c) for c in counts]
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        raise ValueError(
+            f"RLE: the runs cover {sum(runs)} pixels (some negative: {any(r < 0 for r in runs)}) "
+            f"but the mask has {height}x{width}"
+        )
+    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    return flat.reshape(width, height).T
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """(H, W) bool mask -> COCO compressed RLE string (inverse of :func:`rle_decode`)."""
+    flat = np.asarray(mask, bool).T.reshape(-1)
+    edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0, *runs]  # runs start with background
+    out = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+def burst_videos(annotations: str | os.PathLike, images: str | os.PathLike) -> list[VideoItem]:
+    """BURST: every sequence of the ``annotations`` JSON with its frames under ``images``.
+
+    A track's mask is given on the first annotated frame it appears in (later annotations of
+    it, as in a full ground-truth file, are not inputs). The video starts at the first frame
+    that gives a mask; the annotated frames are the outputs."""
+    annotations, images = Path(annotations), Path(images)
+    if not annotations.is_file():
+        raise FileNotFoundError(f"masks: BURST annotation file not found: {annotations}")
+    if not images.is_dir():
+        raise FileNotFoundError(f"images: not a folder: {images}")
+    try:
+        sequences = json.loads(annotations.read_text())["sequences"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"masks: {annotations} is not a BURST JSON with 'sequences'") from e
+    out = []
+    for seq in sequences:
+        name = f"{seq['dataset']}/{seq['seq_name']}"
+        folder = images / seq["dataset"] / seq["seq_name"]
+        frames = [folder / f for f in seq["all_image_paths"]]
+        index = {Path(f).stem: i for i, f in enumerate(seq["all_image_paths"])}
+        h, w = seq["height"], seq["width"]
+        given: dict[int, np.ndarray] = {}
+        objects: dict[int, list[int]] = {}
+        seen: set[int] = set()
+        for path, segs in zip(seq["annotated_image_paths"], seq["segmentations"], strict=True):
+            new = [int(k) for k in segs if int(k) not in seen]
+            if not new:
+                continue
+            if max(new) > 255:
+                raise ValueError(
+                    f"masks: {name} has track id {max(new)}; ids above 255 are unsupported"
+                )
+            t = index[Path(path).stem]
+            ids = np.zeros((h, w), np.uint8)
+            for k in new:
+                ids[rle_decode(segs[str(k)]["rle"], h, w)] = k
+            given[t], objects[t] = ids, new
+            seen.update(new)
+        if not given:
+            continue  # no object in this sequence
+        start = min(given)
+        outputs = {index[Path(p).stem] - start for p in seq["annotated_image_paths"]}
+        item = VideoItem(
+            name,
+            frames[start:],
+            {t - start: annotations for t in given},
+            output_frames={t for t in outputs if t >= 0},
+            objects_per_mask={t - start: objects[t] for t in given},
+            mask_arrays={t - start: given[t] for t in given},
+        )
+        out.append(item)
+    if not out:
+        raise ValueError(f"masks: no sequence in {annotations} has an object mask")
+    return out
+
+
+def write_burst_predictions(
+    annotations: str | os.PathLike, pred: str | os.PathLike, out: str | os.PathLike
+) -> None:
+    """BURST's result JSON: the ``annotations`` file with each sequence's ``segmentations``
+    replaced by the predicted index PNGs ``pred/<dataset>/<seq_name>/<frame>.png`` of its
+    annotated frames (RLE per track id; a missing PNG is an empty frame). Written atomically."""
+    from cvpr24.common import atomic_write
+
+    doc = json.loads(Path(annotations).read_text())
+    for seq in doc["sequences"]:
+        folder = Path(pred) / seq["dataset"] / seq["seq_name"]
+        segs = []
+        for path in seq["annotated_image_paths"]:
+            png = folder / f"{Path(path).stem}.png"
+            frame = {}
+            if png.is_file():
+                ids = read_index_png(png, "pred")[0]
+                for k in np.unique(ids[ids > 0]):
+                    frame[str(int(k))] = {"rle": rle_encode(ids == k)}
+            segs.append(frame)
+        seq["segmentations"] = segs
+    with atomic_write(Path(out)) as f:
+        json.dump(doc, f)
 
 
 def write_synthetic_davis(

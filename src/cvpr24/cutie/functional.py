@@ -1,17 +1,65 @@
 """Stateless tensor operations of Cutie: memory similarity, top-k softmax, readout, soft
-aggregation, and padding to the stride-16 grid.
+aggregation, padding to the stride-16 grid, and the float32 islands of mixed precision.
 
 Equation labels (Eq. 1), (Eq. 2), (Eq. 14) are defined in ``docs/cutie.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
+HALF = (torch.float16, torch.bfloat16)
 
+
+def no_autocast(x: torch.Tensor) -> torch.autocast:
+    """A context with autocast off on ``x``'s device: what runs inside it stays in the dtype of
+    its inputs (float32 islands under AMP, as the official code keeps them)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def float32_island(fn):
+    """Run ``fn`` with autocast off and its half-precision tensor arguments cast to float32
+    (float64 inputs stay float64)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        args = [a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF else a for a in args]
+        with no_autocast(tensors[0]):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_amp_dtype(name: str) -> None:
+    """Refuse an ``amp_dtype`` other than float16 and bfloat16."""
+    if name not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype: expected one of {sorted(AMP_DTYPES)}, got {name!r}")
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of mixed precision on ``device``. Refuses any device but CUDA (the
+    official AMP path is CUDA's; CPU autocast is neither what the released weights were
+    evaluated with nor tested here) and bfloat16 on GPUs without it."""
+    check_amp_dtype(name)
+    if device.type != "cuda":
+        raise ValueError(
+            f"amp: mixed precision runs on CUDA only, but the model is on {device}; "
+            "use amp=False (--amp needs --device cuda)"
+        )
+    if name == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp_dtype: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    return AMP_DTYPES[name]
+
+
+@float32_island
 def similarity(
     mem_key: torch.Tensor,
     mem_shrinkage: torch.Tensor | None,
@@ -62,6 +110,7 @@ def softmax_memory(sim: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
     return torch.zeros_like(sim).scatter_(1, indices, weights)
 
 
+@float32_island
 def readout(affinity: torch.Tensor, mem_value: torch.Tensor) -> torch.Tensor:
     """Pixel readout ``r_kj = sum_i W_ij v_k,i`` (Eq. 2), one affinity shared by all objects.
 
@@ -71,6 +120,7 @@ def readout(affinity: torch.Tensor, mem_value: torch.Tensor) -> torch.Tensor:
     return (mem_value.reshape(b, k * c, n) @ affinity).view(b, k, c, -1)
 
 
+@float32_island
 def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
     """Soft aggregation of per-object probabilities into logits over {bg, objects} (Eq. 14).
 
@@ -85,6 +135,7 @@ def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.log(p / (1 - p))
 
 
+@float32_island
 def aggregate_logits(
     logits: torch.Tensor, dim: int, selector: torch.Tensor | None = None
 ) -> torch.Tensor:

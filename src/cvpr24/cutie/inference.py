@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from cvpr24.cutie.functional import (
     aggregate,
+    autocast_dtype,
+    check_amp_dtype,
     chunk_slices,
     pad_divide_by,
     readout,
@@ -63,7 +65,8 @@ class InferenceConfig:
     long_term: LongTermConfig = field(default_factory=LongTermConfig)
     flip_aug: bool = False
     chunk_size: int = -1
-    amp: bool = False
+    amp: bool = False  # mixed precision, CUDA only (VideoSegmenter refuses other devices)
+    amp_dtype: str = "float16"  # or "bfloat16"
 
     @classmethod
     def default(cls) -> InferenceConfig:
@@ -99,6 +102,7 @@ class InferenceConfig:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
         if self.use_long_term and self.long_term.min_mem_frames >= self.long_term.max_mem_frames:
             raise ValueError("long_term.min_mem_frames must be < long_term.max_mem_frames")
+        check_amp_dtype(self.amp_dtype)
 
 
 class _KVStore:
@@ -180,9 +184,10 @@ class VideoSegmenter:
         self.model = model.eval()
         self.config = config or InferenceConfig.default()
         self.device = torch.device(device) if device is not None else model.pixel_mean.device
+        c = self.config
+        self.amp_dtype = autocast_dtype(c.amp_dtype, self.device) if c.amp else None
         if self.device != model.pixel_mean.device:
             self.model.to(self.device)
-        c = self.config
         every = c.mem_every
         if c.stagger_updates >= every:
             self.stagger = set(range(1, every + 1))
@@ -353,8 +358,8 @@ class VideoSegmenter:
         need_segment = mask is None or not set(self.object_ids) <= set(objects)
         update_sensory = since in self.stagger and not end
 
-        amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, enabled=amp):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
             ms_feat, pix_feat = self.model.encode_image(image)
             key, shrinkage, selection = self.model.transform_key(ms_feat[0])
             prob = (

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvpr24.cutie.functional import aggregate, aggregate_logits, chunk_slices
+from cvpr24.cutie.functional import aggregate, aggregate_logits, chunk_slices, no_autocast
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -335,6 +335,13 @@ def gru_update(h: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return forget * h * (1 - update) + update * torch.tanh(c)
 
 
+def _float32_gru(transform: nn.Module, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 with the gates ``transform([g; h])``, in float32 also under AMP."""
+    with no_autocast(h):
+        g, h = g.float(), h.float()
+        return gru_update(h, transform(torch.cat([g, h], dim=2)))
+
+
 class SensoryDeepUpdater(nn.Module):
     """Deep update of the sensory memory from the mask value ``v_k`` (Eq. 3 with ``g = v_k``)."""
 
@@ -344,8 +351,7 @@ class SensoryDeepUpdater(nn.Module):
         nn.init.xavier_normal_(self.transform.weight)
 
     def forward(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        g, h = g.float(), h.float()
-        return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        return _float32_gru(self.transform, g, h)
 
 
 class SensoryUpdater(nn.Module):
@@ -368,8 +374,7 @@ class SensoryUpdater(nn.Module):
             + self.g8_conv(_resize_groups(p8, 0.5, "area"))
             + self.g4_conv(_resize_groups(p4, 0.25, "area"))
         )
-        g, h = g.float(), h.float()
-        return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        return _float32_gru(self.transform, g, h)
 
 
 # ----------------------------------------------------------------------------------------
@@ -493,7 +498,8 @@ class MaskDecoder(nn.Module):
         f8, f4 = self.decoder_feat_proc(f8, f4)
         p8 = self.up_16_8(readout, f8)
         p4 = self.up_8_4(p8, f4)
-        logits = self.pred(F.relu(p4.flatten(0, 1).float()))  # (B*K, 1, H/4, W/4)
+        with no_autocast(p4):
+            logits = self.pred(F.relu(p4.flatten(0, 1).float()))  # (B*K, 1, H/4, W/4)
         logits = logits.view(b, k, 1, *logits.shape[-2:])
         if update_sensory:
             sensory = self.sensory_update(
@@ -564,9 +570,10 @@ class ObjectSummarizer(nn.Module):
             [m.expand(-1, -1, -1, -1, half), (1 - m).expand(-1, -1, -1, -1, half)], -1
         )
         u = self.input_proj(value.permute(0, 1, 3, 4, 2)) + self.pos_enc(h, w, value.dtype)
-        u = u.float()
-        phi, psi = self.feature_pred(u), self.weights_pred(u)
-        return pool_summaries(allowed, phi, psi)
+        with no_autocast(u):
+            u = u.float()
+            phi, psi = self.feature_pred(u), self.weights_pred(u)
+            return pool_summaries(allowed.float(), phi, psi)
 
 
 def pool_summaries(allowed: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:

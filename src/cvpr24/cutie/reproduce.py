@@ -267,48 +267,98 @@ def run(
     seeds: int | None = None,
     tiny: bool = False,
     checkpoints: str | Path | None = None,
+    variants: tuple[str, ...] | None = None,
+    iterations: int | None = None,
 ) -> Result:
-    """Run the reproduction and return its :class:`Result`."""
+    """Run the reproduction and return its :class:`Result`.
+
+    Quick mode evaluates the checkpoints in ``checkpoints`` (default: the committed ones).
+    Full mode trains every (arm, seed) into ``checkpoints`` (default: ``out_dir/checkpoints``),
+    skipping those whose final checkpoint exists and resuming interrupted ones from their work
+    folder, then evaluates. ``variants`` and ``iterations`` narrow or lengthen a full run (default:
+    all four arms, 1500 iterations); the claims need ``pixel`` and ``object``."""
+    variants = tuple(variants) if variants is not None else None
+    if variants is not None and not {"pixel", "object"} <= set(variants) <= set(VARIANTS):
+        raise ValueError(
+            f"variants: need pixel and object among {sorted(VARIANTS)}, got {variants}"
+        )
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"iterations: must be >= 1, got {iterations}")
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convs: one thread is fastest on a shared machine
     try:
-        return _run(Path(out_dir), quick, seeds, tiny, checkpoints, t0)
+        scale = TINY if tiny else (QUICK if quick else FULL)
+        scale = dataclasses.replace(
+            scale,
+            variants=variants or scale.variants,
+            iterations=iterations or scale.iterations,
+            seeds=seeds or scale.seeds,
+        )
+        return _run(Path(out_dir), quick and not tiny, scale, checkpoints, t0)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, quick, seeds, tiny, checkpoints, t0) -> Result:
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = Path(checkpoints) if checkpoints is not None else CHECKPOINT_DIR
-    scale = TINY if tiny else (QUICK if quick else FULL)
-    n_seeds = seeds or scale.seeds
-    have = all(
-        checkpoint_path(ckpt_dir, v, s).exists() for v in scale.variants for s in range(n_seeds)
-    )
-    if quick and not tiny and not have:
-        # fall back to the seeds that exist, or train preliminary models
-        n_avail = 0
-        while all(checkpoint_path(ckpt_dir, v, n_avail).exists() for v in scale.variants):
-            n_avail += 1
-        if n_avail >= 1:
-            n_seeds, have = n_avail, True
-    preliminary = not have and quick
-    if not have:
-        train_scale = TINY if tiny else (PRELIMINARY if quick else scale)
-        n_seeds = seeds or train_scale.seeds
-        ckpt_dir = out / "checkpoints"
-        for s in range(n_seeds):
-            for v in scale.variants:
-                train_variant(
-                    v,
-                    s,
-                    train_scale.iterations,
-                    ckpt_dir / f"work_{v}_{s}",
-                    checkpoint_path(ckpt_dir, v, s),
+def _log_every_100(step: int, losses: dict) -> None:
+    if step % 100 == 0:
+        print(f"  step {step}: loss {losses['total']:.3f}", flush=True)
+
+
+def _train_missing(ckpt_dir: Path, scale: Scale) -> None:
+    """Train each (arm, seed) of ``scale`` whose final checkpoint is not in ``ckpt_dir``;
+    interrupted runs resume from ``ckpt_dir/work_<arm>_<seed>``."""
+    from cvpr24.common.progress import report_step
+
+    todo = []
+    for s in range(scale.seeds):
+        for v in scale.variants:
+            path = checkpoint_path(ckpt_dir, v, s)
+            if not path.exists():
+                todo.append((s, v))
+                continue
+            done = json.loads(path.with_suffix(".json").read_text())["train_config"]["iterations"]
+            if done != scale.iterations:
+                raise ValueError(
+                    f"checkpoints: {path} was trained for {done} iterations, this run needs "
+                    f"{scale.iterations}; choose another output folder"
                 )
+    for i, (s, v) in enumerate(todo):
+        report_step(f"train {v} seed {s} ({scale.iterations} iterations)", i, len(todo))
+        train_variant(
+            v,
+            s,
+            scale.iterations,
+            ckpt_dir / f"work_{v}_{s}",
+            checkpoint_path(ckpt_dir, v, s),
+            log=_log_every_100,
+        )
+
+
+def _run(out: Path, quick: bool, scale: Scale, checkpoints, t0) -> Result:
+    out.mkdir(parents=True, exist_ok=True)
+    n_seeds, preliminary = scale.seeds, False
+    if quick:
+        ckpt_dir = Path(checkpoints) if checkpoints is not None else CHECKPOINT_DIR
+        n_avail = 0  # evaluate the seeds that exist, or train preliminary models
+        while n_avail < n_seeds and all(
+            checkpoint_path(ckpt_dir, v, n_avail).exists() for v in scale.variants
+        ):
+            n_avail += 1
+        if n_avail:
+            n_seeds = n_avail
+        else:
+            preliminary, ckpt_dir = True, out / "checkpoints"
+            n_seeds = PRELIMINARY.seeds
+            _train_missing(
+                ckpt_dir,
+                dataclasses.replace(scale, seeds=n_seeds, iterations=PRELIMINARY.iterations),
+            )
+    else:
+        ckpt_dir = Path(checkpoints) if checkpoints is not None else out / "checkpoints"
+        _train_missing(ckpt_dir, scale)
     smoke = None
-    if quick and not tiny:  # a short training step shows the code path runs (not used for claims)
+    if quick:  # a short training step shows the code path runs (not used for claims)
         _, losses = train_variant("object", 0, SMOKE_ITERATIONS, None, None)
         smoke = {"iterations": SMOKE_ITERATIONS, "first_loss": losses[0], "last_loss": losses[-1]}
     scores: dict = {v: {"easy": [], "hard": []} for v in scale.variants}

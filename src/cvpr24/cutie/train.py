@@ -21,6 +21,9 @@ import torch
 from cvpr24.cutie.functional import (
     aggregate,
     aggregate_logits,
+    autocast_dtype,
+    check_amp_dtype,
+    no_autocast,
     readout,
     similarity,
     softmax_memory,
@@ -50,7 +53,8 @@ class TrainConfig:
     deep_update_prob: float = 0.2
     seed: int = 14159265
     checkpoint_every: int = 1000
-    amp: bool = False
+    amp: bool = False  # mixed precision, CUDA only (train() refuses other devices)
+    amp_dtype: str = "float16"  # or "bfloat16" (no loss scaling then)
     exact_aggregation: bool = False  # Eq. 14 in log space without the clamp (CPU preset)
 
     @classmethod
@@ -94,6 +98,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be steps, cosine or constant, got {self.schedule!r}")
         if self.num_frames < 2 or self.iterations < 1 or self.batch_size < 1:
             raise ValueError("num_frames must be >= 2, iterations and batch_size >= 1")
+        check_amp_dtype(self.amp_dtype)
 
 
 def forward_clip(
@@ -123,7 +128,8 @@ def forward_clip(
     k = first_masks.shape[1]
     sel = selector.view(b, k, 1, 1).float()
     ms_feat, pix_feat = model.encode_image(frames.flatten(0, 1))
-    key, shrinkage, selection = model.transform_key(ms_feat[0])
+    with no_autocast(frames):  # keys in float32 under AMP, as the official training does
+        key, shrinkage, selection = model.transform_key(ms_feat[0].float())
     unflat = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
     ms_feat = [unflat(f) for f in ms_feat]
     pix_feat, key, shrinkage, selection = map(unflat, (pix_feat, key, shrinkage, selection))
@@ -264,6 +270,8 @@ def train(
     own ``batches``). ``stop_at`` ends the call after that step, as an interruption would."""
     from cvpr24.common import load_training_state, save_training_state
 
+    device = next(model.parameters()).device
+    amp_dtype = autocast_dtype(cfg.amp_dtype, device) if cfg.amp else None
     opt, sched = make_optimizer(model, cfg)
     state_path = Path(out_dir) / "state.pt" if out_dir is not None else None
     start = 0
@@ -274,16 +282,15 @@ def train(
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     rank0 = not ddp or torch.distributed.get_rank() == 0
-    device = next(model.parameters()).device
-    amp = cfg.amp and device.type == "cuda"  # AMP on CUDA only, with loss scaling
-    scaler = torch.amp.GradScaler("cuda", init_scale=8192, enabled=amp)
+    # float16 needs loss scaling; bfloat16 has float32's exponent range
+    scaler = torch.amp.GradScaler("cuda", init_scale=8192, enabled=amp_dtype == torch.float16)
     losses = []
     for step in range(start, min(cfg.iterations, stop_at or cfg.iterations)):
         rng = np.random.default_rng([cfg.seed, step])
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
         tensors = to_training_tensors(*batches(step), cfg.max_objects)
         f, first, sel, gt = (x.to(device) for x in tensors[:4])
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = net(f, first, sel, rng)
         loss = cutie_loss(out, gt, tensors[4], cfg.num_points, cfg.aux_weight, gen)
         opt.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ checkpoint (mask-encoder ``conv1`` with 4 input channels, ``sensory_compress`` w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -93,10 +94,14 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], variant: str = "auto")
 
 
 def pad_single_object(
-    state_dict: dict[str, torch.Tensor], cfg: CutieConfig
+    state_dict: dict[str, torch.Tensor],
+    cfg: CutieConfig,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pad single-object weights (4-channel ``mask_encoder.conv1``, ``C_h + 1``-channel
-    ``sensory_compress``) with zero columns for the multi-object model."""
+    ``sensory_compress``) by one input channel for the multi-object model: zeros (inference:
+    the outputs are those of the single-object model), or orthogonally initialised columns
+    drawn from ``generator`` (training, as the official second stage starts)."""
     out = dict(state_dict)
     targets = {
         "mask_encoder.conv1.weight": 5,
@@ -106,8 +111,22 @@ def pad_single_object(
         w = out.get(key)
         if w is not None and w.shape[1] == want - 1:
             pad = torch.zeros(w.shape[0], 1, *w.shape[2:], dtype=w.dtype)
+            if generator is not None:
+                torch.nn.init.orthogonal_(pad, generator=generator)
             out[key] = torch.cat([w, pad], dim=1)
     return out
+
+
+def to_multi_object(model: CutieModel, generator: torch.Generator | None = None) -> CutieModel:
+    """The multi-object model holding a single-object model's weights (see
+    :func:`pad_single_object`); a multi-object model is returned as it is."""
+    if not model.cfg.single_object:
+        return model
+    cfg = dataclasses.replace(model.cfg, single_object=False)
+    multi = CutieModel(cfg).to(next(model.parameters()).device)
+    sd = {k: v.cpu() for k, v in model.state_dict().items()}
+    load_state_dict_strict(multi, pad_single_object(sd, cfg, generator))
+    return multi
 
 
 def load_state_dict_strict(model: CutieModel, state_dict: Mapping[str, torch.Tensor]) -> None:
