@@ -1,7 +1,7 @@
 """G-FARS benchmarks (docs/gfars.md, Benchmarks): dense EdgeConv factorised vs naive, group() time per
 sampler vs Comp-Net's one-shot inference, sets per second vs batch size, PointNet vs points.
 
-    python benchmarks/gfars.py [--repeats 3] [--out benchmarks/results/gfars.json]
+    python benchmarks/gfars.py [--repeats 3] [--only group batch] [--out benchmarks/results/gfars.json]
 
 Arms of each comparison are run interleaved (arm A, arm B, arm A, ...) and the fastest of
 ``--repeats`` is kept. Memory is the bytes autograd saves for backward (the activations a
@@ -136,19 +136,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--with-500", action="store_true", help="also time PC-500 and EM-500")
+    sections = {"edgeconv": ("(a) EdgeConv layer, forward + backward, B = 4, F = 64",
+                             lambda: bench_edgeconv(args.repeats)),
+                "group": ("(b) grouping time per set",
+                          lambda: bench_group(args.repeats, with_500=args.with_500)),
+                "batch": ("(c) batching", lambda: bench_batch(args.repeats)),
+                "pointnet": ("(d) PointNet", lambda: bench_pointnet(args.repeats))}
+    ap.add_argument("--only", nargs="+", choices=tuple(sections), default=tuple(sections),
+                    help="run these sections only (default: all)")
     ap.add_argument("--out", default="benchmarks/results/gfars.json")
     args = ap.parse_args()
     info = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "load_avg": os.getloadavg()}
     print(f"CPU {info['cpu']}, torch threads {info['threads']}, load {info['load_avg']}")
-    print("(a) EdgeConv layer, forward + backward, B = 4, F = 64")
-    res = {"info": info, "edgeconv": bench_edgeconv(args.repeats)}
-    print("(b) grouping time per set")
-    res["group"] = bench_group(args.repeats, with_500=args.with_500)
-    print("(c) batching")
-    res["batch"] = bench_batch(args.repeats)
-    print("(d) PointNet")
-    res["pointnet"] = bench_pointnet(args.repeats)
+    res = {"info": info}
+    for name in sections:
+        if name in args.only:
+            title, bench = sections[name]
+            print(title)
+            res[name] = bench()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:

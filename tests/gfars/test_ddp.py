@@ -13,8 +13,8 @@ from cvpr24.gfars.model import GFARS, GFARSConfig
 def test_two_gloo_ranks_stay_in_sync(tmp_path):
     worker = Path(__file__).with_name("_gfars_ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(30500 + os.getpid() % 1000), str(worker), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port
+           "--nproc_per_node", "2", str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)

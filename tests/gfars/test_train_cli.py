@@ -43,6 +43,10 @@ def test_part_grouper_fit_predict():
     g.fit([s.parts for s in sets], [s.groups for s in sets])
     labels = g.fit_predict(sets[0].parts)
     assert labels.shape == (len(sets[0]),) and labels is g.labels_
+    again = PartGrouper(TINY, steps=2, sampling_steps=2)  # same random_state, same weights
+    again.fit([s.parts for s in sets], [s.groups for s in sets])
+    for k, v in g.model_.state_dict().items():
+        torch.testing.assert_close(again.model_.state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"y\[0\]"):
         PartGrouper(TINY, steps=1).fit([sets[0].parts], [sets[0].groups[:-1]])
     with pytest.raises(AttributeError, match="not fitted"):
@@ -90,7 +94,7 @@ def test_reproduce_tiny_smoke_and_resume(tmp_path, monkeypatch):
     result = reproduce.run(tmp_path, size="tiny")
     names = {c.name[0] for c in result.claims}
     assert names == {c[0] for c in reproduce.CLAIMS}
-    assert len(result.claims) == 2 * len(reproduce.CLAIMS)
+    assert len(result.claims) == len(reproduce.VARIANTS) * len(reproduce.CLAIMS)
     assert all((tmp_path / f).is_file() for f in result.figures)
     ck = tmp_path / "checkpoints"
     weights = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in ck.glob("*.safetensors")}
@@ -107,3 +111,36 @@ def test_reproduce_tiny_smoke_and_resume(tmp_path, monkeypatch):
         path = ck / name
         assert path.read_bytes() == data
         assert name == "gfars_seed0.safetensors" or path.stat().st_mtime_ns == mtime
+
+
+def test_full_long_run_continues_its_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+    # --full's long faithful run continues the 600-step checkpoint of the faithful model.
+    # Killed after a state save, a rerun resumes it to the same weights as one unbroken run.
+    from cvpr24.common.checkpoint import load_checkpoint
+    from cvpr24.gfars import reproduce
+
+    long, short = "gfars_long", reproduce.CONTINUES["gfars_long"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    for d in (ref, cut):
+        reproduce.trained_method(short, 0, d, 3, reproduce.TINY)
+    want = reproduce.trained_method(long, 0, ref, 6, reproduce.TINY).state_dict()
+    real_train = reproduce.train
+
+    def killed(model, steps, **kwargs):
+        assert kwargs["first_step"] == 3  # the warm start's recorded step count
+        real_train(model, 5, **kwargs)  # writes its state at its last step, then dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.trained_method(long, 0, cut, 6, reproduce.TINY)
+    assert not (cut / f"{long}_seed0.safetensors").exists()
+    monkeypatch.setattr(reproduce, "train", real_train)
+    got = reproduce.trained_method(long, 0, cut, 6, reproduce.TINY).state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    start = reproduce.load_method(short, 0, cut, reproduce.TINY).state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in want.items())  # it did train on
+    meta = load_checkpoint(cut / f"{long}_seed0.safetensors").meta
+    assert meta["metrics"]["steps"] == 6 and meta["method"] == short

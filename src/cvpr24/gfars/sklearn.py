@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from cvpr24.gfars.data import MixedPartSet
@@ -58,7 +59,12 @@ class PartGrouper(ClusterMixin, BaseEstimator):
                 groups[labels == v] = j
             sets.append(MixedPartSet(parts, groups))
         cfg = self.config or GFARSConfig.cpu()
-        self.model_ = self.model or GFARS(cfg)
+        if self.model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.random_state)
+                self.model_ = GFARS(cfg)
+        else:
+            self.model_ = self.model
         self.loss_curve_ = train(self.model_, self.steps, seed=self.random_state, data=sets,
                                  log_every=max(1, min(50, self.steps)))
         return self

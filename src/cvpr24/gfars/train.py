@@ -42,7 +42,13 @@ def method_config(method: str, base: GFARSConfig) -> GFARSConfig:
     return base
 
 
-def build_method(method: str, base: GFARSConfig) -> nn.Module:
+def build_method(method: str, base: GFARSConfig, seed: int | None = None) -> nn.Module:
+    """A freshly initialised model of ``method``; with ``seed``, its initial weights are
+    drawn from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards)."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_method(method, base)
     cfg = method_config(method, base)
     if method == "wo_gf":
         return NoGFModel(cfg)
