@@ -52,3 +52,23 @@ def test_two_gloo_ranks_under_torchrun_stay_in_sync(tmp_path):
     init = tiny_models(tiny_cfg(), seed=0)[0].state_dict()  # rank 0's initial weights
     assert not torch.equal(a["embed_text.weight"], init["embed_text.weight"])
     assert load_training_state(tmp_path / "state.pt", model=tiny_models(tiny_cfg())[0], restore_rng=False)["step"] == 3
+
+
+def test_motion_normalizer_standardises_valid_frames_and_round_trips():
+    from cvpr24.text2hoi.train import MotionNormalizer
+
+    cfg = tiny_cfg()
+    b = tiny_batch(cfg, n=8)
+    b.mask_l[:3] = 0  # an absent left hand: its (arbitrary) frames must not enter the statistics
+    b.x_l[:3] = 1e3
+    norm = MotionNormalizer.fit(b)
+    xl, xr, xo = norm.normalize(b.x_l, b.x_r, b.x_o)
+    valid = xl[b.mask_l > 0]
+    torch.testing.assert_close(valid.mean(0), torch.zeros(99), atol=1e-5, rtol=0)
+    wide = b.x_l[b.mask_l > 0].std(0) > 1e-2  # dimensions above the std floor get unit spread
+    torch.testing.assert_close(valid.std(0)[wide], torch.ones(int(wide.sum())), atol=1e-5, rtol=0)
+    assert xo.abs().mean() > 0.3 and b.x_o[..., :3].abs().mean() < 0.1  # cm-scale translations reach unit scale
+    for back, x in zip(norm.denormalize(xl, xr, xo), (b.x_l, b.x_r, b.x_o), strict=True):
+        torch.testing.assert_close(back, x, atol=1e-3, rtol=1e-5)
+    identity = MotionNormalizer(cfg.obj_dim)  # the default: raw units, as the official weights
+    assert all(torch.equal(a, x) for a, x in zip(identity.normalize(b.x_l, b.x_r, b.x_o), (b.x_l, b.x_r, b.x_o), strict=True))

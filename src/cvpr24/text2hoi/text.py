@@ -63,16 +63,22 @@ def minilm_path() -> Path:
 
 
 class MiniLMTextEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384, mean-pooled, L2-normalised), offline."""
+    """all-MiniLM-L6-v2 sentence embeddings (384, mean-pooled), offline.
+
+    Like CLIP's features for the networks, they are **not** L2-normalised by default (norm 4.7-6.9
+    on ToyHOI prompts, whose per-dimension spread is then about 7 times that of the unit
+    vectors); ``normalize=True`` gives the sentence-transformers unit vectors, for retrieval.
+    """
 
     dim = 384
-    name = "minilm"
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, normalize: bool = False) -> None:
         tr = optional_import("transformers", "text2hoi")
         path = Path(path) if path is not None else minilm_path()
         self.tokenizer = tr.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = tr.AutoModel.from_pretrained(str(path), local_files_only=True).float().eval()
+        self.normalize = normalize
+        self.name = "minilm_unit" if normalize else "minilm"
 
     @torch.no_grad()
     def __call__(self, texts: list[str] | str) -> torch.Tensor:
@@ -80,7 +86,8 @@ class MiniLMTextEncoder:
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         h = self.model(**tok).last_hidden_state
         m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+        pooled = (h * m).sum(1) / m.sum(1)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
 class HashedTextEncoder:

@@ -113,6 +113,39 @@ class HandModels(torch.nn.Module):
         )
 
 
+class MotionNormalizer(nn.Module):
+    """Per-dimension standardisation of the diffused features (N1) [X], MDM's convention.
+
+    The official code diffuses raw units (metres, 6D entries); the identity normaliser (the
+    default) reproduces that and is what official weights need. :meth:`fit` takes the mean and
+    standard deviation of each stream's dimensions over the valid training frames, so that the
+    translations (a few cm of spread) weigh in L_simple (T11) as much as the rotations do.
+    """
+
+    def __init__(self, obj_dim: int = 9) -> None:
+        super().__init__()
+        for k, d in (("l", HAND_DIM), ("r", HAND_DIM), ("o", obj_dim)):
+            self.register_buffer(f"mean_{k}", torch.zeros(d))
+            self.register_buffer(f"std_{k}", torch.ones(d))
+
+    @classmethod
+    def fit(cls, data: HOIBatch, min_std: float = 1e-2) -> MotionNormalizer:
+        """Statistics over valid frames; ``min_std`` floors near-constant dimensions."""
+        out = cls(data.x_o.shape[-1])
+        for k in "lro":
+            valid = getattr(data, f"x_{k}")[getattr(data, f"mask_{k}") > 0]  # (n, D)
+            if len(valid) > 1:
+                getattr(out, f"mean_{k}").copy_(valid.mean(0))
+                getattr(out, f"std_{k}").copy_(valid.std(0).clamp_min(min_std))
+        return out
+
+    def normalize(self, x_l: torch.Tensor, x_r: torch.Tensor, x_o: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple((x - getattr(self, f"mean_{k}")) / getattr(self, f"std_{k}") for x, k in zip((x_l, x_r, x_o), "lro", strict=True))
+
+    def denormalize(self, x_l: torch.Tensor, x_r: torch.Tensor, x_o: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(x * getattr(self, f"std_{k}") + getattr(self, f"mean_{k}") for x, k in zip((x_l, x_r, x_o), "lro", strict=True))
+
+
 def object_features(pointnet: PointNetfeat, points: torch.Tensor) -> dict[str, torch.Tensor]:
     """(T4) normalisation and frozen PointNet features of canonical points (B, N, 3)."""
     p_norm, centroid, scale = pc_normalize(points)
@@ -245,13 +278,17 @@ def train_length(cvae: LengthCVAE, data: HOIBatch, steps: int, batch_size: int =
 
 
 def motion_losses(
-    model: TextHOM, hands: HandModels, b: HOIBatch, x0_hat: tuple, geometric: bool, rot_convention: str = "Rp"
+    hands: HandModels, b: HOIBatch, x0_hat: tuple, geometric: bool, normalizer: MotionNormalizer | None = None,
+    rot_convention: str = "Rp",
 ) -> dict[str, torch.Tensor]:
-    """(T11-T14) L_simple for each of l, r, o, plus L_dm and L_ro through forward kinematics."""
+    """(T11-T14) L_simple for each of l, r, o (in the normalised space (N1) when a normalizer is
+    given), plus L_dm and L_ro through forward kinematics. ``x0_hat`` is in raw units."""
     xl, xr, xo = x0_hat
-    out = {
-        "simple": masked_mse(xl, b.x_l, b.mask_l) + masked_mse(xr, b.x_r, b.mask_r) + masked_mse(xo, b.x_o, b.mask_o)
-    }
+    pred, target = x0_hat, (b.x_l, b.x_r, b.x_o)
+    if normalizer is not None:
+        pred, target = normalizer.normalize(*pred), normalizer.normalize(*target)
+    masks = (b.mask_l, b.mask_r, b.mask_o)
+    out = {"simple": sum(masked_mse(p, x, m) for p, x, m in zip(pred, target, masks, strict=True))}
     if not geometric:
         return out
     pts_hat = transform_points(b.points, xo, rot_convention)
@@ -278,20 +315,26 @@ def contact_labels_batched(pts: torch.Tensor, joints: torch.Tensor, mask: torch.
 def train_motion(
     model: TextHOM, diffusion: GaussianDiffusion, pointnet: PointNetfeat, hands: HandModels, data: HOIBatch,
     steps: int, geometric: bool, batch_size: int = 32, lr: float = 1e-4, seed: int = 0,
-    lambda_dm: float = 1.0, lambda_ro: float = 1.0, log: Callable[[int, dict], None] | None = None, **fit_kw,
+    lambda_dm: float = 1.0, lambda_ro: float = 1.0, normalizer: MotionNormalizer | None = None,
+    log: Callable[[int, dict], None] | None = None, **fit_kw,
 ) -> None:
-    """TextHOM with x̂_0 prediction (T14); GT contact maps condition it during training (faithful)."""
+    """TextHOM with x̂_0 prediction (T14); GT contact maps condition it during training (faithful).
+
+    With ``normalizer`` the model diffuses and predicts standardised features (N1) [X]; the
+    geometric losses see them back in metres."""
     check_batch(data, model.cfg)
     with torch.no_grad():
         feats = object_features(pointnet, data.points)
     o_feat = obj_cond(feats, data.contact if model.cfg.use_contact_feat else None)
+    norm = normalizer or MotionNormalizer(model.cfg.obj_dim)
 
     def loss_fn(idx, g):
         b = data.index(idx)
         t = torch.randint(0, diffusion.num_steps, (len(b),), generator=g)
-        noisy = [diffusion.q_sample(x, t, torch.randn(x.shape, generator=g)) for x in (b.x_l, b.x_r, b.x_o)]
-        x0_hat = model(*noisy, t, b.text, o_feat[idx], b.mask_l, b.mask_r, b.mask_o)
-        parts = motion_losses(model, hands, b, x0_hat, geometric)
+        x0 = norm.normalize(b.x_l, b.x_r, b.x_o)
+        noisy = [diffusion.q_sample(x, t, torch.randn(x.shape, generator=g)) for x in x0]
+        x0_hat = norm.denormalize(*model(*noisy, t, b.text, o_feat[idx], b.mask_l, b.mask_r, b.mask_o))
+        parts = motion_losses(hands, b, x0_hat, geometric, normalizer)
         loss = parts["simple"] + (lambda_dm * parts["dm"] + lambda_ro * parts["ro"] if geometric else 0)
         return loss, parts
 
@@ -339,20 +382,24 @@ def refiner_losses(
 def train_refiner(
     refiner: HandRefiner, model: TextHOM, diffusion: GaussianDiffusion, pointnet: PointNetfeat, hands: HandModels,
     data: HOIBatch, steps: int, batch_size: int = 32, lr: float = 1e-4, seed: int = 0,
-    penet_frames: int | None = None, log: Callable[[int, dict], None] | None = None, **fit_kw,
+    penet_frames: int | None = None, normalizer: MotionNormalizer | None = None,
+    log: Callable[[int, dict], None] | None = None, **fit_kw,
 ) -> None:
-    """Refiner on one-step x̂_0 of the frozen TextHOM at uniform t (faithful), GT contact maps (T20)."""
+    """Refiner on one-step x̂_0 of the frozen TextHOM at uniform t (faithful), GT contact maps (T20);
+    ``normalizer`` is the one TextHOM was trained with."""
     with torch.no_grad():
         feats = object_features(pointnet, data.points)
     o_feat = obj_cond(feats, data.contact if model.cfg.use_contact_feat else None)
+    norm = normalizer or MotionNormalizer(model.cfg.obj_dim)
     model.eval()
 
     def loss_fn(idx, g):
         b = data.index(idx)
         with torch.no_grad():
             t = torch.randint(0, diffusion.num_steps, (len(b),), generator=g)
-            noisy = [diffusion.q_sample(x, t, torch.randn(x.shape, generator=g)) for x in (b.x_l, b.x_r, b.x_o)]
-            xl, xr, xo = model(*noisy, t, b.text, o_feat[idx], b.mask_l, b.mask_r, b.mask_o)
+            x0 = norm.normalize(b.x_l, b.x_r, b.x_o)
+            noisy = [diffusion.q_sample(x, t, torch.randn(x.shape, generator=g)) for x in x0]
+            xl, xr, xo = norm.denormalize(*model(*noisy, t, b.text, o_feat[idx], b.mask_l, b.mask_r, b.mask_o))
         refined, (jl, jr, pts) = refine(refiner, hands, xl, xr, xo, b.points, b.contact, b.mask_l, b.mask_r)
         frames = None if penet_frames is None else torch.randperm(b.x_l.shape[1], generator=g)[:penet_frames]
         parts = refiner_losses(hands, b, refined, (jl, jr), pts, frames)
@@ -372,6 +419,7 @@ class Text2HOI:
     texthom: TextHOM
     refiner: HandRefiner | None
     hands: HandModels
+    normalizer: MotionNormalizer | None = None  # None: raw units, as the official weights
 
     @classmethod
     def build(cls, cfg: Text2HOIConfig, hands: HandModels, seed: int, with_refiner: bool = True) -> Text2HOI:
@@ -379,18 +427,20 @@ class Text2HOI:
             torch.manual_seed(seed)
             pn = PointNetfeat(3, cfg.pointnet_widths, cfg.stn_fc, global_feat=False)
             nets = (ContactCVAE(cfg), LengthCVAE(cfg), TextHOM(cfg), HandRefiner(cfg) if with_refiner else None)
-        return cls(cfg, pn, *nets, hands)
+        return cls(cfg, pn, *nets, hands, MotionNormalizer(cfg.obj_dim))
+
+    NETWORKS = ("pointnet", "contact_vae", "length_vae", "texthom", "refiner", "normalizer")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {}
-        for name in ("pointnet", "contact_vae", "length_vae", "texthom", "refiner"):
+        for name in self.NETWORKS:
             m = getattr(self, name)
             if m is not None:
                 out.update({f"{name}.{k}": v for k, v in m.state_dict().items() if not k.endswith(".pe")})
         return out
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        for name in ("pointnet", "contact_vae", "length_vae", "texthom", "refiner"):
+        for name in self.NETWORKS:
             m = getattr(self, name)
             if m is None:
                 continue
@@ -408,7 +458,8 @@ class Text2HOI:
         """Motions for a batch's texts, objects and hand masks.
 
         1. object features; 2. ĉ from the contact CVAE (T7) unless ``contact`` is given (oracle);
-        3. reverse diffusion (T15, or DDIM with fewer steps); 4. the refiner (T17).
+        3. reverse diffusion (T15, or DDIM with fewer steps), in the normaliser's space (N1), back to
+        raw units; 4. the refiner (T17).
         """
         feats = object_features(self.pointnet, b.points)
         if contact is None:
@@ -416,10 +467,11 @@ class Text2HOI:
             contact = self.contact_vae.sample(cond, generator)
         o_feat = obj_cond(feats, contact if self.cfg.use_contact_feat else None)
         shapes = [tuple(b.x_l.shape), tuple(b.x_r.shape), tuple(b.x_o.shape)]
-        xl, xr, xo = GaussianDiffusion(self.cfg.diffusion_steps).sample(
+        xs = GaussianDiffusion(self.cfg.diffusion_steps).sample(
             lambda xs, t: self.texthom(*xs, t, b.text, o_feat, b.mask_l, b.mask_r, b.mask_o),
             shapes, num_inference_steps, generator,
         )
+        xl, xr, xo = self.normalizer.denormalize(*xs) if self.normalizer is not None else xs
         if use_refiner and self.refiner is not None:
             (xl, xr), _ = refine(self.refiner, self.hands, xl, xr, xo, b.points, contact, b.mask_l, b.mask_r)
         return {"x_l": xl, "x_r": xr, "x_o": xo, "contact": contact}
