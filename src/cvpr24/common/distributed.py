@@ -5,8 +5,8 @@ With torch 2.13, importing ``torch._dynamo`` after the default group exists (the
 ``destroy_process_group`` cannot drop. The group's gloo worker threads then live on into
 interpreter shutdown, and a worker that frees a finished collective there (its captured thread
 state holds a Python ``contextvars.Context``) asks for the GIL while Python finalises: the
-thread is unwound through a ``noexcept`` destructor and the process aborts (SIGABRT), a few
-launches in a hundred on a loaded machine. With ``torch._dynamo`` imported before the group is
+thread is unwound through a ``noexcept`` destructor and the process aborts (SIGABRT), about
+one launch in a hundred on a loaded machine. With ``torch._dynamo`` imported before the group is
 made, ``destroy_process_group`` frees the group and joins its workers while Python still runs.
 """
 
