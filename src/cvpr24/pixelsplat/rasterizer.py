@@ -40,6 +40,7 @@ ALPHA_MAX = 0.99  # alpha clamp (E13)
 T_MIN = 1e-4  # early termination threshold on transmittance (E14)
 BLUR = 0.3  # low-pass added to the 2-D covariance (E12)
 GUARD = 0.15  # 3DGS guard band: x/z, y/z clamped to [-0.15, 1.15] of the image (E12)
+_EXP_FLOOR = -80.0  # window exponents are clamped here; exp(-80) is a normal float32 far below 1/255
 _STENCILS = (*range(1, 17), 20, 24, 32, 48, 64, 96, 128, 192, 256)  # window radii (R2)
 
 
@@ -125,47 +126,55 @@ def _alpha(dx: Tensor, dy: Tensor, conic: Tensor, opacity: Tensor) -> tuple[Tens
 
 
 class _WindowAlpha(torch.autograd.Function):
-    """``alpha = o exp(-q/2)`` (E13) on a separable ``[g, Sy, Sx]`` pixel window, with a
+    """``alpha = o exp(-q/2)`` (E13) on separable pixel windows ``[Sy, Sx, g]``, with a
     hand-written backward.
 
-    The window's pixel centres are ``px [g, Sx]`` by ``py [g, Sy]``, so every term of ``q``
-    is an outer sum or product of per-axis vectors and every gradient sum over the window
-    reduces to per-axis sums: the forward needs three window-sized operations before ``exp``,
-    the backward four, where autograd through (E13) keeps a dozen window-sized intermediates.
+    The windows' pixel centres are ``px [Sx, g]`` by ``py [Sy, g]``, so every term of ``q``
+    is an outer sum or product of per-axis vectors and every gradient sum over a window
+    reduces to per-axis sums. The Gaussian axis is innermost: windows are small (often 5 x 5)
+    and the Gaussians many, so every window-sized operation runs over long contiguous rows.
+    Pixels outside the image (``inside_x [Sx, g]``, ``inside_y [Sy, g]`` false) get alpha 0.
     """
 
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, means2d: Tensor, conic: Tensor, opacity: Tensor) -> Tensor:
-        dx = px - means2d[:, 0, None]  # [g, Sx]
-        dy = py - means2d[:, 1, None]  # [g, Sy]
-        a, b, c = conic[:, 0, None], conic[:, 1, None], conic[:, 2, None]
-        power = (-0.5 * c * dy * dy)[:, :, None] + (-0.5 * a * dx * dx)[:, None, :]
-        power = power - (b * dy)[:, :, None] * dx[:, None, :]
-        alpha = power.exp_().mul_(opacity[:, None, None])
+    def forward(ctx, px: Tensor, py: Tensor, inside_x: Tensor, inside_y: Tensor, means2d: Tensor, conic: Tensor,
+                opacity: Tensor) -> Tensor:
+        dx, dy = px - means2d[:, 0], py - means2d[:, 1]  # [Sx, g], [Sy, g]
+        a, b, c = conic.unbind(-1)
+        off = dx.new_tensor(-math.inf)
+        row = torch.where(inside_y, -0.5 * c * dy * dy + opacity.log(), off)  # log o folded into the exponent
+        col = torch.where(inside_x, -0.5 * a * dx * dx, off)
+        power = row[:, None, :] + col[None, :, :]
+        power.addcmul_((-b * dy)[:, None, :], dx[None, :, :])
+        # far below log(1/255): alphas that small are never composited, and exp of very
+        # negative numbers (denormal results) is about 10x slower on CPU
+        alpha = power.clamp_min_(_EXP_FLOOR).exp_()  # [Sy, Sx, g]
         ctx.save_for_backward(dx, dy, conic, opacity, alpha)
         return alpha
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         dx, dy, conic, opacity, alpha = ctx.saved_tensors
-        t = grad * alpha  # [g, Sy, Sx]
-        t_x, t_y = t.sum(1), t.sum(2)  # [g, Sx], [g, Sy]
-        s_dx, s_dy = (t_x * dx).sum(1), (t_y * dy).sum(1)
-        s_dxdy = ((t * dy[:, :, None]).sum(1) * dx).sum(1)
+        t = grad * alpha  # [Sy, Sx, g]
+        t_x, t_y = t.sum(0), t.sum(1)  # [Sx, g], [Sy, g]
+        s_dx, s_dy = (t_x * dx).sum(0), (t_y * dy).sum(0)
+        s_dxdy = ((t * dy[:, None, :]).sum(0) * dx).sum(0)
         a, b, c = conic.unbind(-1)
         grad_means = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1)
-        grad_conic = torch.stack([-0.5 * (t_x * dx * dx).sum(1), -s_dxdy, -0.5 * (t_y * dy * dy).sum(1)], -1)
-        grad_opacity = t_x.sum(1) / opacity
-        return None, None, grad_means, grad_conic, grad_opacity
+        grad_conic = torch.stack([-0.5 * (t_x * dx * dx).sum(0), -s_dxdy, -0.5 * (t_y * dy * dy).sum(0)], -1)
+        grad_opacity = t_x.sum(0) / opacity
+        return None, None, None, None, grad_means, grad_conic, grad_opacity
 
 
 def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int]
-                   ) -> tuple[Tensor, Tensor]:
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """All (view, pixel, Gaussian) pairs with alpha >= 1/255 (R1, R2).
 
-    ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns unclamped alpha ``[N]``
-    and each pair's sort key ``(v * H * W + pixel) << B | rank`` ``[N]`` (R3; ``B`` from
-    :func:`_rank_bits`), built per window by broadcasting, so no per-pair gather is needed.
+    ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns the unclamped alpha of
+    every window pixel ``[M]`` (the windows of all classes, flattened), and per pair ``[N]``
+    its sort key ``(v * H * W + pixel) << B | rank`` (R3; ``B`` from :func:`_rank_bits`) and
+    its position in the window alphas. Keys are built per window by broadcasting, so no
+    per-pair gather is needed but the selection.
     """
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
@@ -196,7 +205,8 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
     means2d = proj.means2d.flatten(0, 1)
     conics = proj.conics.flatten(0, 1)
     opa_flat = opacities.expand(n_views, n_gauss).flatten()
-    alphas, keys = [], []
+    alphas, keys, positions = [], [], []
+    offset = 0
     for k in cls.unique().tolist():
         if k < 0:
             continue
@@ -208,19 +218,28 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         else:
             ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
             cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
-        px, py = cx[:, None] + ox, cy[:, None] + oy  # [g, Sx], [g, Sy] pixel indices
+        px, py = ox[:, None] + cx, oy[:, None] + cy  # [Sx, g], [Sy, g] pixel indices
         dtype = means2d.dtype
-        # the conic is positive definite (E12 adds 0.3 I), so the exponent is never positive
-        alpha = _WindowAlpha.apply(px.to(dtype) + 0.5, py.to(dtype) + 0.5, means2d[idx], conics[idx], opa_flat[idx])
+        alpha = _WindowAlpha.apply(px.to(dtype) + 0.5, py.to(dtype) + 0.5, (px >= 0) & (px < w), (py >= 0) & (py < h),
+                                   means2d[idx], conics[idx], opa_flat[idx])  # [Sy, Sx, g]
         with torch.no_grad():
-            inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-            flat = (inside & (alpha >= ALPHA_MIN)).view(-1).nonzero().squeeze(1)  # one nonzero per class
-            offsets = (oy[:, None] * w + ox[None, :]).flatten() << bits  # [Sy*Sx] key offsets
-            keys.append((start[:, None] + offsets).view(-1).index_select(0, flat))
-        alphas.append(alpha.view(-1).index_select(0, flat))
+            flat = _flat_nonzero(alpha >= ALPHA_MIN)  # one nonzero per class
+            offsets = (oy[:, None] * w + ox[None, :]) << bits  # [Sy, Sx] key offsets
+            keys.append((offsets[:, :, None] + start).view(-1).index_select(0, flat))
+            positions.append(flat + offset)
+        alphas.append(alpha.view(-1))
+        offset += alpha.numel()
     if not alphas:
-        return opacities.new_zeros(0), torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(alphas), torch.cat(keys)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return opacities.new_zeros(0), empty, empty
+    return torch.cat(alphas), torch.cat(keys), torch.cat(positions)
+
+
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    """Flat indices of the true entries; on CPU numpy's ``flatnonzero`` (about 3x faster)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.view(-1).nonzero().squeeze(1)
 
 
 def _rank_bits(num_gaussians: int) -> int:
@@ -228,58 +247,84 @@ def _rank_bits(num_gaussians: int) -> int:
     return max(1, (num_gaussians - 1).bit_length())
 
 
-def _sort_keys(key: Tensor) -> tuple[Tensor, Tensor]:
-    """Ascending unique keys and the permutation that sorts them (R3).
+def _sort_pairs(key: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending unique keys and the positions carried with them (R3).
 
-    On CPU the keys are packed with their positions as ``key << 32 | position`` and sorted by
+    On CPU each key is packed with its position as ``key << 32 | position`` and sorted by
     numpy's vectorised sort, several times faster than ``torch.sort`` at a million pairs; keys
     are unique, so every sort gives the same order.
     """
     n = key.numel()
-    if key.device.type == "cpu" and 0 < n < 2**32 and int(key.max()) < 2**31:
-        packed = (key << 32) | torch.arange(n)
-        packed = torch.from_numpy(np.sort(packed.numpy()))
+    if key.device.type == "cpu" and 0 < n and int(key.max()) < 2**31 and int(position.max()) < 2**32:
+        packed = torch.from_numpy(np.sort(((key << 32) | position).numpy()))
         return packed >> 32, packed & 0xFFFFFFFF
-    return torch.sort(key)
+    key, order = torch.sort(key)
+    return key, position.index_select(0, order)
 
 
-def _composite(alpha: Tensor, key: Tensor, by_rank: Tensor, features: Tensor, num_pixels: int
-               ) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of unsorted pairs (R3, R4; E13, E14).
+def _cumsum0(x: Tensor) -> Tensor:
+    """Cumulative sum with a leading zero: ``[N] -> [N + 1]``."""
+    out = x.new_zeros(x.numel() + 1)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
 
-    ``key [N]`` as built by the pair functions, ``by_rank [V, G]`` the Gaussian at each depth
-    rank of each view, ``features [V*G, C]``. Returns ``sum_i w_i f_i`` per pixel
-    ``[C, num_pixels]`` and the final transmittance ``[num_pixels]``.
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of sorted pairs (R4; E13, E14) with a vectorised backward.
+
+    Inputs: the unclamped window alphas ``[M]``, a feature table ``[C, V * G]`` whose columns
+    are (view, depth rank), and per sorted pair ``[N]`` its position in the alphas, its pixel
+    (ascending) and its table column. Outputs ``sum_i w_i f_i`` per pixel ``[C, P]`` and the
+    final transmittance ``[P]``. Channel-major throughout: per-channel gathers and segment
+    sums are the fast ones on CPU.
+
+    Per pixel, with ``w_i = alpha_i T_i`` over the kept pairs, the gradients are
+    ``dL/df_i = w_i g`` and ``dL/dalpha_k = T_k g.f_k - (sum_{i>k} w_i g.f_i + T_end g_T) / (1 - alpha_k)``
+    (zero where alpha was clamped); the suffix sums come from one float64 cumulative sum.
     """
-    n_views, n_gauss = by_rank.shape
-    bits = _rank_bits(n_gauss)
-    key, order = _sort_keys(key)
-    pixel = key >> bits  # v * H * W + pixel, ascending
-    # v * G for every pixel (a monotone gather, cheaper than an int64 division), then the
-    # Gaussian at the key's depth rank: flat (view, Gaussian) index
-    view = torch.arange(n_views, device=key.device).repeat_interleave(num_pixels // n_views) * n_gauss
-    view = view.index_select(0, pixel)
-    gauss = view + by_rank.flatten().index_select(0, view + (key & ((1 << bits) - 1)))
-    alpha = alpha.index_select(0, order).clamp_max(ALPHA_MAX)
-    log_t = torch.log1p(-alpha.double())  # log(1 - alpha), float64 (R4)
-    total = log_t.cumsum(0)
-    exclusive = total - log_t
-    n = pixel.numel()
-    first = torch.ones(n, dtype=torch.bool, device=pixel.device)
-    first[1:] = pixel[1:] != pixel[:-1]
-    start = torch.cummax(torch.where(first, torch.arange(n, device=pixel.device), 0), 0).values
-    prefix = exclusive - exclusive[start]  # log T_i, exclusive per pixel
-    keep = (prefix + log_t).detach() >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
-    weight = (alpha * prefix.exp().to(alpha.dtype)) * keep
-    # channel-major: index_select / scatter_add along the last dim are the fast CPU gathers
-    contrib = weight * features.T.contiguous().index_select(1, gauss)  # [C, N]
-    out = contrib.new_zeros(features.shape[-1], num_pixels).scatter_add(1, pixel.expand_as(contrib), contrib)
-    log_final = log_t.new_zeros(num_pixels).index_add_(0, pixel, log_t * keep)
-    return out, log_final.exp().to(features.dtype)
+
+    @staticmethod
+    def forward(ctx, alphas: Tensor, table: Tensor, position: Tensor, pixel: Tensor, row: Tensor,
+                num_pixels: int) -> tuple[Tensor, Tensor]:
+        raw = alphas.index_select(0, position)
+        alpha = raw.clamp_max(ALPHA_MAX)
+        log_t = torch.log1p(-alpha).double()  # log(1 - alpha), summed in float64 (R4)
+        bounds = torch.searchsorted(pixel, torch.arange(num_pixels + 1, device=pixel.device))
+        counts = bounds.diff()
+        total = _cumsum0(log_t)  # [N + 1], total[i] = sum of the first i terms
+        prefix = total[:-1] - total.index_select(0, bounds[:-1]).index_select(0, pixel)  # log T_i, per pixel
+        keep = prefix + log_t >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
+        trans = prefix.exp().to(alpha.dtype)
+        weight = alpha * trans * keep
+        feats = table.index_select(1, row)  # [C, N]
+        out = torch.stack([torch.segment_reduce(weight * f, "sum", lengths=counts) for f in feats])  # [C, P]
+        final = torch.segment_reduce(log_t * keep, "sum", lengths=counts).exp().to(alpha.dtype)
+        ctx.save_for_backward(raw, trans, keep, weight, feats, position, pixel, row, bounds, final)
+        ctx.sizes = alphas.numel(), table.shape
+        return out, final
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_final: Tensor):
+        raw, trans, keep, weight, feats, position, pixel, row, bounds, final = ctx.saved_tensors
+        n_alphas, table_shape = ctx.sizes
+        g = torch.stack([go.index_select(0, pixel) for go in grad_out])  # [C, N]
+        g_dot_f = (g * feats).sum(0)
+        grad_table = None
+        if ctx.needs_input_grad[1]:
+            grad_table = grad_out.new_zeros(table_shape).index_add_(1, row, g * weight)
+        grad_alphas = None
+        if ctx.needs_input_grad[0]:
+            total = _cumsum0((weight * g_dot_f).double())
+            behind = total.index_select(0, bounds[1:]) + (final * grad_final).double()  # [P], plus T_end g_T
+            later = (behind.index_select(0, pixel) - total[1:]).to(raw.dtype)  # sum over i > k, plus T_end g_T
+            alpha = raw.clamp_max(ALPHA_MAX)
+            grad = (trans * g_dot_f - later / (1 - alpha)) * (keep & (raw <= ALPHA_MAX))
+            grad_alphas = raw.new_zeros(n_alphas).index_copy_(0, position, grad)
+        return grad_alphas, grad_table, None, None, None, None
 
 
 def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int],
-                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor]:
+                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor, Tensor]:
     """Every (pixel, Gaussian) pair of every view, evaluated densely in Gaussian chunks (reference)."""
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
@@ -298,7 +343,8 @@ def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape:
         v, g, p = mask.nonzero(as_tuple=True)
         alphas.append(alpha[mask])
         keys.append(((v * (h * w) + p) << _rank_bits(n_gauss)) + rank[v, lo + g])
-    return torch.cat(alphas), torch.cat(keys)
+    alpha = torch.cat(alphas)
+    return alpha, torch.cat(keys), torch.arange(alpha.numel(), device=device)
 
 
 def render_gaussians(
@@ -339,11 +385,19 @@ def render_gaussians(
         rank = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(n_gauss, device=means.device).expand(
             n_views, -1).contiguous())
     pairs = _pairs_stencil if backend == "stencil" else _pairs_dense
-    alpha, key = pairs(proj, opacities, rank, image_shape)
-    features = gaussian_colors(harmonics, means, extrinsics).flatten(0, 1)  # [V*G, 3]
+    alphas, key, position = pairs(proj, opacities, rank, image_shape)
+    key, position = _sort_pairs(key, position)
+    bits = _rank_bits(n_gauss)
+    num_pixels = n_views * h * w
+    pixel = key >> bits  # v * H * W + pixel, ascending
+    row = key & ((1 << bits) - 1)  # depth rank in the pixel's view
+    if n_views > 1:  # rows of the table are (view, depth rank)
+        row += (torch.arange(n_views, device=key.device) * n_gauss).repeat_interleave(h * w).index_select(0, pixel)
+    features = gaussian_colors(harmonics, means, extrinsics)  # [V, G, 3]
     if depth:
-        features = torch.cat([features, proj.depths.flatten()[:, None]], dim=1)
-    out, transmittance = _composite(alpha, key, by_rank, features, n_views * h * w)
+        features = torch.cat([features, proj.depths[..., None]], dim=-1)
+    table = features.gather(1, by_rank[..., None].expand_as(features)).flatten(0, 1).T  # [C, V * G] by depth rank
+    out, transmittance = _Composite.apply(alphas, table, position, pixel, row, num_pixels)
     bg = torch.as_tensor(background, dtype=out.dtype, device=out.device)
     color = (out[:3] + transmittance * bg[:, None]).view(3, n_views, h, w).transpose(0, 1).contiguous()
     alpha_img = (1 - transmittance).view(n_views, 1, h, w)
