@@ -2,22 +2,27 @@
 
 ``render_gaussians`` implements (E12)-(E15): EWA projection, per-pixel alpha with the 0.99
 clamp and the 1/255 skip, front-to-back compositing by camera depth with early termination
-once transmittance would fall below 1e-4, and view-dependent SH colour. Gradients come from
-autograd and reach means, covariances, opacities and SH coefficients.
+once transmittance would fall below 1e-4, and view-dependent SH colour. Gradients reach
+means, covariances, opacities and SH coefficients: autograd for the projection and colours,
+hand-written vectorised backwards for the window alphas and the compositing.
 
-Design ("stencil splatting", R1-R4 in the docs):
+Design ("stencil splatting", R1-R5 in the docs):
 
 - (R1) opacity-aware footprint: ``alpha >= 1/255`` exactly when the Mahalanobis distance
   ``q <= 2 ln(255 o)``; the axis-aligned box of that ellipse bounds every pixel a Gaussian
   can touch, so nothing inside the skip contour is dropped (no 3-sigma cut-off);
-- (R2) Gaussians are grouped into a few square stencil sizes and alpha is evaluated on a
-  ``[g, S, S]`` window by broadcasting (one gather per Gaussian, none per pixel pair);
-- (R3) one sort of unique integer keys ``(view, pixel, depth rank)`` orders every
-  (pixel, Gaussian) pair of every view front to back;
+- (R2) Gaussians are grouped into a few square stencil sizes and alpha is evaluated on
+  ``[S, S, g]`` windows by broadcasting per-axis vectors, Gaussians innermost (one gather per
+  Gaussian, none per pixel pair);
+- (R3) one sort of unique integer keys ``(view, pixel, depth rank)``, built per window,
+  orders every (pixel, Gaussian) pair of every view front to back and carries each pair's
+  window position: the pixel-pair lists are contiguous segments of the sorted pairs;
 - (R4) transmittance in log space, ``T = exp(sum log(1 - alpha))``, with the per-pixel
   exclusive prefix sum taken from one global float64 cumulative sum; the early-termination
   rule becomes the mask ``T (1 - alpha) >= 1e-4``, which equals the sequential loop because
-  ``T`` only decreases.
+  ``T`` only decreases;
+- (R5) the backward of (R4) in closed form: per-pixel suffix sums of ``w_i g.f_i`` from one
+  float64 cumulative sum, so every pass runs over all pairs at once.
 
 ``backend="dense"`` evaluates every pixel against every Gaussian with the same rule; it is
 the reference for tests and benchmarks, not for use.
@@ -41,6 +46,7 @@ T_MIN = 1e-4  # early termination threshold on transmittance (E14)
 BLUR = 0.3  # low-pass added to the 2-D covariance (E12)
 GUARD = 0.15  # 3DGS guard band: x/z, y/z clamped to [-0.15, 1.15] of the image (E12)
 _EXP_FLOOR = -80.0  # window exponents are clamped here; exp(-80) is a normal float32 far below 1/255
+_CHUNK_PAIRS = 1 << 16  # pairs per compositing run: a run's arrays stay in the core's cache
 _STENCILS = (*range(1, 17), 20, 24, 32, 48, 64, 96, 128, 192, 256)  # window radii (R2)
 
 
@@ -200,8 +206,9 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         centre_x = torch.where(live, u - 0.5, 0).round().flatten().long()
         centre_y = torch.where(live, v - 0.5, 0).round().flatten().long()
         view = torch.arange(n_views, device=device).repeat_interleave(n_gauss)
-        # key of the window centre: (flat pixel) << B | depth rank
-        base = ((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()
+        # key of the window centre: (flat pixel) << B | depth rank; int32 when it fits (3x faster to build)
+        key_dtype = torch.int32 if (n_views * h * w) << bits < 2**31 else torch.int64
+        base = (((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()).to(key_dtype)
     means2d = proj.means2d.flatten(0, 1)
     conics = proj.conics.flatten(0, 1)
     opa_flat = opacities.expand(n_views, n_gauss).flatten()
@@ -214,7 +221,7 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         if k == len(_STENCILS):  # footprint as large as the image: every pixel
             ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
             cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
-            start = ((view[idx] * (h * w)) << bits) + rank.flatten()[idx]
+            start = (((view[idx] * (h * w)) << bits) + rank.flatten()[idx]).to(key_dtype)
         else:
             ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
             cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
@@ -224,7 +231,7 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
                                    means2d[idx], conics[idx], opa_flat[idx])  # [Sy, Sx, g]
         with torch.no_grad():
             flat = _flat_nonzero(alpha >= ALPHA_MIN)  # one nonzero per class
-            offsets = (oy[:, None] * w + ox[None, :]) << bits  # [Sy, Sx] key offsets
+            offsets = ((oy[:, None] * w + ox[None, :]) << bits).to(key_dtype)  # [Sy, Sx] key offsets
             keys.append((offsets[:, :, None] + start).view(-1).index_select(0, flat))
             positions.append(flat + offset)
         alphas.append(alpha.view(-1))
@@ -256,9 +263,9 @@ def _sort_pairs(key: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
     """
     n = key.numel()
     if key.device.type == "cpu" and 0 < n and int(key.max()) < 2**31 and int(position.max()) < 2**32:
-        packed = torch.from_numpy(np.sort(((key << 32) | position).numpy()))
+        packed = torch.from_numpy(np.sort(((key.long() << 32) | position).numpy()))
         return packed >> 32, packed & 0xFFFFFFFF
-    key, order = torch.sort(key)
+    key, order = torch.sort(key.long())
     return key, position.index_select(0, order)
 
 
@@ -270,13 +277,17 @@ def _cumsum0(x: Tensor) -> Tensor:
 
 
 class _Composite(torch.autograd.Function):
-    """Front-to-back compositing of sorted pairs (R4; E13, E14) with a vectorised backward.
+    """Front-to-back compositing of sorted pairs (R4; E13, E14) with a vectorised backward (R5).
 
     Inputs: the unclamped window alphas ``[M]``, a feature table ``[C, V * G]`` whose columns
     are (view, depth rank), and per sorted pair ``[N]`` its position in the alphas, its pixel
     (ascending) and its table column. Outputs ``sum_i w_i f_i`` per pixel ``[C, P]`` and the
-    final transmittance ``[P]``. Channel-major throughout: per-channel gathers and segment
-    sums are the fast ones on CPU.
+    final transmittance ``[P]``.
+
+    Pixels are independent, so the work runs over runs of whole pixels of about
+    ``_CHUNK_PAIRS`` pairs: each pass then reads data that is still in the core's cache
+    (about 1.7x faster than whole-array passes at a million pairs). Channel-major throughout:
+    per-channel gathers and segment sums are the fast ones on CPU.
 
     Per pixel, with ``w_i = alpha_i T_i`` over the kept pairs, the gradients are
     ``dL/df_i = w_i g`` and ``dL/dalpha_k = T_k g.f_k - (sum_{i>k} w_i g.f_i + T_end g_T) / (1 - alpha_k)``
@@ -286,41 +297,62 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alphas: Tensor, table: Tensor, position: Tensor, pixel: Tensor, row: Tensor,
                 num_pixels: int) -> tuple[Tensor, Tensor]:
-        raw = alphas.index_select(0, position)
-        alpha = raw.clamp_max(ALPHA_MAX)
-        log_t = torch.log1p(-alpha).double()  # log(1 - alpha), summed in float64 (R4)
-        bounds = torch.searchsorted(pixel, torch.arange(num_pixels + 1, device=pixel.device))
-        counts = bounds.diff()
-        total = _cumsum0(log_t)  # [N + 1], total[i] = sum of the first i terms
-        prefix = total[:-1] - total.index_select(0, bounds[:-1]).index_select(0, pixel)  # log T_i, per pixel
-        keep = prefix + log_t >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
-        trans = prefix.exp().to(alpha.dtype)
-        weight = alpha * trans * keep
-        feats = table.index_select(1, row)  # [C, N]
-        out = torch.stack([torch.segment_reduce(weight * f, "sum", lengths=counts) for f in feats])  # [C, P]
-        final = torch.segment_reduce(log_t * keep, "sum", lengths=counts).exp().to(alpha.dtype)
-        ctx.save_for_backward(raw, trans, keep, weight, feats, position, pixel, row, bounds, final)
+        bounds = torch.searchsorted(pixel, torch.arange(num_pixels + 1, device=pixel.device))  # [P + 1]
+        out = table.new_zeros(table.shape[0], num_pixels)
+        final = table.new_ones(num_pixels)
+        ctx.chunks = []
+        for p0, p1, a0, a1 in _pixel_runs(bounds):
+            counts = bounds[p0 + 1:p1 + 1] - bounds[p0:p1]
+            pix = pixel[a0:a1] - p0
+            raw = alphas.index_select(0, position[a0:a1])
+            alpha = raw.clamp_max(ALPHA_MAX)
+            log_t = torch.log1p(-alpha).double()  # log(1 - alpha), summed in float64 (R4)
+            total = _cumsum0(log_t)  # total[i] = sum of the run's first i terms
+            prefix = total[:-1] - total.index_select(0, bounds[p0:p1] - a0).index_select(0, pix)  # log T_i
+            keep = prefix + log_t >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
+            trans = prefix.exp().to(alpha.dtype)
+            weight = alpha * trans * keep
+            feats = table.index_select(1, row[a0:a1])  # [C, n]
+            for c, f in enumerate(feats):
+                out[c, p0:p1] = torch.segment_reduce(weight * f, "sum", lengths=counts)
+            final[p0:p1] = torch.segment_reduce(log_t * keep, "sum", lengths=counts).exp()
+            ctx.chunks.append((p0, p1, a0, a1, raw, trans, keep, weight, feats))
+        ctx.save_for_backward(position, pixel, row, bounds, final)
         ctx.sizes = alphas.numel(), table.shape
         return out, final
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_final: Tensor):
-        raw, trans, keep, weight, feats, position, pixel, row, bounds, final = ctx.saved_tensors
+        position, pixel, row, bounds, final = ctx.saved_tensors
         n_alphas, table_shape = ctx.sizes
-        g = torch.stack([go.index_select(0, pixel) for go in grad_out])  # [C, N]
-        g_dot_f = (g * feats).sum(0)
-        grad_table = None
-        if ctx.needs_input_grad[1]:
-            grad_table = grad_out.new_zeros(table_shape).index_add_(1, row, g * weight)
-        grad_alphas = None
-        if ctx.needs_input_grad[0]:
-            total = _cumsum0((weight * g_dot_f).double())
-            behind = total.index_select(0, bounds[1:]) + (final * grad_final).double()  # [P], plus T_end g_T
-            later = (behind.index_select(0, pixel) - total[1:]).to(raw.dtype)  # sum over i > k, plus T_end g_T
-            alpha = raw.clamp_max(ALPHA_MAX)
-            grad = (trans * g_dot_f - later / (1 - alpha)) * (keep & (raw <= ALPHA_MAX))
-            grad_alphas = raw.new_zeros(n_alphas).index_copy_(0, position, grad)
+        grad_out = grad_out.contiguous()
+        behind = final * grad_final  # [P], T_end g_T
+        grad_alphas = grad_out.new_zeros(n_alphas) if ctx.needs_input_grad[0] else None
+        grad_table = grad_out.new_zeros(table_shape) if ctx.needs_input_grad[1] else None
+        for p0, p1, a0, a1, raw, trans, keep, weight, feats in ctx.chunks:
+            pix = pixel[a0:a1] - p0
+            g = torch.stack([go[p0:p1].index_select(0, pix) for go in grad_out])  # [C, n]
+            g_dot_f = (g * feats).sum(0)
+            if grad_table is not None:
+                grad_table.index_add_(1, row[a0:a1], g * weight)
+            if grad_alphas is not None:
+                total = _cumsum0((weight * g_dot_f).double())
+                later = total.index_select(0, bounds[p0 + 1:p1 + 1] - a0) + behind[p0:p1].double()  # [p]
+                later = (later.index_select(0, pix) - total[1:]).to(raw.dtype)  # sum over i > k, plus T_end g_T
+                alpha = raw.clamp_max(ALPHA_MAX)
+                grad = (trans * g_dot_f - later / (1 - alpha)) * (keep & (raw <= ALPHA_MAX))
+                grad_alphas.index_copy_(0, position[a0:a1], grad)
         return grad_alphas, grad_table, None, None, None, None
+
+
+def _pixel_runs(bounds: Tensor) -> list[tuple[int, int, int, int]]:
+    """Split pixels ``[0, P)`` into runs of about ``_CHUNK_PAIRS`` pairs: ``(p0, p1, a0, a1)``
+    with the run's pairs ``[a0, a1)``; ``bounds [P + 1]`` are the pixels' first pairs."""
+    num_pixels, n = bounds.numel() - 1, int(bounds[-1])
+    cuts = torch.searchsorted(bounds, torch.arange(0, n, _CHUNK_PAIRS, device=bounds.device)).tolist()
+    cuts = sorted({0, *cuts, num_pixels})
+    starts = bounds[cuts].tolist()
+    return [(p0, p1, a0, a1) for p0, p1, a0, a1 in zip(cuts[:-1], cuts[1:], starts[:-1], starts[1:], strict=True)]
 
 
 def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int],
@@ -375,7 +407,7 @@ def render_gaussians(
         background: RGB shown where transmittance remains.
         znear: Gaussians with camera z <= znear are culled.
         depth: also render camera-space z as a one-channel colour.
-        backend: ``"stencil"`` (R1-R4) or ``"dense"`` (all pairs; reference only).
+        backend: ``"stencil"`` (R1-R5) or ``"dense"`` (all pairs; reference only).
     """
     h, w = image_shape
     n_views, n_gauss = extrinsics.shape[0], means.shape[0]
