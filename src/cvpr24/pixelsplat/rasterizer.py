@@ -131,45 +131,68 @@ def _alpha(dx: Tensor, dy: Tensor, conic: Tensor, opacity: Tensor) -> tuple[Tens
     return opacity[..., None] * power.exp(), power
 
 
-class _WindowAlpha(torch.autograd.Function):
-    """``alpha = o exp(-q/2)`` (E13) on separable pixel windows ``[Sy, Sx, g]``, with a
-    hand-written backward.
+@dataclass
+class _Window:
+    """The square windows of one stencil class: ``g`` Gaussians, ``S = Sx = Sy`` pixels a side."""
 
-    The windows' pixel centres are ``px [Sx, g]`` by ``py [Sy, g]``, so every term of ``q``
-    is an outer sum or product of per-axis vectors and every gradient sum over a window
-    reduces to per-axis sums. The Gaussian axis is innermost: windows are small (often 5 x 5)
-    and the Gaussians many, so every window-sized operation runs over long contiguous rows.
-    Pixels outside the image (``inside_x [Sx, g]``, ``inside_y [Sy, g]`` false) get alpha 0.
+    index: Tensor  # [g] flat (view, Gaussian) indices
+    px: Tensor  # [Sx, g] pixel columns
+    py: Tensor  # [Sy, g] pixel rows
+    start: int  # offset of the class's first window pixel in the flat buffers
+
+
+class _WindowAlpha(torch.autograd.Function):
+    """``alpha = o exp(-q/2)`` (E13) on the separable ``[Sy, Sx, g]`` windows of every stencil
+    class, written into one flat buffer ``[M]``, with a hand-written backward.
+
+    The windows' pixel centres are ``px + 0.5 [Sx, g]`` by ``py + 0.5 [Sy, g]``, so every term
+    of ``q`` is an outer sum or product of per-axis vectors and every gradient sum over a
+    window reduces to per-axis sums. The Gaussian axis is innermost: windows are small (often
+    5 x 5) and the Gaussians many, so every window-sized operation runs over long contiguous
+    rows. Pixels outside the ``H x W`` image get alpha ``exp(_EXP_FLOOR)``, never composited.
     """
 
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, inside_x: Tensor, inside_y: Tensor, means2d: Tensor, conic: Tensor,
-                opacity: Tensor) -> Tensor:
-        dx, dy = px - means2d[:, 0], py - means2d[:, 1]  # [Sx, g], [Sy, g]
-        a, b, c = conic.unbind(-1)
-        off = dx.new_tensor(-math.inf)
-        row = torch.where(inside_y, -0.5 * c * dy * dy + opacity.log(), off)  # log o folded into the exponent
-        col = torch.where(inside_x, -0.5 * a * dx * dx, off)
-        power = row[:, None, :] + col[None, :, :]
-        power.addcmul_((-b * dy)[:, None, :], dx[None, :, :])
-        # far below log(1/255): alphas that small are never composited, and exp of very
-        # negative numbers (denormal results) is about 10x slower on CPU
-        alpha = power.clamp_min_(_EXP_FLOOR).exp_()  # [Sy, Sx, g]
-        ctx.save_for_backward(dx, dy, conic, opacity, alpha)
-        return alpha
+    def forward(ctx, means2d: Tensor, conics: Tensor, opacities: Tensor, windows: list[_Window],
+                image_shape: tuple[int, int]) -> Tensor:
+        h, w = image_shape
+        size = sum(win.px.shape[0] * win.py.shape[0] * win.index.numel() for win in windows)
+        alphas = means2d.new_empty(size)
+        ctx.parts = []
+        for win in windows:
+            mean, conic, opacity = means2d[win.index], conics[win.index], opacities[win.index]
+            dx, dy = win.px + 0.5 - mean[:, 0], win.py + 0.5 - mean[:, 1]  # [Sx, g], [Sy, g]
+            a, b, c = conic.unbind(-1)
+            off = dx.new_tensor(-math.inf)
+            row = torch.where((win.py >= 0) & (win.py < h), -0.5 * c * dy * dy + opacity.log(), off)  # log o folded in
+            col = torch.where((win.px >= 0) & (win.px < w), -0.5 * a * dx * dx, off)
+            alpha = alphas[win.start:win.start + row.shape[0] * col.numel()].view(row.shape[0], *col.shape)
+            torch.add(row[:, None, :], col[None, :, :], out=alpha)
+            alpha.addcmul_((-b * dy)[:, None, :], dx[None, :, :])
+            # far below log(1/255): alphas that small are never composited, and exp of very
+            # negative numbers (denormal results) is about 10x slower on CPU
+            alpha.clamp_min_(_EXP_FLOOR).exp_()  # [Sy, Sx, g]
+            ctx.parts.append((win, dx, dy, conic, opacity))
+        ctx.save_for_backward(alphas)
+        ctx.shapes = means2d.shape, conics.shape, opacities.shape
+        return alphas
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        dx, dy, conic, opacity, alpha = ctx.saved_tensors
-        t = grad * alpha  # [Sy, Sx, g]
-        t_x, t_y = t.sum(0), t.sum(1)  # [Sx, g], [Sy, g]
-        s_dx, s_dy = (t_x * dx).sum(0), (t_y * dy).sum(0)
-        s_dxdy = ((t * dy[:, None, :]).sum(0) * dx).sum(0)
-        a, b, c = conic.unbind(-1)
-        grad_means = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1)
-        grad_conic = torch.stack([-0.5 * (t_x * dx * dx).sum(0), -s_dxdy, -0.5 * (t_y * dy * dy).sum(0)], -1)
-        grad_opacity = t_x.sum(0) / opacity
-        return None, None, None, None, grad_means, grad_conic, grad_opacity
+        (alphas,) = ctx.saved_tensors
+        grads = [grad.new_zeros(shape) for shape in ctx.shapes]
+        for win, dx, dy, conic, opacity in ctx.parts:
+            n = dy.shape[0] * dx.numel()
+            t = (grad[win.start:win.start + n] * alphas[win.start:win.start + n]).view(dy.shape[0], *dx.shape)
+            t_x, t_y = t.sum(0), t.sum(1)  # [Sx, g], [Sy, g]
+            s_dx, s_dy = (t_x * dx).sum(0), (t_y * dy).sum(0)
+            s_dxdy = ((t * dy[:, None, :]).sum(0) * dx).sum(0)
+            a, b, c = conic.unbind(-1)
+            grads[0].index_copy_(0, win.index, torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1))
+            grads[1].index_copy_(0, win.index, torch.stack(
+                [-0.5 * (t_x * dx * dx).sum(0), -s_dxdy, -0.5 * (t_y * dy * dy).sum(0)], -1))
+            grads[2].index_copy_(0, win.index, t_x.sum(0) / opacity)
+        return *grads, None, None
 
 
 def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int]
@@ -206,40 +229,35 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         centre_x = torch.where(live, u - 0.5, 0).round().flatten().long()
         centre_y = torch.where(live, v - 0.5, 0).round().flatten().long()
         view = torch.arange(n_views, device=device).repeat_interleave(n_gauss)
-        # key of the window centre: (flat pixel) << B | depth rank; int32 when it fits (3x faster to build)
+        # sort keys (flat pixel) << B | depth rank, int32 when they fit (3x faster to build)
         key_dtype = torch.int32 if (n_views * h * w) << bits < 2**31 else torch.int64
-        base = (((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()).to(key_dtype)
-    means2d = proj.means2d.flatten(0, 1)
-    conics = proj.conics.flatten(0, 1)
-    opa_flat = opacities.expand(n_views, n_gauss).flatten()
-    alphas, keys, positions = [], [], []
-    offset = 0
-    for k in cls.unique().tolist():
-        if k < 0:
-            continue
-        idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
-        if k == len(_STENCILS):  # footprint as large as the image: every pixel
-            ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
-            cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
-            start = (((view[idx] * (h * w)) << bits) + rank.flatten()[idx]).to(key_dtype)
-        else:
-            ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
-            cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
-        px, py = ox[:, None] + cx, oy[:, None] + cy  # [Sx, g], [Sy, g] pixel indices
-        dtype = means2d.dtype
-        alpha = _WindowAlpha.apply(px.to(dtype) + 0.5, py.to(dtype) + 0.5, (px >= 0) & (px < w), (py >= 0) & (py < h),
-                                   means2d[idx], conics[idx], opa_flat[idx])  # [Sy, Sx, g]
-        with torch.no_grad():
-            flat = _flat_nonzero(alpha >= ALPHA_MIN)  # one nonzero per class
-            offsets = ((oy[:, None] * w + ox[None, :]) << bits).to(key_dtype)  # [Sy, Sx] key offsets
-            keys.append((offsets[:, :, None] + start).view(-1).index_select(0, flat))
-            positions.append(flat + offset)
-        alphas.append(alpha.view(-1))
-        offset += alpha.numel()
-    if not alphas:
+        windows, key_parts, start = [], [], 0
+        for k in cls.unique().tolist():
+            if k < 0:
+                continue
+            idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
+            if k == len(_STENCILS):  # footprint as large as the image: every pixel
+                ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
+                cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
+            else:
+                ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
+                cx, cy = centre_x[idx], centre_y[idx]
+            key0 = ((view[idx] * (h * w) + cy * w + cx) << bits) + rank.flatten()[idx]  # the window's centre
+            windows.append(_Window(idx, ox[:, None] + cx, oy[:, None] + cy, start))
+            key_parts.append((((oy[:, None] * w + ox[None, :]) << bits).to(key_dtype), key0.to(key_dtype)))
+            start += len(ox) * len(oy) * len(idx)
+    if not windows:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return opacities.new_zeros(0), empty, empty
-    return torch.cat(alphas), torch.cat(keys), torch.cat(positions)
+    alphas = _WindowAlpha.apply(proj.means2d.flatten(0, 1), proj.conics.flatten(0, 1),
+                                opacities.expand(n_views, n_gauss).flatten(), windows, image_shape)
+    with torch.no_grad():
+        keys = torch.empty(alphas.numel(), dtype=key_dtype, device=device)
+        for win, (offsets, key0) in zip(windows, key_parts, strict=True):
+            n = offsets.numel() * key0.numel()
+            torch.add(offsets[:, :, None], key0, out=keys[win.start:win.start + n].view(*offsets.shape, -1))
+        position = _flat_nonzero(alphas >= ALPHA_MIN)  # [N] pairs, outside pixels have alpha exp(-80)
+        return alphas, keys.index_select(0, position), position
 
 
 def _flat_nonzero(mask: Tensor) -> Tensor:
