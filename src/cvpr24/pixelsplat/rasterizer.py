@@ -313,7 +313,7 @@ class _Composite(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, alphas: Tensor, table: Tensor, position: Tensor, pixel: Tensor, row: Tensor,
+    def forward(ctx, alphas: Tensor, table: Tensor, position: Tensor, pixel: Tensor, column: Tensor,
                 num_pixels: int) -> tuple[Tensor, Tensor]:
         bounds = torch.searchsorted(pixel, torch.arange(num_pixels + 1, device=pixel.device))  # [P + 1]
         out = table.new_zeros(table.shape[0], num_pixels)
@@ -330,18 +330,18 @@ class _Composite(torch.autograd.Function):
             keep = prefix + log_t >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
             trans = prefix.exp().to(alpha.dtype)
             weight = alpha * trans * keep
-            feats = table.index_select(1, row[a0:a1])  # [C, n]
+            feats = table.index_select(1, column[a0:a1])  # [C, n]
             for c, f in enumerate(feats):
                 out[c, p0:p1] = torch.segment_reduce(weight * f, "sum", lengths=counts)
             final[p0:p1] = torch.segment_reduce(log_t * keep, "sum", lengths=counts).exp()
             ctx.chunks.append((p0, p1, a0, a1, raw, trans, keep, weight, feats))
-        ctx.save_for_backward(position, pixel, row, bounds, final)
+        ctx.save_for_backward(position, pixel, column, bounds, final)
         ctx.sizes = alphas.numel(), table.shape
         return out, final
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_final: Tensor):
-        position, pixel, row, bounds, final = ctx.saved_tensors
+        position, pixel, column, bounds, final = ctx.saved_tensors
         n_alphas, table_shape = ctx.sizes
         grad_out = grad_out.contiguous()
         behind = final * grad_final  # [P], T_end g_T
@@ -352,7 +352,7 @@ class _Composite(torch.autograd.Function):
             g = torch.stack([go[p0:p1].index_select(0, pix) for go in grad_out])  # [C, n]
             g_dot_f = (g * feats).sum(0)
             if grad_table is not None:
-                grad_table.index_add_(1, row[a0:a1], g * weight)
+                grad_table.index_add_(1, column[a0:a1], g * weight)
             if grad_alphas is not None:
                 total = _cumsum0((weight * g_dot_f).double())
                 later = total.index_select(0, bounds[p0 + 1:p1 + 1] - a0) + behind[p0:p1].double()  # [p]
@@ -440,14 +440,14 @@ def render_gaussians(
     bits = _rank_bits(n_gauss)
     num_pixels = n_views * h * w
     pixel = key >> bits  # v * H * W + pixel, ascending
-    row = key & ((1 << bits) - 1)  # depth rank in the pixel's view
-    if n_views > 1:  # rows of the table are (view, depth rank)
-        row += (torch.arange(n_views, device=key.device) * n_gauss).repeat_interleave(h * w).index_select(0, pixel)
+    column = key & ((1 << bits) - 1)  # depth rank in the pixel's view
+    if n_views > 1:  # columns of the table are (view, depth rank)
+        column += (torch.arange(n_views, device=key.device) * n_gauss).repeat_interleave(h * w).index_select(0, pixel)
     features = gaussian_colors(harmonics, means, extrinsics)  # [V, G, 3]
     if depth:
         features = torch.cat([features, proj.depths[..., None]], dim=-1)
     table = features.gather(1, by_rank[..., None].expand_as(features)).flatten(0, 1).T  # [C, V * G] by depth rank
-    out, transmittance = _Composite.apply(alphas, table, position, pixel, row, num_pixels)
+    out, transmittance = _Composite.apply(alphas, table, position, pixel, column, num_pixels)
     bg = torch.as_tensor(background, dtype=out.dtype, device=out.device)
     color = (out[:3] + transmittance * bg[:, None]).view(3, n_views, h, w).transpose(0, 1).contiguous()
     alpha_img = (1 - transmittance).view(n_views, 1, h, w)
