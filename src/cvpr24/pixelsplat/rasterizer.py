@@ -304,7 +304,7 @@ class _Composite(torch.autograd.Function):
 
     Pixels are independent, so the work runs over runs of whole pixels of about
     ``_CHUNK_PAIRS`` pairs: each pass then reads data that is still in the core's cache
-    (about 1.7x faster than whole-array passes at a million pairs). Channel-major throughout:
+    (the forward alone measured 1.7x faster than with whole-array passes at 1.7 M pairs). Channel-major throughout:
     per-channel gathers and segment sums are the fast ones on CPU.
 
     Per pixel, with ``w_i = alpha_i T_i`` over the kept pairs, the gradients are
