@@ -6,6 +6,8 @@ cross-attention renderer, and the encoder.
 
 Arms of one comparison are timed interleaved (A, B, A, B, ...) and the median of the
 repeats is kept, so machine load affects both alike; ratios are printed beside the times.
+Each time is recorded twice: wall clock and the process's CPU time (time actually spent on a
+core, which a shared machine inflates much less); the JSON keeps every repeat.
 Targets: forward+backward at least 3x faster than dense at 32 px with 6,144 Gaussians and
 at least 20x at 64 px with 24,576; a novel view at least 10x faster than the light-field
 renderer of the same width.
@@ -53,12 +55,24 @@ def test_scene(size: int, per_pixel: int, opaque: bool, seed: int = 0) -> tuple:
     return o + d * depth[:, None], cov, opac, harm, target, k[:1]
 
 
-def _timed(fn, backward: bool) -> float:
-    t = time.perf_counter()
+def _timed(fn, backward: bool) -> tuple[float, float]:
+    """Wall and CPU seconds of one call (plus its backward)."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
     if backward:
         out.sum().backward()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _interleaved(arms: dict, repeats: int, backward: bool) -> dict[str, dict]:
+    """Time the arms A, B, A, B, ...: per arm the medians (ms) and every repeat."""
+    times: dict[str, list] = {a: [] for a in arms}
+    for _ in range(repeats):
+        for a, fn in arms.items():
+            times[a].append(_timed(fn, backward))
+    return {a: {"wall_ms": 1000 * statistics.median(w for w, _ in ts), "cpu_ms": 1000 * statistics.median(c for _, c in ts),
+                "wall_repeats_ms": [round(1000 * w, 1) for w, _ in ts],
+                "cpu_repeats_ms": [round(1000 * c, 1) for _, c in ts]} for a, ts in times.items()}
 
 
 def bench_renderer(repeats: int, sizes: list[int], dense_max: int) -> list[dict]:
@@ -73,24 +87,24 @@ def bench_renderer(repeats: int, sizes: list[int], dense_max: int) -> list[dict]
                     *p, e, k, (s, s), backend="dense").color
             row = {"size": size, "gaussians": m.shape[0], "per_pixel": per_pixel}
             for backward in (False, True):
-                times = {a: [] for a in arms}
-                for _ in range(repeats):
-                    for a, fn in arms.items():  # interleaved
-                        times[a].append(_timed(fn, backward))
-                for a, ts in times.items():
-                    row[f"{a}_{'fwdbwd' if backward else 'fwd'}_ms"] = 1000 * statistics.median(ts)
+                for a, t in _interleaved(arms, repeats, backward).items():
+                    name = f"{a}_{'fwdbwd' if backward else 'fwd'}"
+                    row[f"{name}_ms"], row[f"{name}_cpu_ms"] = t["wall_ms"], t["cpu_ms"]
+                    row[f"{name}_repeats"] = {"wall_ms": t["wall_repeats_ms"], "cpu_ms": t["cpu_repeats_ms"]}
             row["peak_rss_mb"] = peak_rss_mb()
             rows.append(row)
-            ratio = (f"  dense/stencil fwd+bwd = {row['dense_fwdbwd_ms'] / row['stencil_fwdbwd_ms']:.1f}x"
+            ratio = (f"  dense/stencil fwd+bwd = {row['dense_fwdbwd_ms'] / row['stencil_fwdbwd_ms']:.1f}x wall, "
+                     f"{row['dense_fwdbwd_cpu_ms'] / row['stencil_fwdbwd_cpu_ms']:.1f}x CPU"
                      if "dense_fwdbwd_ms" in row else "")
-            print(f"renderer {size:>4}px G={row['gaussians']:>7}: stencil fwd {row['stencil_fwd_ms']:8.1f} ms, "
-                  f"fwd+bwd {row['stencil_fwdbwd_ms']:8.1f} ms{ratio}", flush=True)
+            print(f"renderer {size:>4}px G={row['gaussians']:>7}: stencil fwd {row['stencil_fwd_ms']:8.1f} ms "
+                  f"({row['stencil_fwd_cpu_ms']:.1f} CPU), fwd+bwd {row['stencil_fwdbwd_ms']:8.1f} ms "
+                  f"({row['stencil_fwdbwd_cpu_ms']:.1f} CPU){ratio}", flush=True)
     return rows
 
 
 def growth(rows: list[dict]) -> dict:
-    """Log-log slopes of stencil fwd+bwd time against image side (3 per pixel) and Gaussians per pixel."""
-    by = {(r["size"], r["per_pixel"]): r["stencil_fwdbwd_ms"] for r in rows}
+    """Log-log slopes of stencil fwd+bwd CPU time against image side (3 per pixel) and Gaussians per pixel."""
+    by = {(r["size"], r["per_pixel"]): r["stencil_fwdbwd_cpu_ms"] for r in rows}
     sizes = sorted({r["size"] for r in rows})
     out = {}
     if len(sizes) >= 2:
@@ -128,15 +142,16 @@ def bench_novel_view(repeats: int, size: int = 64, width: int = 128) -> dict:
     rays = torch.cat([direction, torch.linalg.cross(origin, direction)], -1)[None]
     arms = {"splat": lambda: render_gaussians(m, c, o, h, e, k, (size, size)).color,
             "light_field": lambda: lf(rays, tokens)}
-    times = {a: [] for a in arms}
     with torch.no_grad():
-        for _ in range(repeats):
-            for a, fn in arms.items():
-                times[a].append(_timed(fn, False))
-    row = {a: 1000 * statistics.median(t) for a, t in times.items()}
+        times = _interleaved(arms, repeats, False)
+    row = {a: t["wall_ms"] for a, t in times.items()}
+    row |= {f"{a}_cpu": t["cpu_ms"] for a, t in times.items()}
+    row["repeats"] = {a: {"wall_ms": t["wall_repeats_ms"], "cpu_ms": t["cpu_repeats_ms"]} for a, t in times.items()}
     row["ratio"] = row["light_field"] / row["splat"]
-    print(f"novel view {size}px: splat {row['splat']:.1f} ms, light field {row['light_field']:.1f} ms "
-          f"-> {row['ratio']:.1f}x", flush=True)
+    row["ratio_cpu"] = row["light_field_cpu"] / row["splat_cpu"]
+    print(f"novel view {size}px: splat {row['splat']:.1f} ms ({row['splat_cpu']:.1f} CPU), light field "
+          f"{row['light_field']:.1f} ms ({row['light_field_cpu']:.1f} CPU) -> {row['ratio']:.1f}x wall, "
+          f"{row['ratio_cpu']:.1f}x CPU", flush=True)
     return row
 
 
@@ -151,7 +166,8 @@ def bench_encoder(repeats: int, full: bool) -> list[dict]:
         k = torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]).repeat(1, 2, 1, 1)
         img = torch.rand(1, 2, 3, size, size)
         with torch.no_grad():
-            ts = [_timed(lambda m=model, i=img, e=ext, kk=k: m.encode(i, e, kk).means, False) for _ in range(repeats)]
+            ts = [_timed(lambda m=model, i=img, e=ext, kk=k: m.encode(i, e, kk).means, False)[0]
+                  for _ in range(repeats)]
         row = {"preset": name, "size": size, "encode_ms": 1000 * statistics.median(ts), "peak_rss_mb": peak_rss_mb(),
                "parameters": sum(p.numel() for p in model.parameters())}
         print(f"encoder {name} at {size}px: {row['encode_ms']:.0f} ms, {row['parameters'] / 1e6:.1f} M parameters",

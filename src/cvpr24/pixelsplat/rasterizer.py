@@ -2,22 +2,27 @@
 
 ``render_gaussians`` implements (E12)-(E15): EWA projection, per-pixel alpha with the 0.99
 clamp and the 1/255 skip, front-to-back compositing by camera depth with early termination
-once transmittance would fall below 1e-4, and view-dependent SH colour. Gradients come from
-autograd and reach means, covariances, opacities and SH coefficients.
+once transmittance would fall below 1e-4, and view-dependent SH colour. Gradients reach
+means, covariances, opacities and SH coefficients: autograd for the projection and colours,
+hand-written vectorised backwards for the window alphas and the compositing.
 
-Design ("stencil splatting", R1-R4 in the docs):
+Design ("stencil splatting", R1-R5 in the docs):
 
 - (R1) opacity-aware footprint: ``alpha >= 1/255`` exactly when the Mahalanobis distance
   ``q <= 2 ln(255 o)``; the axis-aligned box of that ellipse bounds every pixel a Gaussian
   can touch, so nothing inside the skip contour is dropped (no 3-sigma cut-off);
-- (R2) Gaussians are grouped into a few square stencil sizes and alpha is evaluated on a
-  ``[g, S, S]`` window by broadcasting (one gather per Gaussian, none per pixel pair);
-- (R3) one sort of unique integer keys ``(view, pixel, depth rank)`` orders every
-  (pixel, Gaussian) pair of every view front to back;
+- (R2) Gaussians are grouped into a few square stencil sizes and alpha is evaluated on
+  ``[S, S, g]`` windows by broadcasting per-axis vectors, Gaussians innermost (one gather per
+  Gaussian, none per pixel pair);
+- (R3) one sort of unique integer keys ``(view, pixel, depth rank)``, built per window,
+  orders every (pixel, Gaussian) pair of every view front to back and carries each pair's
+  window position: the pixel-pair lists are contiguous segments of the sorted pairs;
 - (R4) transmittance in log space, ``T = exp(sum log(1 - alpha))``, with the per-pixel
   exclusive prefix sum taken from one global float64 cumulative sum; the early-termination
   rule becomes the mask ``T (1 - alpha) >= 1e-4``, which equals the sequential loop because
-  ``T`` only decreases.
+  ``T`` only decreases;
+- (R5) the backward of (R4) in closed form: per-pixel suffix sums of ``w_i g.f_i`` from one
+  float64 cumulative sum, so every pass runs over all pairs at once.
 
 ``backend="dense"`` evaluates every pixel against every Gaussian with the same rule; it is
 the reference for tests and benchmarks, not for use.
@@ -40,6 +45,8 @@ ALPHA_MAX = 0.99  # alpha clamp (E13)
 T_MIN = 1e-4  # early termination threshold on transmittance (E14)
 BLUR = 0.3  # low-pass added to the 2-D covariance (E12)
 GUARD = 0.15  # 3DGS guard band: x/z, y/z clamped to [-0.15, 1.15] of the image (E12)
+_EXP_FLOOR = -80.0  # window exponents are clamped here; exp(-80) is a normal float32 far below 1/255
+_CHUNK_PAIRS = 1 << 16  # pairs per compositing run: a run's arrays stay in the core's cache
 _STENCILS = (*range(1, 17), 20, 24, 32, 48, 64, 96, 128, 192, 256)  # window radii (R2)
 
 
@@ -124,48 +131,79 @@ def _alpha(dx: Tensor, dy: Tensor, conic: Tensor, opacity: Tensor) -> tuple[Tens
     return opacity[..., None] * power.exp(), power
 
 
-class _WindowAlpha(torch.autograd.Function):
-    """``alpha = o exp(-q/2)`` (E13) on a separable ``[g, Sy, Sx]`` pixel window, with a
-    hand-written backward.
+@dataclass
+class _Window:
+    """The square windows of one stencil class: ``g`` Gaussians, ``S = Sx = Sy`` pixels a side."""
 
-    The window's pixel centres are ``px [g, Sx]`` by ``py [g, Sy]``, so every term of ``q``
-    is an outer sum or product of per-axis vectors and every gradient sum over the window
-    reduces to per-axis sums: the forward needs three window-sized operations before ``exp``,
-    the backward four, where autograd through (E13) keeps a dozen window-sized intermediates.
+    index: Tensor  # [g] flat (view, Gaussian) indices
+    px: Tensor  # [Sx, g] pixel columns
+    py: Tensor  # [Sy, g] pixel rows
+    start: int  # offset of the class's first window pixel in the flat buffers
+
+
+class _WindowAlpha(torch.autograd.Function):
+    """``alpha = o exp(-q/2)`` (E13) on the separable ``[Sy, Sx, g]`` windows of every stencil
+    class, written into one flat buffer ``[M]``, with a hand-written backward.
+
+    The windows' pixel centres are ``px + 0.5 [Sx, g]`` by ``py + 0.5 [Sy, g]``, so every term
+    of ``q`` is an outer sum or product of per-axis vectors and every gradient sum over a
+    window reduces to per-axis sums. The Gaussian axis is innermost: windows are small (often
+    5 x 5) and the Gaussians many, so every window-sized operation runs over long contiguous
+    rows. Pixels outside the ``H x W`` image get alpha ``exp(_EXP_FLOOR)``, never composited.
     """
 
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, means2d: Tensor, conic: Tensor, opacity: Tensor) -> Tensor:
-        dx = px - means2d[:, 0, None]  # [g, Sx]
-        dy = py - means2d[:, 1, None]  # [g, Sy]
-        a, b, c = conic[:, 0, None], conic[:, 1, None], conic[:, 2, None]
-        power = (-0.5 * c * dy * dy)[:, :, None] + (-0.5 * a * dx * dx)[:, None, :]
-        power = power - (b * dy)[:, :, None] * dx[:, None, :]
-        alpha = power.exp_().mul_(opacity[:, None, None])
-        ctx.save_for_backward(dx, dy, conic, opacity, alpha)
-        return alpha
+    def forward(ctx, means2d: Tensor, conics: Tensor, opacities: Tensor, windows: list[_Window],
+                image_shape: tuple[int, int]) -> Tensor:
+        h, w = image_shape
+        size = sum(win.px.shape[0] * win.py.shape[0] * win.index.numel() for win in windows)
+        alphas = means2d.new_empty(size)
+        ctx.parts = []
+        for win in windows:
+            mean, conic, opacity = means2d[win.index], conics[win.index], opacities[win.index]
+            dx, dy = win.px + 0.5 - mean[:, 0], win.py + 0.5 - mean[:, 1]  # [Sx, g], [Sy, g]
+            a, b, c = conic.unbind(-1)
+            off = dx.new_tensor(-math.inf)
+            row = torch.where((win.py >= 0) & (win.py < h), -0.5 * c * dy * dy + opacity.log(), off)  # log o folded in
+            col = torch.where((win.px >= 0) & (win.px < w), -0.5 * a * dx * dx, off)
+            alpha = alphas[win.start:win.start + row.shape[0] * col.numel()].view(row.shape[0], *col.shape)
+            torch.add(row[:, None, :], col[None, :, :], out=alpha)
+            alpha.addcmul_((-b * dy)[:, None, :], dx[None, :, :])
+            # far below log(1/255): alphas that small are never composited, and exp of very
+            # negative numbers (denormal results) is about 10x slower on CPU
+            alpha.clamp_min_(_EXP_FLOOR).exp_()  # [Sy, Sx, g]
+            ctx.parts.append((win, dx, dy, conic, opacity))
+        ctx.save_for_backward(alphas)
+        ctx.shapes = means2d.shape, conics.shape, opacities.shape
+        return alphas
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        dx, dy, conic, opacity, alpha = ctx.saved_tensors
-        t = grad * alpha  # [g, Sy, Sx]
-        t_x, t_y = t.sum(1), t.sum(2)  # [g, Sx], [g, Sy]
-        s_dx, s_dy = (t_x * dx).sum(1), (t_y * dy).sum(1)
-        s_dxdy = ((t * dy[:, :, None]).sum(1) * dx).sum(1)
-        a, b, c = conic.unbind(-1)
-        grad_means = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1)
-        grad_conic = torch.stack([-0.5 * (t_x * dx * dx).sum(1), -s_dxdy, -0.5 * (t_y * dy * dy).sum(1)], -1)
-        grad_opacity = t_x.sum(1) / opacity
-        return None, None, grad_means, grad_conic, grad_opacity
+        (alphas,) = ctx.saved_tensors
+        grads = [grad.new_zeros(shape) for shape in ctx.shapes]
+        for win, dx, dy, conic, opacity in ctx.parts:
+            n = dy.shape[0] * dx.numel()
+            t = (grad[win.start:win.start + n] * alphas[win.start:win.start + n]).view(dy.shape[0], *dx.shape)
+            t_x, t_y = t.sum(0), t.sum(1)  # [Sx, g], [Sy, g]
+            s_dx, s_dy = (t_x * dx).sum(0), (t_y * dy).sum(0)
+            s_dxdy = ((t * dy[:, None, :]).sum(0) * dx).sum(0)
+            a, b, c = conic.unbind(-1)
+            grads[0].index_copy_(0, win.index, torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1))
+            grads[1].index_copy_(0, win.index, torch.stack(
+                [-0.5 * (t_x * dx * dx).sum(0), -s_dxdy, -0.5 * (t_y * dy * dy).sum(0)], -1))
+            grads[2].index_copy_(0, win.index, t_x.sum(0) / opacity)
+        return *grads, None, None
 
 
 def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int]
-                   ) -> tuple[Tensor, Tensor]:
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """All (view, pixel, Gaussian) pairs with alpha >= 1/255 (R1, R2).
 
-    ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns unclamped alpha ``[N]``
-    and each pair's sort key ``(v * H * W + pixel) << B | rank`` ``[N]`` (R3; ``B`` from
-    :func:`_rank_bits`), built per window by broadcasting, so no per-pair gather is needed.
+    ``rank [V, G]`` is each Gaussian's depth rank in its view. Returns the unclamped alpha of
+    every window pixel ``[M]`` (the windows of all classes, flattened), and per pair ``[N]``
+    its sort key ``(v * H * W + pixel) << B | rank`` (R3; ``B`` from :func:`_rank_bits`) and
+    its position in the window alphas. Keys are built per window by broadcasting, so no
+    per-pair gather is needed but the selection.
     """
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
@@ -191,36 +229,42 @@ def _pairs_stencil(proj: Projection, opacities: Tensor, rank: Tensor, image_shap
         centre_x = torch.where(live, u - 0.5, 0).round().flatten().long()
         centre_y = torch.where(live, v - 0.5, 0).round().flatten().long()
         view = torch.arange(n_views, device=device).repeat_interleave(n_gauss)
-        # key of the window centre: (flat pixel) << B | depth rank
-        base = ((view * (h * w) + centre_y * w + centre_x) << bits) + rank.flatten()
-    means2d = proj.means2d.flatten(0, 1)
-    conics = proj.conics.flatten(0, 1)
-    opa_flat = opacities.expand(n_views, n_gauss).flatten()
-    alphas, keys = [], []
-    for k in cls.unique().tolist():
-        if k < 0:
-            continue
-        idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
-        if k == len(_STENCILS):  # footprint as large as the image: every pixel
-            ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
-            cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
-            start = ((view[idx] * (h * w)) << bits) + rank.flatten()[idx]
-        else:
-            ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
-            cx, cy, start = centre_x[idx], centre_y[idx], base[idx]
-        px, py = cx[:, None] + ox, cy[:, None] + oy  # [g, Sx], [g, Sy] pixel indices
-        dtype = means2d.dtype
-        # the conic is positive definite (E12 adds 0.3 I), so the exponent is never positive
-        alpha = _WindowAlpha.apply(px.to(dtype) + 0.5, py.to(dtype) + 0.5, means2d[idx], conics[idx], opa_flat[idx])
-        with torch.no_grad():
-            inside = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-            flat = (inside & (alpha >= ALPHA_MIN)).view(-1).nonzero().squeeze(1)  # one nonzero per class
-            offsets = (oy[:, None] * w + ox[None, :]).flatten() << bits  # [Sy*Sx] key offsets
-            keys.append((start[:, None] + offsets).view(-1).index_select(0, flat))
-        alphas.append(alpha.view(-1).index_select(0, flat))
-    if not alphas:
-        return opacities.new_zeros(0), torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(alphas), torch.cat(keys)
+        # sort keys (flat pixel) << B | depth rank, int32 when they fit (3x faster to build)
+        key_dtype = torch.int32 if (n_views * h * w) << bits < 2**31 else torch.int64
+        windows, key_parts, start = [], [], 0
+        for k in cls.unique().tolist():
+            if k < 0:
+                continue
+            idx = (cls == k).nonzero().squeeze(1)  # flat (view, Gaussian) indices
+            if k == len(_STENCILS):  # footprint as large as the image: every pixel
+                ox, oy = torch.arange(w, device=device), torch.arange(h, device=device)
+                cx, cy = torch.zeros_like(centre_x[idx]), torch.zeros_like(centre_y[idx])
+            else:
+                ox = oy = torch.arange(-_STENCILS[k], _STENCILS[k] + 1, device=device)
+                cx, cy = centre_x[idx], centre_y[idx]
+            key0 = ((view[idx] * (h * w) + cy * w + cx) << bits) + rank.flatten()[idx]  # the window's centre
+            windows.append(_Window(idx, ox[:, None] + cx, oy[:, None] + cy, start))
+            key_parts.append((((oy[:, None] * w + ox[None, :]) << bits).to(key_dtype), key0.to(key_dtype)))
+            start += len(ox) * len(oy) * len(idx)
+    if not windows:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return opacities.new_zeros(0), empty, empty
+    alphas = _WindowAlpha.apply(proj.means2d.flatten(0, 1), proj.conics.flatten(0, 1),
+                                opacities.expand(n_views, n_gauss).flatten(), windows, image_shape)
+    with torch.no_grad():
+        keys = torch.empty(alphas.numel(), dtype=key_dtype, device=device)
+        for win, (offsets, key0) in zip(windows, key_parts, strict=True):
+            n = offsets.numel() * key0.numel()
+            torch.add(offsets[:, :, None], key0, out=keys[win.start:win.start + n].view(*offsets.shape, -1))
+        position = _flat_nonzero(alphas >= ALPHA_MIN)  # [N] pairs, outside pixels have alpha exp(-80)
+        return alphas, keys.index_select(0, position), position
+
+
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    """Flat indices of the true entries; on CPU numpy's ``flatnonzero`` (about 3x faster)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.view(-1).nonzero().squeeze(1)
 
 
 def _rank_bits(num_gaussians: int) -> int:
@@ -228,58 +272,109 @@ def _rank_bits(num_gaussians: int) -> int:
     return max(1, (num_gaussians - 1).bit_length())
 
 
-def _sort_keys(key: Tensor) -> tuple[Tensor, Tensor]:
-    """Ascending unique keys and the permutation that sorts them (R3).
+def _sort_pairs(key: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending unique keys and the positions carried with them (R3).
 
-    On CPU the keys are packed with their positions as ``key << 32 | position`` and sorted by
+    On CPU each key is packed with its position as ``key << 32 | position`` and sorted by
     numpy's vectorised sort, several times faster than ``torch.sort`` at a million pairs; keys
     are unique, so every sort gives the same order.
     """
     n = key.numel()
-    if key.device.type == "cpu" and 0 < n < 2**32 and int(key.max()) < 2**31:
-        packed = (key << 32) | torch.arange(n)
-        packed = torch.from_numpy(np.sort(packed.numpy()))
+    if key.device.type == "cpu" and 0 < n and int(key.max()) < 2**31 and int(position.max()) < 2**32:
+        packed = torch.from_numpy(np.sort(((key.long() << 32) | position).numpy()))
         return packed >> 32, packed & 0xFFFFFFFF
-    return torch.sort(key)
+    key, order = torch.sort(key.long())
+    return key, position.index_select(0, order)
 
 
-def _composite(alpha: Tensor, key: Tensor, by_rank: Tensor, features: Tensor, num_pixels: int
-               ) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of unsorted pairs (R3, R4; E13, E14).
+def _cumsum0(x: Tensor) -> Tensor:
+    """Cumulative sum with a leading zero: ``[N] -> [N + 1]``."""
+    out = x.new_zeros(x.numel() + 1)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
 
-    ``key [N]`` as built by the pair functions, ``by_rank [V, G]`` the Gaussian at each depth
-    rank of each view, ``features [V*G, C]``. Returns ``sum_i w_i f_i`` per pixel
-    ``[C, num_pixels]`` and the final transmittance ``[num_pixels]``.
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of sorted pairs (R4; E13, E14) with a vectorised backward (R5).
+
+    Inputs: the unclamped window alphas ``[M]``, a feature table ``[C, V * G]`` whose columns
+    are (view, depth rank), and per sorted pair ``[N]`` its position in the alphas, its pixel
+    (ascending) and its table column. Outputs ``sum_i w_i f_i`` per pixel ``[C, P]`` and the
+    final transmittance ``[P]``.
+
+    Pixels are independent, so the work runs over runs of whole pixels of about
+    ``_CHUNK_PAIRS`` pairs: each pass then reads data that is still in the core's cache
+    (the forward alone measured 1.7x faster than with whole-array passes at 1.7 M pairs). Channel-major throughout:
+    per-channel gathers and segment sums are the fast ones on CPU.
+
+    Per pixel, with ``w_i = alpha_i T_i`` over the kept pairs, the gradients are
+    ``dL/df_i = w_i g`` and ``dL/dalpha_k = T_k g.f_k - (sum_{i>k} w_i g.f_i + T_end g_T) / (1 - alpha_k)``
+    (zero where alpha was clamped); the suffix sums come from one float64 cumulative sum.
     """
-    n_views, n_gauss = by_rank.shape
-    bits = _rank_bits(n_gauss)
-    key, order = _sort_keys(key)
-    pixel = key >> bits  # v * H * W + pixel, ascending
-    # v * G for every pixel (a monotone gather, cheaper than an int64 division), then the
-    # Gaussian at the key's depth rank: flat (view, Gaussian) index
-    view = torch.arange(n_views, device=key.device).repeat_interleave(num_pixels // n_views) * n_gauss
-    view = view.index_select(0, pixel)
-    gauss = view + by_rank.flatten().index_select(0, view + (key & ((1 << bits) - 1)))
-    alpha = alpha.index_select(0, order).clamp_max(ALPHA_MAX)
-    log_t = torch.log1p(-alpha.double())  # log(1 - alpha), float64 (R4)
-    total = log_t.cumsum(0)
-    exclusive = total - log_t
-    n = pixel.numel()
-    first = torch.ones(n, dtype=torch.bool, device=pixel.device)
-    first[1:] = pixel[1:] != pixel[:-1]
-    start = torch.cummax(torch.where(first, torch.arange(n, device=pixel.device), 0), 0).values
-    prefix = exclusive - exclusive[start]  # log T_i, exclusive per pixel
-    keep = (prefix + log_t).detach() >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
-    weight = (alpha * prefix.exp().to(alpha.dtype)) * keep
-    # channel-major: index_select / scatter_add along the last dim are the fast CPU gathers
-    contrib = weight * features.T.contiguous().index_select(1, gauss)  # [C, N]
-    out = contrib.new_zeros(features.shape[-1], num_pixels).scatter_add(1, pixel.expand_as(contrib), contrib)
-    log_final = log_t.new_zeros(num_pixels).index_add_(0, pixel, log_t * keep)
-    return out, log_final.exp().to(features.dtype)
+
+    @staticmethod
+    def forward(ctx, alphas: Tensor, table: Tensor, position: Tensor, pixel: Tensor, column: Tensor,
+                num_pixels: int) -> tuple[Tensor, Tensor]:
+        bounds = torch.searchsorted(pixel, torch.arange(num_pixels + 1, device=pixel.device))  # [P + 1]
+        out = table.new_zeros(table.shape[0], num_pixels)
+        final = table.new_ones(num_pixels)
+        ctx.chunks = []
+        for p0, p1, a0, a1 in _pixel_runs(bounds):
+            counts = bounds[p0 + 1:p1 + 1] - bounds[p0:p1]
+            pix = pixel[a0:a1] - p0
+            raw = alphas.index_select(0, position[a0:a1])
+            alpha = raw.clamp_max(ALPHA_MAX)
+            log_t = torch.log1p(-alpha).double()  # log(1 - alpha), summed in float64 (R4)
+            total = _cumsum0(log_t)  # total[i] = sum of the run's first i terms
+            prefix = total[:-1] - total.index_select(0, bounds[p0:p1] - a0).index_select(0, pix)  # log T_i
+            keep = prefix + log_t >= math.log(T_MIN)  # stop before T falls below 1e-4 (E14)
+            trans = prefix.exp().to(alpha.dtype)
+            weight = alpha * trans * keep
+            feats = table.index_select(1, column[a0:a1])  # [C, n]
+            for c, f in enumerate(feats):
+                out[c, p0:p1] = torch.segment_reduce(weight * f, "sum", lengths=counts)
+            final[p0:p1] = torch.segment_reduce(log_t * keep, "sum", lengths=counts).exp()
+            ctx.chunks.append((p0, p1, a0, a1, raw, trans, keep, weight, feats))
+        ctx.save_for_backward(position, pixel, column, bounds, final)
+        ctx.sizes = alphas.numel(), table.shape
+        return out, final
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_final: Tensor):
+        position, pixel, column, bounds, final = ctx.saved_tensors
+        n_alphas, table_shape = ctx.sizes
+        grad_out = grad_out.contiguous()
+        behind = final * grad_final  # [P], T_end g_T
+        grad_alphas = grad_out.new_zeros(n_alphas) if ctx.needs_input_grad[0] else None
+        grad_table = grad_out.new_zeros(table_shape) if ctx.needs_input_grad[1] else None
+        for p0, p1, a0, a1, raw, trans, keep, weight, feats in ctx.chunks:
+            pix = pixel[a0:a1] - p0
+            g = torch.stack([go[p0:p1].index_select(0, pix) for go in grad_out])  # [C, n]
+            g_dot_f = (g * feats).sum(0)
+            if grad_table is not None:
+                grad_table.index_add_(1, column[a0:a1], g * weight)
+            if grad_alphas is not None:
+                total = _cumsum0((weight * g_dot_f).double())
+                later = total.index_select(0, bounds[p0 + 1:p1 + 1] - a0) + behind[p0:p1].double()  # [p]
+                later = (later.index_select(0, pix) - total[1:]).to(raw.dtype)  # sum over i > k, plus T_end g_T
+                alpha = raw.clamp_max(ALPHA_MAX)
+                grad = (trans * g_dot_f - later / (1 - alpha)) * (keep & (raw <= ALPHA_MAX))
+                grad_alphas.index_copy_(0, position[a0:a1], grad)
+        return grad_alphas, grad_table, None, None, None, None
+
+
+def _pixel_runs(bounds: Tensor) -> list[tuple[int, int, int, int]]:
+    """Split pixels ``[0, P)`` into runs of about ``_CHUNK_PAIRS`` pairs: ``(p0, p1, a0, a1)``
+    with the run's pairs ``[a0, a1)``; ``bounds [P + 1]`` are the pixels' first pairs."""
+    num_pixels, n = bounds.numel() - 1, int(bounds[-1])
+    cuts = torch.searchsorted(bounds, torch.arange(0, n, _CHUNK_PAIRS, device=bounds.device)).tolist()
+    cuts = sorted({0, *cuts, num_pixels})
+    starts = bounds[cuts].tolist()
+    return [(p0, p1, a0, a1) for p0, p1, a0, a1 in zip(cuts[:-1], cuts[1:], starts[:-1], starts[1:], strict=True)]
 
 
 def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape: tuple[int, int],
-                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor]:
+                 max_elements: int = 1 << 22) -> tuple[Tensor, Tensor, Tensor]:
     """Every (pixel, Gaussian) pair of every view, evaluated densely in Gaussian chunks (reference)."""
     h, w = image_shape
     n_views, n_gauss = proj.depths.shape
@@ -298,7 +393,8 @@ def _pairs_dense(proj: Projection, opacities: Tensor, rank: Tensor, image_shape:
         v, g, p = mask.nonzero(as_tuple=True)
         alphas.append(alpha[mask])
         keys.append(((v * (h * w) + p) << _rank_bits(n_gauss)) + rank[v, lo + g])
-    return torch.cat(alphas), torch.cat(keys)
+    alpha = torch.cat(alphas)
+    return alpha, torch.cat(keys), torch.arange(alpha.numel(), device=device)
 
 
 def render_gaussians(
@@ -329,7 +425,7 @@ def render_gaussians(
         background: RGB shown where transmittance remains.
         znear: Gaussians with camera z <= znear are culled.
         depth: also render camera-space z as a one-channel colour.
-        backend: ``"stencil"`` (R1-R4) or ``"dense"`` (all pairs; reference only).
+        backend: ``"stencil"`` (R1-R5) or ``"dense"`` (all pairs; reference only).
     """
     h, w = image_shape
     n_views, n_gauss = extrinsics.shape[0], means.shape[0]
@@ -339,11 +435,19 @@ def render_gaussians(
         rank = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(n_gauss, device=means.device).expand(
             n_views, -1).contiguous())
     pairs = _pairs_stencil if backend == "stencil" else _pairs_dense
-    alpha, key = pairs(proj, opacities, rank, image_shape)
-    features = gaussian_colors(harmonics, means, extrinsics).flatten(0, 1)  # [V*G, 3]
+    alphas, key, position = pairs(proj, opacities, rank, image_shape)
+    key, position = _sort_pairs(key, position)
+    bits = _rank_bits(n_gauss)
+    num_pixels = n_views * h * w
+    pixel = key >> bits  # v * H * W + pixel, ascending
+    column = key & ((1 << bits) - 1)  # depth rank in the pixel's view
+    if n_views > 1:  # columns of the table are (view, depth rank)
+        column += (torch.arange(n_views, device=key.device) * n_gauss).repeat_interleave(h * w).index_select(0, pixel)
+    features = gaussian_colors(harmonics, means, extrinsics)  # [V, G, 3]
     if depth:
-        features = torch.cat([features, proj.depths.flatten()[:, None]], dim=1)
-    out, transmittance = _composite(alpha, key, by_rank, features, n_views * h * w)
+        features = torch.cat([features, proj.depths[..., None]], dim=-1)
+    table = features.gather(1, by_rank[..., None].expand_as(features)).flatten(0, 1).T  # [C, V * G] by depth rank
+    out, transmittance = _Composite.apply(alphas, table, position, pixel, column, num_pixels)
     bg = torch.as_tensor(background, dtype=out.dtype, device=out.device)
     color = (out[:3] + transmittance * bg[:, None]).view(3, n_views, h, w).transpose(0, 1).contiguous()
     alpha_img = (1 - transmittance).view(n_views, 1, h, w)
