@@ -518,6 +518,16 @@ def _variant_claims(v: str, label: str, per_seed: list[dict], boot: dict) -> lis
     return claims
 
 
+def _save(fig, path: Path) -> None:
+    """Lay out ``fig``, write it as a PNG (atomically) and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def _figures(out_dir: Path, per_seed: list[dict], models: dict, seed: int) -> list[str]:
     import matplotlib
 
@@ -537,10 +547,7 @@ def _figures(out_dir: Path, per_seed: list[dict], models: dict, seed: int) -> li
     ax.set_xticks(np.arange(len(names)) + 0.2, names)
     ax.set_ylabel("F1 (mean ± s.d. over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_dir / "f1_bars.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out_dir / "f1_bars.png")
     figs.append("f1_bars.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -558,10 +565,7 @@ def _figures(out_dir: Path, per_seed: list[dict], models: dict, seed: int) -> li
     ax.set_xlabel("sigma_t")
     ax.set_ylabel("DSM loss per set (G8)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_dir / "dsm_vs_bayes.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out_dir / "dsm_vs_bayes.png")
     figs.append("dsm_vs_bayes.png")
 
     s = procedural_mixes(1, 10_000 + seed, n_points=BASE.points_per_part)[0]
@@ -582,10 +586,7 @@ def _figures(out_dir: Path, per_seed: list[dict], models: dict, seed: int) -> li
     ax.set_xlabel("t")
     ax.set_ylabel("x_mean(t), coloured by GT group")
     ax.set_title("G-FARS-ef: one PC-100 draw")
-    fig.tight_layout()
-    with atomic_path(out_dir / "trajectories.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out_dir / "trajectories.png")
     figs.append("trajectories.png")
 
     from cvpr24.gfars.render import render_groups
@@ -625,10 +626,7 @@ def long_run_report(out_dir: Path, ck_dir: Path, seeds: list[int], base: GFARSCo
     ax.set_xlabel("step (warm start with a fresh Adam at the grey line)")
     ax.set_ylabel("training loss (G8), mean of 50 steps")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_dir / "long_loss.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out_dir / "long_loss.png")
     note = (f"long faithful runs: training loss (G8) over the last 1000 steps per seed "
             f"{ {k: round(float(v), 3) for k, v in last.items()} } against the per-node Bayes level "
             f"{level:.3f} (ratio { {k: round(float(v) / level, 3) for k, v in last.items()} })")
